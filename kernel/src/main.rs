@@ -8,20 +8,24 @@
 #![feature(abi_x86_interrupt)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-
+extern crate alloc;
 
 mod arch;
+mod harness;
+mod mem;
 mod options;
 
+use arch::ExitStatus;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
+use options::{Mode, Options};
 
 /// Where the bootloader maps all physical memory; our own page tables keep the same
 /// linear map so pointers into it stay valid across the switch.
 pub const PHYS_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
 
 /// The bootloader's view of what we need: a linear map of physical memory at a fixed
-/// address, and a boot stack big enough to build our own page tables on.
+/// address, its own mappings kept out of our ranges, and a roomy boot stack.
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
     config.mappings.physical_memory = Some(Mapping::FixedAddress(PHYS_MAP_BASE));
@@ -37,13 +41,53 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     arch::serial::init();
     arch::gdt::init_boot_cpu();
     arch::idt::init();
-    let opts = options::Options::load();
-    log::info!("kernel options: {}", opts.raw());
-    let _ = boot_info;
-    arch::exit(arch::ExitStatus::Success)
+    log::info!("booting; kernel options: {:?}", Options::load().raw());
+    if let Err(e) = mem::init(boot_info, after_switch) {
+        panic!("memory setup failed: {e:?}");
+    }
+    unreachable!("mem::init continues in after_switch")
+}
+
+/// Runs on our own page tables and our own boot stack.
+extern "sysv64" fn after_switch(_: usize) -> ! {
+    if let Err(e) = mem::heap::init() {
+        panic!("heap setup failed: {e:?}");
+    }
+    log::info!("on our own page tables (root {:#x})", mem::kernel_space::root().as_u64());
+    let opts = Options::load();
+    match opts.mode() {
+        Mode::Demo => demo(),
+        Mode::Test => harness::run(opts.filter(), opts.seed()),
+        Mode::Bench => bench(),
+        Mode::Overflow => overflow(0),
+    }
+}
+
+/// The demonstration: what the kernel built, then a clean exit.
+fn demo() -> ! {
+    mem::report::memory_map();
+    mem::report::free_areas();
+    mem::report::page_tables();
+    arch::exit(ExitStatus::Success)
+}
+
+/// The benchmarks.
+fn bench() -> ! {
+    arch::exit(ExitStatus::Success)
+}
+
+/// Recurse until the kernel stack runs into its guard page.
+fn overflow(depth: u64) -> ! {
+    let frame = [depth; 64];
+    core::hint::black_box(&frame);
+    overflow(core::hint::black_box(depth + 1))
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    if let Some(test) = harness::current_test() {
+        arch::serial::emergency_unlock();
+        sprintln!("FAILED: panicked in {test}: {info}");
+    }
     arch::panic_report(info)
 }

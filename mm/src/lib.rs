@@ -13,4 +13,7 @@ extern crate std;
 
 pub mod addr;
 pub mod flush;
+pub mod paging;
 pub mod phys;
+pub mod buddy;
+pub mod frame;

@@ -1,0 +1,114 @@
+//! The kernel heap: `linked_list_allocator` over a virtual range at
+//! [`HEAP_BASE`](super::kernel_space::HEAP_BASE) backed by frames from the buddy allocator.
+//! When an allocation does not fit, the heap maps more frames at its top and retries.
+//!
+//! Lock order: heap, then frame allocator, then kernel page tables; neither of the
+//! latter two allocates from the heap.
+
+use super::kernel_space::{self, KernelTableAlloc, HEAP_BASE, HEAP_MAX};
+use super::{frames, MemError};
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
+use linked_list_allocator::Heap;
+use mm::addr::{PageSize, PAGE_SIZE};
+use mm::buddy::MigrateType;
+use spin::Mutex;
+use x86_64::structures::paging::PageTableFlags as F;
+
+/// Growth step: one 2 MiB block when the allocator has one.
+const CHUNK: u64 = 2 << 20;
+
+struct KernelHeap {
+    heap: Mutex<Option<Heap>>,
+}
+
+#[global_allocator]
+static HEAP: KernelHeap = KernelHeap {
+    heap: Mutex::new(None),
+};
+
+/// Map `[va, va + CHUNK)` with fresh frames: one 2 MiB leaf if a 2 MiB block is free,
+/// otherwise 512 single frames.
+fn back_chunk(va: u64) -> Result<(), MemError> {
+    let flags = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
+    if let Ok(pfn) = frames::with_buddy(|b| b.alloc(PageSize::Size2M.order(), MigrateType::Unmovable)) {
+        return kernel_space::with_kernel(|pt, flush| {
+            pt.map(va, pfn.addr(), PageSize::Size2M, flags, &mut KernelTableAlloc, flush)
+        })
+        .map_err(MemError::Map);
+    }
+    for i in 0..CHUNK / PAGE_SIZE {
+        let frame = frames::alloc_zeroed(0, MigrateType::Unmovable)?;
+        kernel_space::with_kernel(|pt, flush| {
+            pt.map(va + i * PAGE_SIZE, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush)
+        })
+        .map_err(MemError::Map)?;
+    }
+    Ok(())
+}
+
+/// Give the heap its first chunk.
+pub fn init() -> Result<(), MemError> {
+    back_chunk(HEAP_BASE)?;
+    let mut heap = Heap::empty();
+    // SAFETY: [HEAP_BASE, HEAP_BASE + CHUNK) was just mapped writable, is used by
+    // nothing else, and stays mapped for the kernel's life.
+    unsafe { heap.init(HEAP_BASE as *mut u8, CHUNK as usize) };
+    *HEAP.heap.lock() = Some(heap);
+    Ok(())
+}
+
+/// Bytes the heap currently spans and bytes in use.
+pub fn usage() -> (usize, usize) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        HEAP.heap.lock().as_ref().map_or((0, 0), |h| (h.size(), h.used()))
+    })
+}
+
+fn grow(heap: &mut Heap, at_least: usize) -> Result<(), MemError> {
+    let top = heap.top() as u64;
+    let want = (at_least as u64 + PAGE_SIZE).next_multiple_of(CHUNK);
+    if top + want > HEAP_BASE + HEAP_MAX {
+        return Err(MemError::HeapExhausted);
+    }
+    let mut done = 0;
+    while done < want {
+        back_chunk(top + done)?;
+        done += CHUNK;
+    }
+    // SAFETY: the bytes just above the heap's top were mapped writable above and belong
+    // to the heap's reserved virtual range, which nothing else uses.
+    unsafe { heap.extend(want as usize) };
+    Ok(())
+}
+
+// SAFETY: every block handed out comes from the linked-list heap under its lock; the heap
+// only spans mapped memory (init and grow map before adding).
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let mut guard = self.heap.lock();
+            let Some(heap) = guard.as_mut() else {
+                return core::ptr::null_mut();
+            };
+            if let Ok(p) = heap.allocate_first_fit(layout) {
+                return p.as_ptr();
+            }
+            if grow(heap, layout.size() + layout.align()).is_err() {
+                return core::ptr::null_mut();
+            }
+            heap.allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), NonNull::as_ptr)
+        })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            if let (Some(heap), Some(ptr)) = (self.heap.lock().as_mut(), NonNull::new(ptr)) {
+                // SAFETY: the caller (GlobalAlloc contract) passes a block this heap
+                // allocated with this layout.
+                unsafe { heap.deallocate(ptr, layout) }
+            }
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! The kernel's own page tables: built from scratch at boot, then loaded in CR3 for good.
+//!
+//! Layout of the kernel half:
+//! - [`crate::PHYS_MAP_BASE`]: all physical memory, with the largest pages that fit;
+//! - [`HEAP_BASE`]: the kernel heap, grown on demand;
+//! - [`STACKS_BASE`]: kernel stacks, one slot per CPU, each above an unmapped guard page;
+//! - [`MMIO_BASE`]: uncached device mappings (local APIC, I/O APIC);
+//! - 0xFFFF_FFFF_8000_0000: the kernel image, W^X: text read+execute, rodata read-only,
+//!   data and bss read+write no-execute.
+//!
+//! Kernel mappings are global (they are the same in every address space).
+
+use super::elf::{self, SegmentKind};
+use super::flush::LocalFlush;
+use super::{frames, physmap, MemError};
+use mm::addr::{PageSize, PAGE_SIZE};
+use mm::buddy::MigrateType;
+use mm::paging::{PageTable, TableAlloc};
+use spin::{Mutex, Once};
+use x86_64::structures::paging::PageTableFlags as F;
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Start of the kernel heap's virtual range.
+pub const HEAP_BASE: u64 = 0xFFFF_C000_0000_0000;
+/// Most bytes the heap may grow to.
+pub const HEAP_MAX: u64 = 64 << 30;
+/// Start of the kernel stacks' virtual range.
+pub const STACKS_BASE: u64 = 0xFFFF_D000_0000_0000;
+/// Virtual bytes reserved per stack slot (stack + guard + spare).
+pub const STACK_SLOT: u64 = 1 << 20;
+/// Pages of one kernel stack.
+pub const STACK_PAGES: u64 = 64;
+/// Start of the uncached device-mapping range.
+pub const MMIO_BASE: u64 = 0xFFFF_E000_0000_0000;
+
+/// The kernel page tables.
+static KERNEL: Once<Mutex<PageTable<'static, physmap::KernelPhys>>> = Once::new();
+
+/// Page-table frames for kernel tables: unmovable order-0 frames.
+pub struct KernelTableAlloc;
+
+impl TableAlloc for KernelTableAlloc {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        let pfn = frames::with_buddy(|b| b.alloc(0, MigrateType::Unmovable)).ok()?;
+        if let Some(meta) = frames::table().get(pfn) {
+            meta.insert_flags(mm::frame::FrameFlags::PAGETABLE);
+        }
+        Some(pfn.addr())
+    }
+
+    fn free_table(&mut self, table: PhysAddr) {
+        if let Err(e) = frames::free(table, 0) {
+            log::error!("returning unused page-table frame {table:?} failed: {e:?}");
+        }
+    }
+}
+
+/// Run `f` on the kernel page tables (lock held, interrupts off); the flush it collects
+/// runs when `f` returns.
+pub fn with_kernel<R>(
+    f: impl FnOnce(&mut PageTable<'static, physmap::KernelPhys>, &mut LocalFlush) -> R,
+) -> R {
+    let kernel = KERNEL.get().expect("kernel page tables used before mem::init");
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut flush = LocalFlush::new();
+        let r = f(&mut kernel.lock(), &mut flush);
+        flush.finish();
+        r
+    })
+}
+
+/// Physical address of the kernel's PML4.
+pub fn root() -> PhysAddr {
+    with_kernel(|pt, _| pt.root())
+}
+
+/// Map `[va, va + len)` to `[pa, pa + len)` with the largest pages that fit.
+fn map_linear(
+    pt: &mut PageTable<'static, physmap::KernelPhys>,
+    va: u64,
+    pa: u64,
+    len: u64,
+    flags: F,
+    flush: &mut LocalFlush,
+) -> Result<(), MemError> {
+    let mut off = 0;
+    while off < len {
+        let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
+            .into_iter()
+            .find(|s| (va + off) % s.bytes() == 0 && (pa + off) % s.bytes() == 0 && off + s.bytes() <= len)
+            .unwrap_or(PageSize::Size4K);
+        pt.map(va + off, PhysAddr::new(pa + off), size, flags, &mut KernelTableAlloc, flush)
+            .map_err(MemError::Map)?;
+        off += size.bytes();
+    }
+    Ok(())
+}
+
+/// What was built, for the boot report.
+pub struct Built {
+    /// The new PML4.
+    pub root: PhysAddr,
+    /// Top of the boot CPU's new stack.
+    pub stack_top: VirtAddr,
+}
+
+/// Build the kernel page tables: the linear map of `[0, phys_end)`, the kernel image
+/// (from its ELF segments, translated through the bootloader's tables) and the boot
+/// CPU's stack. Nothing is loaded yet.
+pub fn build(phys_end: u64, kernel_elf: (u64, u64, u64)) -> Result<Built, MemError> {
+    let mut alloc = KernelTableAlloc;
+    let mut pt = PageTable::new(&physmap::PHYS, &mut alloc).ok_or(MemError::OutOfFrames)?;
+    let mut flush = LocalFlush::new();
+    let data = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
+    map_linear(&mut pt, crate::PHYS_MAP_BASE, 0, phys_end.next_multiple_of(1 << 21), data, &mut flush)?;
+
+    // SAFETY: CR3 holds the bootloader's PML4, a valid 4-level table reachable through
+    // the linear map; we only read it.
+    let boot = unsafe {
+        PageTable::from_root(&physmap::PHYS, x86_64::registers::control::Cr3::read().0.start_address())
+    };
+    let (image, len, offset) = kernel_elf;
+    let (segments, n) = elf::load_segments(PhysAddr::new(image), len, offset).map_err(MemError::Elf)?;
+    for seg in segments[..n].iter().flatten() {
+        let flags = match seg.kind {
+            SegmentKind::Text => F::GLOBAL,
+            SegmentKind::ReadOnly => F::NO_EXECUTE | F::GLOBAL,
+            SegmentKind::Data => F::WRITABLE | F::NO_EXECUTE | F::GLOBAL,
+        };
+        let mut va = seg.start & !(PAGE_SIZE - 1);
+        while va < seg.end {
+            let t = boot.query(va).ok_or(MemError::KernelNotMapped(va))?;
+            let pa = PhysAddr::new(t.pa.as_u64() & !(PAGE_SIZE - 1));
+            pt.map(va, pa, PageSize::Size4K, flags, &mut alloc, &mut flush)
+                .map_err(MemError::Map)?;
+            va += PAGE_SIZE;
+        }
+    }
+    let stack_top = map_stack(&mut pt, 0, &mut flush)?;
+    flush.finish();
+    let root = pt.root();
+    KERNEL.call_once(|| Mutex::new(pt));
+    Ok(Built { root, stack_top })
+}
+
+/// Map the stack of stack slot `slot` (its guard page stays unmapped and is registered)
+/// and return its top.
+fn map_stack(
+    pt: &mut PageTable<'static, physmap::KernelPhys>,
+    slot: u32,
+    flush: &mut LocalFlush,
+) -> Result<VirtAddr, MemError> {
+    let guard = STACKS_BASE + u64::from(slot) * STACK_SLOT;
+    let bottom = guard + PAGE_SIZE;
+    for i in 0..STACK_PAGES {
+        let frame = frames::alloc_zeroed(0, MigrateType::Unmovable)?;
+        if let Some(meta) = frames::table().get(mm::addr::Pfn::containing(frame)) {
+            meta.insert_flags(mm::frame::FrameFlags::PINNED);
+        }
+        pt.map(
+            bottom + i * PAGE_SIZE,
+            frame,
+            PageSize::Size4K,
+            F::WRITABLE | F::NO_EXECUTE | F::GLOBAL,
+            &mut KernelTableAlloc,
+            flush,
+        )
+        .map_err(MemError::Map)?;
+    }
+    crate::arch::guard::register(guard, bottom, u64::from(slot));
+    Ok(VirtAddr::new(bottom + STACK_PAGES * PAGE_SIZE))
+}
+
+/// A new kernel stack (with its guard page) in stack slot `slot`; returns its top.
+pub fn alloc_stack(slot: u32) -> Result<VirtAddr, MemError> {
+    with_kernel(|pt, flush| map_stack(pt, slot, flush))
+}
+
+/// Load the kernel page tables (built by [`build`]), switch to `stack_top` and continue
+/// in `next(arg)`. Turns on no-execute and write protection first.
+pub fn switch_to(built: &Built, next: extern "sysv64" fn(usize) -> !, arg: usize) -> ! {
+    use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+    use x86_64::registers::model_specific::{Efer, EferFlags};
+    // SAFETY: enabling NX (our tables set NO_EXECUTE), WP (kernel honours read-only
+    // pages) and PGE (we mark kernel mappings global) changes no current translation.
+    unsafe {
+        Efer::update(|f| f.insert(EferFlags::NO_EXECUTE_ENABLE));
+        Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT));
+        Cr4::update(|f| f.insert(Cr4Flags::PAGE_GLOBAL));
+        enter(built.root.as_u64(), built.stack_top.as_u64(), next, arg)
+    }
+}
+
+core::arch::global_asm!(
+    ".global mmk_enter",
+    "mmk_enter:",
+    "    mov cr3, rdi",
+    "    mov rsp, rsi",
+    "    xor ebp, ebp",
+    "    mov rdi, rcx",
+    "    call rdx",
+    "    ud2",
+);
+
+unsafe extern "sysv64" {
+    #[link_name = "mmk_enter"]
+    fn enter(cr3: u64, stack_top: u64, next: extern "sysv64" fn(usize) -> !, arg: usize) -> !;
+}
+
+/// Map `len` bytes of device memory at `pa` uncached; returns where.
+pub fn map_mmio(pa: PhysAddr, len: u64) -> Result<VirtAddr, MemError> {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
+    let first = pa.as_u64() & !(PAGE_SIZE - 1);
+    let pages = (pa.as_u64() + len - first).div_ceil(PAGE_SIZE);
+    let va = NEXT.fetch_add((pages + 1) * PAGE_SIZE, Ordering::Relaxed);
+    with_kernel(|pt, flush| {
+        for i in 0..pages {
+            pt.map(
+                va + i * PAGE_SIZE,
+                PhysAddr::new(first + i * PAGE_SIZE),
+                PageSize::Size4K,
+                F::WRITABLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH | F::GLOBAL,
+                &mut KernelTableAlloc,
+                flush,
+            )
+            .map_err(MemError::Map)?;
+        }
+        Ok(VirtAddr::new(va + (pa.as_u64() - first)))
+    })
+}

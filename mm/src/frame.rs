@@ -1,0 +1,354 @@
+//! Per-frame metadata, found by arithmetic: one 32-byte [`FrameMeta`] record per 4 KiB
+//! frame, stored in a [`FrameTable`] indexed by PFN.
+//!
+//! Every field is an atomic, so a `&FrameMeta` can be shared between CPUs. The buddy
+//! allocator owns `state`, `order`, the free-list links and the allocator flags (it
+//! changes them only under its lock); the layers above own the counters and the `owner`
+//! word.
+//!
+//! Blocks (free or allocated) are naturally aligned runs of `2^order` frames. The first
+//! frame, the *head*, holds the block's state and order; every other frame of the block is
+//! a [`FrameState::Tail`]. A tail does not store its head: [`FrameTable::head_of`] finds it
+//! by looking at the aligned frames below it, at most `MAX_ORDER + 1` loads. This keeps
+//! allocating and freeing a block O(MAX_ORDER) however large the block is, at the price of
+//! an O(order) head lookup.
+
+use crate::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
+use core::mem::size_of;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// The most frames a table may describe: free-list links are 32-bit PFNs and
+/// `u32::MAX` means "no frame".
+pub const MAX_FRAMES: usize = u32::MAX as usize;
+
+/// The free-list link value that means "no frame".
+pub(crate) const NO_LINK: u32 = u32::MAX;
+
+/// What a frame currently is, as far as the frame allocator is concerned.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameState {
+    /// Not managed by the allocator (firmware, kernel image, holes, the table itself).
+    Reserved = 0,
+    /// Head of a free block of `order`.
+    Free = 1,
+    /// Head of an allocated block of `order` (a compound page when `order > 0`).
+    Allocated = 2,
+    /// Any frame of a block other than its head; [`FrameTable::head_of`] finds the head.
+    Tail = 3,
+}
+
+impl FrameState {
+    fn from_u8(v: u8) -> FrameState {
+        match v {
+            1 => FrameState::Free,
+            2 => FrameState::Allocated,
+            3 => FrameState::Tail,
+            _ => {
+                debug_assert_eq!(v, 0, "corrupt frame state {v}");
+                FrameState::Reserved
+            }
+        }
+    }
+
+    /// Whether this is the head of a block (free or allocated).
+    pub const fn is_head(self) -> bool {
+        matches!(self, FrameState::Free | FrameState::Allocated)
+    }
+}
+
+bitflags::bitflags! {
+    /// Per-frame flags. The allocator owns `MOVABLE`, `RESERVED`, `HUGE_HEAD`, `FREED`
+    /// and `PAGEBLOCK_UNMOVABLE`; the others belong to the layers above.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct FrameFlags: u16 {
+        /// The allocated block was asked for as [`MigrateType::Movable`](crate::buddy::MigrateType):
+        /// its contents may be migrated or exchanged.
+        const MOVABLE = 1 << 0;
+        /// Must never be moved whatever its migrate type (long-term pin, kernel stack...).
+        const PINNED = 1 << 1;
+        /// Never handed to the allocator (mirrors [`FrameState::Reserved`]).
+        const RESERVED = 1 << 2;
+        /// Head of an allocated compound block (`order > 0`).
+        const HUGE_HEAD = 1 << 3;
+        /// Holds a page table.
+        const PAGETABLE = 1 << 4;
+        /// Was the head of a block that has since been freed and not handed out as a head
+        /// again: freeing it again is a double free.
+        const FREED = 1 << 5;
+        /// Meaningful on the first frame of a pageblock only: the pageblock groups
+        /// unmovable allocations (cleared: movable ones).
+        const PAGEBLOCK_UNMOVABLE = 1 << 6;
+    }
+}
+
+/// The metadata of one 4 KiB frame.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FrameMeta {
+    state: AtomicU8,
+    order: AtomicU8,
+    flags: AtomicU16,
+    /// References to the frame (to the head, for a compound block); 1 after allocation.
+    pub refcount: AtomicU32,
+    /// Page-table entries mapping the frame.
+    pub mapcount: AtomicU32,
+    /// Short-term pins (DMA); a pinned frame is neither moved nor freed.
+    pub pincount: AtomicU32,
+    next: AtomicU32,
+    prev: AtomicU32,
+    /// Reserved for the reverse map: who owns the frame's mappings.
+    pub owner: AtomicU64,
+}
+
+const _: () = assert!(size_of::<FrameMeta>() == 32);
+
+impl FrameMeta {
+    /// A record of a reserved frame with zero counters.
+    pub const fn new() -> FrameMeta {
+        FrameMeta {
+            state: AtomicU8::new(FrameState::Reserved as u8),
+            order: AtomicU8::new(0),
+            flags: AtomicU16::new(FrameFlags::RESERVED.bits()),
+            refcount: AtomicU32::new(0),
+            mapcount: AtomicU32::new(0),
+            pincount: AtomicU32::new(0),
+            next: AtomicU32::new(NO_LINK),
+            prev: AtomicU32::new(NO_LINK),
+            owner: AtomicU64::new(0),
+        }
+    }
+
+    /// The frame's state. Acquire: a reader that sees a head also sees its order.
+    pub fn state(&self) -> FrameState {
+        FrameState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Order of the block this frame heads; meaningless on tails and reserved frames.
+    pub fn order(&self) -> u8 {
+        self.order.load(Ordering::Relaxed)
+    }
+
+    /// The frame's flags.
+    pub fn flags(&self) -> FrameFlags {
+        FrameFlags::from_bits_retain(self.flags.load(Ordering::Acquire))
+    }
+
+    /// Set `flags`, leaving the others as they are.
+    pub fn insert_flags(&self, flags: FrameFlags) {
+        self.flags.fetch_or(flags.bits(), Ordering::AcqRel);
+    }
+
+    /// Clear `flags`, leaving the others as they are.
+    pub fn remove_flags(&self, flags: FrameFlags) {
+        self.flags.fetch_and(!flags.bits(), Ordering::AcqRel);
+    }
+
+    /// Make this frame a head (`Free` or `Allocated`) of `order`, or a tail / reserved
+    /// frame (then `order` is stored but meaningless). The order is published before
+    /// the state.
+    pub(crate) fn set_state(&self, state: FrameState, order: u8) {
+        self.order.store(order, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Next block on the free list (`NO_LINK`: none). Ordered by the allocator lock.
+    pub(crate) fn next(&self) -> u32 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Previous block on the free list (`NO_LINK`: none). Ordered by the allocator lock.
+    pub(crate) fn prev(&self) -> u32 {
+        self.prev.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_next(&self, pfn: u32) {
+        self.next.store(pfn, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_prev(&self, pfn: u32) {
+        self.prev.store(pfn, Ordering::Relaxed);
+    }
+}
+
+impl Default for FrameMeta {
+    fn default() -> FrameMeta {
+        FrameMeta::new()
+    }
+}
+
+/// The metadata of PFNs `0..len()`, indexed by PFN.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameTable<'a> {
+    metas: &'a [FrameMeta],
+}
+
+impl<'a> FrameTable<'a> {
+    /// A table over `metas` (record `i` describes PFN `i`), or `None` if it has more than
+    /// [`MAX_FRAMES`] records. The records should be fresh ([`FrameMeta::new`]): the
+    /// allocator takes frames over only through `add_free_range`.
+    pub fn new(metas: &'a [FrameMeta]) -> Option<FrameTable<'a>> {
+        (metas.len() <= MAX_FRAMES).then_some(FrameTable { metas })
+    }
+
+    /// Bytes of memory a table of `n_frames` records occupies (8-byte aligned).
+    pub const fn bytes_needed(n_frames: usize) -> usize {
+        n_frames * size_of::<FrameMeta>()
+    }
+
+    /// Build a table in raw memory, initialising every record to a reserved frame.
+    ///
+    /// # Safety
+    /// `ptr` must be aligned for `FrameMeta` and valid for reads and writes of
+    /// `FrameTable::bytes_needed(n)` bytes, which nothing else may access for the rest of
+    /// the program other than through the returned table; `n <= MAX_FRAMES`.
+    pub unsafe fn from_raw(ptr: *mut FrameMeta, n: usize) -> FrameTable<'static> {
+        debug_assert!(n <= MAX_FRAMES);
+        for i in 0..n {
+            // SAFETY: `i < n`, so the record is inside the region the caller gave us,
+            // which is aligned and valid for writes; it may hold garbage, which `write`
+            // overwrites without reading or dropping.
+            unsafe { ptr.add(i).write(FrameMeta::new()) };
+        }
+        // SAFETY: the `n` records were initialised above, the region is valid and not
+        // otherwise accessed for the rest of the program (caller's contract), and shared
+        // references are sound because every field is an atomic.
+        let metas = unsafe { core::slice::from_raw_parts(ptr.cast_const(), n) };
+        FrameTable { metas }
+    }
+
+    /// `n` fresh records on the heap, to back a [`FrameTable::new`] in host tests.
+    #[cfg(any(test, feature = "std"))]
+    pub fn boxed_records(n: usize) -> std::boxed::Box<[FrameMeta]> {
+        (0..n).map(|_| FrameMeta::new()).collect()
+    }
+
+    /// Number of frames described.
+    pub fn len(&self) -> usize {
+        self.metas.len()
+    }
+
+    /// Whether the table describes no frame at all.
+    pub fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+    }
+
+    /// The record of `pfn`, if the table covers it.
+    pub fn get(&self, pfn: Pfn) -> Option<&'a FrameMeta> {
+        self.metas.get(usize::try_from(pfn.0).ok()?)
+    }
+
+    /// The record at index `i` (crate internal: the caller has checked `i < len()`).
+    pub(crate) fn at(&self, i: usize) -> &'a FrameMeta {
+        &self.metas[i]
+    }
+
+    /// The head of the block (free or allocated) containing `pfn`: `pfn` itself for a
+    /// head, `None` for a reserved frame or a PFN outside the table.
+    ///
+    /// The head of a block of order `k` containing `pfn` is `pfn` rounded down to `2^k`
+    /// and every frame between them is a tail, so the first head met while rounding
+    /// `pfn` down to ever larger powers of two is the answer, if its order reaches.
+    pub fn head_of(&self, pfn: Pfn) -> Option<Pfn> {
+        let i = usize::try_from(pfn.0).ok().filter(|&i| i < self.len())?;
+        for o in 0..=MAX_ORDER {
+            let h = i & !((1usize << o) - 1);
+            let m = self.at(h);
+            match m.state() {
+                FrameState::Tail => continue,
+                s if s.is_head() && m.order() >= o => return Some(Pfn(h as u64)),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The first frame of the pageblock containing index `i`.
+    pub(crate) fn pageblock_start(i: usize) -> usize {
+        i & !((1usize << PAGEBLOCK_ORDER) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_fixed() {
+        assert_eq!(size_of::<FrameMeta>(), 32);
+        assert_eq!(core::mem::align_of::<FrameMeta>(), 8);
+        assert_eq!(FrameTable::bytes_needed(3), 96);
+    }
+
+    #[test]
+    fn fresh_records_are_reserved() {
+        let recs = FrameTable::boxed_records(4);
+        let t = FrameTable::new(&recs).unwrap();
+        assert_eq!(t.len(), 4);
+        for p in 0..4 {
+            let m = t.get(Pfn(p)).unwrap();
+            assert_eq!(m.state(), FrameState::Reserved);
+            assert_eq!(m.flags(), FrameFlags::RESERVED);
+            assert_eq!(t.head_of(Pfn(p)), None);
+        }
+        assert!(t.get(Pfn(4)).is_none());
+        assert!(t.get(Pfn(u64::MAX)).is_none());
+    }
+
+    #[test]
+    fn from_raw_initialises_garbage() {
+        let mut buf = std::vec::Vec::<FrameMeta>::with_capacity(8);
+        // SAFETY: the capacity holds 8 aligned records; filling them with 0xAB bytes
+        // leaves garbage for `from_raw` to overwrite, as in the kernel.
+        unsafe { core::ptr::write_bytes(buf.as_mut_ptr(), 0xAB, 8) };
+        let ptr = buf.as_mut_ptr();
+        core::mem::forget(buf);
+        // SAFETY: the leaked allocation is aligned, holds 8 records and is never used
+        // again except through the table.
+        let t = unsafe { FrameTable::from_raw(ptr, 8) };
+        for p in 0..8 {
+            let m = t.get(Pfn(p)).unwrap();
+            assert_eq!(m.state(), FrameState::Reserved);
+            assert_eq!(m.refcount.load(Ordering::Relaxed), 0);
+            assert_eq!(m.next(), NO_LINK);
+        }
+    }
+
+    #[test]
+    fn head_of_walks_down_to_the_head() {
+        let recs = FrameTable::boxed_records(16);
+        let t = FrameTable::new(&recs).unwrap();
+        // Block of order 3 at 8, order 2 at 4 (free), frames 0..4 reserved.
+        t.at(8).set_state(FrameState::Allocated, 3);
+        (9..16).for_each(|i| t.at(i).set_state(FrameState::Tail, 0));
+        t.at(4).set_state(FrameState::Free, 2);
+        (5..8).for_each(|i| t.at(i).set_state(FrameState::Tail, 0));
+        for p in 8..16 {
+            assert_eq!(t.head_of(Pfn(p)), Some(Pfn(8)));
+        }
+        for p in 4..8 {
+            assert_eq!(t.head_of(Pfn(p)), Some(Pfn(4)));
+        }
+        for p in 0..4 {
+            assert_eq!(t.head_of(Pfn(p)), None);
+        }
+        assert_eq!(t.head_of(Pfn(16)), None);
+    }
+
+    #[test]
+    fn head_of_rejects_an_orphan_tail() {
+        let recs = FrameTable::boxed_records(4);
+        let t = FrameTable::new(&recs).unwrap();
+        t.at(0).set_state(FrameState::Free, 0);
+        t.at(1).set_state(FrameState::Tail, 0);
+        assert_eq!(t.head_of(Pfn(1)), None);
+    }
+
+    #[test]
+    fn flags_are_set_and_cleared_individually() {
+        let m = FrameMeta::new();
+        m.insert_flags(FrameFlags::PINNED | FrameFlags::MOVABLE);
+        m.remove_flags(FrameFlags::RESERVED | FrameFlags::MOVABLE);
+        assert_eq!(m.flags(), FrameFlags::PINNED);
+    }
+}
