@@ -9,6 +9,7 @@ pub mod heap;
 pub mod kernel_space;
 pub mod physmap;
 pub mod report;
+pub mod tests;
 
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::BootInfo;

@@ -1,0 +1,349 @@
+//! In-kernel tests of the memory layer on real page tables and the real memory map.
+
+use super::flush::LocalFlush;
+use super::kernel_space::{self, KernelTableAlloc};
+use super::{frames, heap, physmap};
+use crate::arch::probe;
+use crate::harness::{KernelTest, TestContext, TestResult};
+use crate::{check, check_eq};
+use alloc::vec::Vec;
+use mm::addr::{PageSize, Pfn, PAGE_SIZE};
+use mm::buddy::{AllocError, FreeError, MigrateType};
+use mm::paging::{MapError, UnmapError};
+use x86_64::structures::paging::PageTableFlags as F;
+use x86_64::PhysAddr;
+
+/// Virtual window for test mappings (unused by anything else in the kernel).
+const TEST_VA: u64 = 0xFFFF_A000_0000_0000;
+
+/// The tests of this module.
+pub const TESTS: &[KernelTest] = &[
+    KernelTest { name: "mem::audit_after_boot", run: audit_after_boot },
+    KernelTest { name: "mem::one_gib_block_after_boot", run: one_gib_block_after_boot },
+    KernelTest { name: "mem::every_frame_alloc_then_random_free_restores_free_areas", run: every_frame_roundtrip },
+    KernelTest { name: "mem::bad_frees_are_typed_errors_and_change_nothing", run: bad_frees },
+    KernelTest { name: "mem::alloc_at_and_alloc_range", run: alloc_at_and_range },
+    KernelTest { name: "mem::unmovable_allocations_share_pageblocks", run: unmovable_grouping },
+    KernelTest { name: "mem::map_write_unmap_4k_2m_1g", run: map_write_unmap },
+    KernelTest { name: "mem::bad_mappings_are_typed_errors", run: bad_mappings },
+    KernelTest { name: "mem::partial_protect_splits_a_2m_leaf", run: partial_protect_splits },
+    KernelTest { name: "mem::empty_page_tables_are_freed", run: empty_tables_freed },
+    KernelTest { name: "mem::heap_grows_when_exhausted", run: heap_grows },
+    KernelTest { name: "mem::kernel_image_is_w_xor_x", run: kernel_w_xor_x },
+    KernelTest { name: "mem::stack_guard_page_faults", run: stack_guard_faults },
+];
+
+/// A small xorshift generator for test randomness.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn audit() -> TestResult {
+    let r = frames::with_buddy(|b| b.audit());
+    check!(r.is_ok(), "allocator audit failed: {r:?}");
+    Ok(())
+}
+
+fn audit_after_boot(_: &TestContext) -> TestResult {
+    let report = frames::with_buddy(|b| b.audit());
+    check!(report.is_ok(), "audit: {report:?}");
+    let total = frames::with_buddy(|b| b.total_frames());
+    check!(total > 0);
+    Ok(())
+}
+
+fn one_gib_block_after_boot(_: &TestContext) -> TestResult {
+    let mem = super::boot_memory().phys_end;
+    let r = frames::with_buddy(|b| b.alloc(PageSize::Size1G.order(), MigrateType::Movable));
+    if mem < (2 << 30) {
+        check_eq!(r, Err(AllocError::OutOfMemory));
+        return audit();
+    }
+    let pfn = r.map_err(|e| crate::harness::TestError::Check {
+        message: alloc::format!("1 GiB allocation failed: {e:?}"),
+        file: file!(),
+        line: line!(),
+    })?;
+    check!(pfn.is_aligned(18), "1 GiB block {pfn:?} is not 1 GiB aligned");
+    check_eq!(frames::with_buddy(|b| b.free(pfn, 18)), Ok(()));
+    audit()
+}
+
+fn every_frame_roundtrip(ctx: &TestContext) -> TestResult {
+    // Reserve the bookkeeping first: the heap must not need frames while none are left.
+    let mut pfns: Vec<Pfn> = Vec::with_capacity(frames::with_buddy(|b| b.free_frames()) + 4096);
+    let before = frames::with_buddy(|b| b.free_areas());
+    loop {
+        match frames::with_buddy(|b| b.alloc(0, MigrateType::Movable)) {
+            Ok(pfn) => pfns.push(pfn),
+            Err(AllocError::OutOfMemory) => break,
+            Err(e) => check!(false, "order-0 allocation failed: {e:?}"),
+        }
+    }
+    check!(pfns.len() <= pfns.capacity(), "the frame list had to grow");
+    check_eq!(frames::with_buddy(|b| b.free_frames()), 0);
+    let mut rng = Rng::new(ctx.seed);
+    for i in (1..pfns.len()).rev() {
+        pfns.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for &pfn in &pfns {
+        check_eq!(frames::with_buddy(|b| b.free(pfn, 0)), Ok(()));
+    }
+    let after = frames::with_buddy(|b| b.free_areas());
+    check_eq!(before, after);
+    crate::sprint!("({} frames) ", pfns.len());
+    audit()
+}
+
+fn bad_frees(_: &TestContext) -> TestResult {
+    let before = frames::with_buddy(|b| b.free_areas());
+    let block = frames::with_buddy(|b| b.alloc(2, MigrateType::Movable));
+    check!(block.is_ok());
+    let Ok(block) = block else { return Ok(()) };
+    let mid = frames::with_buddy(|b| b.free_areas());
+    check_eq!(frames::with_buddy(|b| b.free(block, 1)), Err(FreeError::WrongOrder { allocated: 2 }));
+    check_eq!(frames::with_buddy(|b| b.free(block.add(1), 0)), Err(FreeError::NotHead));
+    let total = frames::table().len() as u64;
+    check_eq!(frames::with_buddy(|b| b.free(Pfn(total + 10), 0)), Err(FreeError::OutOfRange));
+    check_eq!(frames::with_buddy(|b| b.free(Pfn(0), 0)), Err(FreeError::NotAllocated));
+    check_eq!(frames::with_buddy(|b| b.free_areas()), mid);
+    check_eq!(frames::with_buddy(|b| b.free(block, 2)), Ok(()));
+    check_eq!(frames::with_buddy(|b| b.free(block, 2)), Err(FreeError::DoubleFree));
+    check_eq!(frames::with_buddy(|b| b.free_areas()), before);
+    audit()
+}
+
+fn alloc_at_and_range(_: &TestContext) -> TestResult {
+    // A free 2 MiB-aligned block: take exactly it back with alloc_at.
+    let pfn = frames::with_buddy(|b| b.alloc(9, MigrateType::Movable));
+    check!(pfn.is_ok(), "no 2 MiB block: {pfn:?}");
+    let Ok(pfn) = pfn else { return Ok(()) };
+    check_eq!(frames::with_buddy(|b| b.free(pfn, 9)), Ok(()));
+    check_eq!(frames::with_buddy(|b| b.alloc_at(pfn.add(8), 3, MigrateType::Movable)), Ok(pfn.add(8)));
+    check_eq!(
+        frames::with_buddy(|b| b.alloc_at(pfn.add(8), 0, MigrateType::Movable)),
+        Err(AllocError::NotFree)
+    );
+    check_eq!(
+        frames::with_buddy(|b| b.alloc_at(pfn.add(1), 3, MigrateType::Movable)),
+        Err(AllocError::Unaligned)
+    );
+    check_eq!(frames::with_buddy(|b| b.free(pfn.add(8), 3)), Ok(()));
+    // A run of 1000 frames starting on a 2 MiB boundary.
+    let run = frames::with_buddy(|b| b.alloc_range(1000, 9, MigrateType::Movable));
+    check!(run.is_ok(), "alloc_range: {run:?}");
+    let Ok(run) = run else { return Ok(()) };
+    check!(run.is_aligned(9));
+    for i in 0..1000 {
+        check!(!frames::with_buddy(|b| b.is_free(run.add(i))));
+    }
+    check_eq!(frames::with_buddy(|b| b.free_range(run, 1000)), Ok(()));
+    audit()
+}
+
+fn unmovable_grouping(_: &TestContext) -> TestResult {
+    let mut movable = Vec::with_capacity(1000);
+    let mut unmovable = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let m = frames::with_buddy(|b| b.alloc(0, MigrateType::Movable));
+        let u = frames::with_buddy(|b| b.alloc(0, MigrateType::Unmovable));
+        check!(m.is_ok() && u.is_ok());
+        movable.extend(m.ok());
+        unmovable.extend(u.ok());
+    }
+    let mut blocks: Vec<u64> = unmovable.iter().map(|p| p.0 >> 9).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    // 1000 frames fit in 2 pageblocks; the pageblocks already partly used by the kernel's
+    // own unmovable allocations may take some of them.
+    check!(blocks.len() <= 4, "unmovable frames spread over {} pageblocks", blocks.len());
+    check!(movable.iter().all(|m| !blocks.contains(&(m.0 >> 9))), "a movable frame landed in an unmovable pageblock");
+    for p in movable.into_iter().chain(unmovable) {
+        check_eq!(frames::with_buddy(|b| b.free(p, 0)), Ok(()));
+    }
+    audit()
+}
+
+/// Map a fresh block of `size` at `va`, fill it through the mapping, check the bytes
+/// through the linear map, unmap it, check the old address faults, free the block.
+fn roundtrip(va: u64, size: PageSize, pattern: u64) -> TestResult {
+    let pfn = frames::with_buddy(|b| b.alloc(size.order(), MigrateType::Movable));
+    if size == PageSize::Size1G && pfn == Err(AllocError::OutOfMemory) {
+        return Ok(());
+    }
+    check!(pfn.is_ok(), "no block for {size:?}: {pfn:?}");
+    let Ok(pfn) = pfn else { return Ok(()) };
+    let pa = pfn.addr();
+    let mapped = kernel_space::with_kernel(|pt, flush| {
+        pt.map(va, pa, size, F::WRITABLE | F::NO_EXECUTE, &mut KernelTableAlloc, flush)
+    });
+    check_eq!(mapped, Ok(()));
+    let words = size.bytes() / 8;
+    for i in [0, 1, words / 2, words - 1] {
+        // SAFETY: va..va+size is mapped writable above to a block we own.
+        check!(unsafe { probe::write_u64(va + i * 8, pattern ^ i) });
+    }
+    for i in [0, 1, words / 2, words - 1] {
+        let through_linear_map = probe::read_u64(physmap::virt(pa + i * 8).as_u64());
+        check_eq!(through_linear_map, Some(pattern ^ i));
+    }
+    let t = kernel_space::with_kernel(|pt, _| pt.query(va + 8));
+    check!(matches!(t, Some(t) if t.size == size && t.pa == pa + 8u64), "query: {t:?}");
+    let leaf = kernel_space::with_kernel(|pt, flush| pt.unmap(va, size, flush));
+    check!(matches!(leaf, Ok(l) if l.pa == pa && l.is_dirty()), "unmap: {leaf:?}");
+    check_eq!(probe::read_u64(va), None);
+    check_eq!(probe::read_u64(va + size.bytes() - 8), None);
+    check_eq!(frames::with_buddy(|b| b.free(pfn, size.order())), Ok(()));
+    Ok(())
+}
+
+fn map_write_unmap(ctx: &TestContext) -> TestResult {
+    roundtrip(TEST_VA, PageSize::Size4K, ctx.seed)?;
+    roundtrip(TEST_VA + (2 << 20), PageSize::Size2M, ctx.seed << 1)?;
+    roundtrip(TEST_VA + (1 << 30), PageSize::Size1G, ctx.seed << 2)?;
+    audit()
+}
+
+fn bad_mappings(_: &TestContext) -> TestResult {
+    let frame = frames::alloc_zeroed(0, MigrateType::Movable);
+    check!(frame.is_ok());
+    let Ok(frame) = frame else { return Ok(()) };
+    let flags = F::WRITABLE | F::NO_EXECUTE;
+    let r = kernel_space::with_kernel(|pt, flush| {
+        let first = pt.map(TEST_VA, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
+        let snapshot: Vec<_> = pt.walk(TEST_VA, TEST_VA + (1 << 30)).collect();
+        let again = pt.map(TEST_VA, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
+        let over = pt.map(TEST_VA, PhysAddr::new(0), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
+        let unaligned = pt.map(TEST_VA + 4096, PhysAddr::new(0), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
+        let unaligned_pa = pt.map(TEST_VA + (2 << 20), PhysAddr::new(4096), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
+        let not_mapped = pt.unmap(TEST_VA + 4096, PageSize::Size4K, flush);
+        let wrong_size = pt.unmap(TEST_VA, PageSize::Size2M, flush);
+        let non_canonical = pt.map(0x0000_8000_0000_0000, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
+        let same = pt.walk(TEST_VA, TEST_VA + (1 << 30)).collect::<Vec<_>>() == snapshot;
+        let cleanup = pt.unmap(TEST_VA, PageSize::Size4K, flush).map(|l| l.pa);
+        (first, again, over, unaligned, unaligned_pa, not_mapped, wrong_size, non_canonical, same, cleanup)
+    });
+    check_eq!(r.0, Ok(()));
+    check_eq!(r.1, Err(MapError::AlreadyMapped));
+    check_eq!(r.2, Err(MapError::AlreadyMapped));
+    check_eq!(r.3, Err(MapError::Unaligned));
+    check_eq!(r.4, Err(MapError::Unaligned));
+    check_eq!(r.5.map(|l| l.pa), Err(UnmapError::NotMapped));
+    check_eq!(r.6.map(|l| l.pa), Err(UnmapError::SizeMismatch));
+    check_eq!(r.7, Err(MapError::NonCanonical));
+    check!(r.8, "a failed operation changed the page tables");
+    check_eq!(r.9, Ok(frame));
+    check_eq!(frames::free(frame, 0), Ok(()));
+    audit()
+}
+
+fn partial_protect_splits(ctx: &TestContext) -> TestResult {
+    let pfn = frames::with_buddy(|b| b.alloc(9, MigrateType::Movable));
+    check!(pfn.is_ok());
+    let Ok(pfn) = pfn else { return Ok(()) };
+    let va = TEST_VA + (4 << 20);
+    let rw = F::WRITABLE | F::NO_EXECUTE;
+    check_eq!(
+        kernel_space::with_kernel(|pt, f| pt.map(va, pfn.addr(), PageSize::Size2M, rw, &mut KernelTableAlloc, f)),
+        Ok(())
+    );
+    for i in 0..512u64 {
+        // SAFETY: the 2 MiB block is ours and mapped writable.
+        check!(unsafe { probe::write_u64(va + i * PAGE_SIZE, ctx.seed ^ i) });
+    }
+    let ro_page = va + 7 * PAGE_SIZE;
+    let r = kernel_space::with_kernel(|pt, f| {
+        pt.protect_range(ro_page, ro_page + PAGE_SIZE, F::NO_EXECUTE, &mut KernelTableAlloc, f)
+    });
+    check_eq!(r, Ok(()));
+    let t = kernel_space::with_kernel(|pt, _| (pt.query(ro_page), pt.query(va)));
+    check!(matches!(t.0, Some(t) if t.size == PageSize::Size4K && !t.flags.contains(F::WRITABLE)), "{:?}", t.0);
+    check!(matches!(t.1, Some(t) if t.size == PageSize::Size4K && t.flags.contains(F::WRITABLE)), "{:?}", t.1);
+    // SAFETY: the page is ours; the write must fault since it is now read-only.
+    check!(!unsafe { probe::write_u64(ro_page, 0) }, "write to a read-only page succeeded");
+    for i in 0..512u64 {
+        check_eq!(probe::read_u64(va + i * PAGE_SIZE), Some(ctx.seed ^ i));
+    }
+    let mut n = 0;
+    let r = kernel_space::with_kernel(|pt, f| pt.unmap_range(va, va + (2 << 20), &mut KernelTableAlloc, f, |_| n += 1));
+    check_eq!(r, Ok(()));
+    check_eq!(n, 512);
+    check_eq!(frames::with_buddy(|b| b.free(pfn, 9)), Ok(()));
+    audit()
+}
+
+fn empty_tables_freed(_: &TestContext) -> TestResult {
+    let before = frames::with_buddy(|b| b.free_frames());
+    let frame = frames::alloc_zeroed(0, MigrateType::Movable);
+    let Ok(frame) = frame else { return Ok(()) };
+    // A fresh corner of the address space: a new PDPT, PD and PT are needed.
+    let va = TEST_VA + (200 << 30);
+    let flags = F::WRITABLE | F::NO_EXECUTE;
+    check_eq!(
+        kernel_space::with_kernel(|pt, f| pt.map(va, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, f)),
+        Ok(())
+    );
+    check_eq!(frames::with_buddy(|b| b.free_frames()), before - 4);
+    let leaf = kernel_space::with_kernel(|pt, f| pt.unmap(va, PageSize::Size4K, f));
+    check!(leaf.is_ok());
+    check_eq!(frames::free(frame, 0), Ok(()));
+    check_eq!(frames::with_buddy(|b| b.free_frames()), before);
+    audit()
+}
+
+fn heap_grows(_: &TestContext) -> TestResult {
+    let (size_before, _) = heap::usage();
+    let n = 8 << 20;
+    let mut v: Vec<u64> = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        v.push(i.wrapping_mul(0x9E37_79B9));
+    }
+    let (size_after, used) = heap::usage();
+    check!(size_after >= size_before + n * 8, "heap did not grow: {size_before} -> {size_after}");
+    check!(used >= n * 8);
+    check!(v.iter().enumerate().all(|(i, &x)| x == (i as u64).wrapping_mul(0x9E37_79B9)));
+    drop(v);
+    audit()
+}
+
+fn kernel_w_xor_x(_: &TestContext) -> TestResult {
+    let text = kernel_w_xor_x as usize as u64;
+    check!(probe::read_u64(text).is_some());
+    // SAFETY: the write must fault (text is read-only); if it did not, the test fails
+    // and the run ends anyway.
+    check!(!unsafe { probe::write_u64(text, 0) }, "kernel text is writable");
+    let t = kernel_space::with_kernel(|pt, _| pt.query(text));
+    check!(matches!(t, Some(t) if !t.flags.contains(F::WRITABLE) && !t.flags.contains(F::NO_EXECUTE)));
+    static DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let t = kernel_space::with_kernel(|pt, _| pt.query(&DATA as *const _ as u64));
+    check!(matches!(t, Some(t) if t.flags.contains(F::WRITABLE) && t.flags.contains(F::NO_EXECUTE)));
+    Ok(())
+}
+
+fn stack_guard_faults(_: &TestContext) -> TestResult {
+    let guard = kernel_space::STACKS_BASE;
+    check_eq!(probe::read_u64(guard), None);
+    check!(crate::arch::guard::owner_of(guard).is_some());
+    let here = 0u64;
+    let sp = &here as *const u64 as u64;
+    check!(sp > guard + PAGE_SIZE && sp < guard + kernel_space::STACK_SLOT, "running on stack {sp:#x}");
+    Ok(())
+}
