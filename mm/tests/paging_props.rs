@@ -128,38 +128,111 @@ enum Fault {
 /// An operation as generated, before it is aimed at the model's current leaves.
 #[derive(Clone, Debug)]
 enum Op {
-    Map { at: Spot, size: usize, frame: u64, flags: usize, fault: Fault },
-    Unmap { at: Spot, fault: Fault },
-    Protect { at: Spot, flags: usize, fault: Fault },
-    Split { at: Spot, fault: Fault },
-    UnmapRange { a: Spot, b: Spot, past_b: bool },
-    ProtectRange { a: Spot, b: Spot, past_b: bool, flags: usize },
-    Touch { at: Spot, dirty: bool },
+    Map {
+        at: Spot,
+        size: usize,
+        frame: u64,
+        flags: usize,
+        fault: Fault,
+    },
+    Unmap {
+        at: Spot,
+        fault: Fault,
+    },
+    Protect {
+        at: Spot,
+        flags: usize,
+        fault: Fault,
+    },
+    Split {
+        at: Spot,
+        fault: Fault,
+    },
+    UnmapRange {
+        a: Spot,
+        b: Spot,
+        past_b: bool,
+    },
+    ProtectRange {
+        a: Spot,
+        b: Spot,
+        past_b: bool,
+        flags: usize,
+    },
+    Touch {
+        at: Spot,
+        dirty: bool,
+    },
 }
 
 /// An operation with concrete arguments.
 #[derive(Clone, Copy, Debug)]
 enum Concrete {
-    Map { va: u64, pa: u64, size: PageSize, flags: F },
-    Unmap { va: u64, size: PageSize },
-    Protect { va: u64, size: PageSize, flags: F },
-    Split { va: u64, size: PageSize },
+    Map {
+        va: u64,
+        pa: u64,
+        size: PageSize,
+        flags: F,
+    },
+    Unmap {
+        va: u64,
+        size: PageSize,
+    },
+    Protect {
+        va: u64,
+        size: PageSize,
+        flags: F,
+    },
+    Split {
+        va: u64,
+        size: PageSize,
+    },
     /// `[start, end)`, `end == 0` meaning 2^64.
-    UnmapRange { start: u64, end: u64 },
-    ProtectRange { start: u64, end: u64, flags: F },
+    UnmapRange {
+        start: u64,
+        end: u64,
+    },
+    ProtectRange {
+        start: u64,
+        end: u64,
+        flags: F,
+    },
     /// The MMU sets accessed (and maybe dirty) on the leaf containing `va`.
-    Touch { va: u64, dirty: bool },
+    Touch {
+        va: u64,
+        dirty: bool,
+    },
 }
 
 fn point() -> impl Strategy<Value = Point> {
-    (0..WINDOWS.len(), 0..4u64, prop::sample::select(&SLOTS[..]), prop::sample::select(&SLOTS[..]))
+    (
+        0..WINDOWS.len(),
+        0..4u64,
+        prop::sample::select(&SLOTS[..]),
+        prop::sample::select(&SLOTS[..]),
+    )
         .prop_map(|(window, g, m, p)| Point { window, g, m, p })
 }
 
 fn spot(existing: f64) -> impl Strategy<Value = Spot> {
-    let pages = prop_oneof![Just(0u64), Just(1), Just(511), Just(512), Just(513), 0..1u64 << 18];
-    (prop::option::weighted(existing, any::<prop::sample::Index>()), point(), pages)
-        .prop_map(|(existing, point, pages)| Spot { existing, point, pages })
+    let pages = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(511),
+        Just(512),
+        Just(513),
+        0..1u64 << 18
+    ];
+    (
+        prop::option::weighted(existing, any::<prop::sample::Index>()),
+        point(),
+        pages,
+    )
+        .prop_map(|(existing, point, pages)| Spot {
+            existing,
+            point,
+            pages,
+        })
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -196,7 +269,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// One operation and, sometimes, a cap on the tables it may allocate.
 fn step() -> impl Strategy<Value = (Op, Option<usize>)> {
-    (op(), prop_oneof![5 => Just(None), 1 => (0..4usize).prop_map(Some)])
+    (
+        op(),
+        prop_oneof![5 => Just(None), 1 => (0..4usize).prop_map(Some)],
+    )
 }
 
 /// `va` spoiled by `fault` for a leaf of `size`.
@@ -225,14 +301,25 @@ fn concrete(op: &Op, model: &Model) -> Concrete {
         (lo, if past_b { hi.wrapping_add(K4) } else { hi })
     };
     match op {
-        Op::Map { at, size, frame, flags, fault } => {
+        Op::Map {
+            at,
+            size,
+            frame,
+            flags,
+            fault,
+        } => {
             let size = SIZES[*size];
             let va = spoil(at.addr(model) & !(size.bytes() - 1), size, *fault);
             let mut pa = frame * size.bytes();
             if *fault == Fault::UnalignedPa {
                 pa += if size == PageSize::Size4K { 8 } else { K4 };
             }
-            Concrete::Map { va, pa, size, flags: FLAGS[*flags] }
+            Concrete::Map {
+                va,
+                pa,
+                size,
+                flags: FLAGS[*flags],
+            }
         }
         Op::Unmap { at, fault } => {
             let (va, size) = sized(at, *fault);
@@ -240,7 +327,11 @@ fn concrete(op: &Op, model: &Model) -> Concrete {
         }
         Op::Protect { at, flags, fault } => {
             let (va, size) = sized(at, *fault);
-            Concrete::Protect { va, size, flags: FLAGS[*flags] }
+            Concrete::Protect {
+                va,
+                size,
+                flags: FLAGS[*flags],
+            }
         }
         Op::Split { at, fault } => {
             let (va, size) = sized(at, *fault);
@@ -250,11 +341,23 @@ fn concrete(op: &Op, model: &Model) -> Concrete {
             let (start, end) = range(a, b, *past_b);
             Concrete::UnmapRange { start, end }
         }
-        Op::ProtectRange { a, b, past_b, flags } => {
+        Op::ProtectRange {
+            a,
+            b,
+            past_b,
+            flags,
+        } => {
             let (start, end) = range(a, b, *past_b);
-            Concrete::ProtectRange { start, end, flags: FLAGS[*flags] }
+            Concrete::ProtectRange {
+                start,
+                end,
+                flags: FLAGS[*flags],
+            }
         }
-        Op::Touch { at, dirty } => Concrete::Touch { va: at.addr(model), dirty: *dirty },
+        Op::Touch { at, dirty } => Concrete::Touch {
+            va: at.addr(model),
+            dirty: *dirty,
+        },
     }
 }
 
@@ -291,7 +394,14 @@ fn split_model(model: &mut Model, va: u64) {
     let child = smaller(leaf.size);
     for i in 0..512 {
         let off = i * child.bytes();
-        model.insert(va + off, Leaf { size: child, pa: leaf.pa + off, ..leaf });
+        model.insert(
+            va + off,
+            Leaf {
+                size: child,
+                pa: leaf.pa + off,
+                ..leaf
+            },
+        );
     }
 }
 
@@ -358,7 +468,7 @@ fn canonical(va: u64) -> bool {
 }
 
 fn aligned(addr: u64, size: PageSize) -> bool {
-    addr % size.bytes() == 0
+    addr.is_multiple_of(size.bytes())
 }
 
 struct Harness<'a> {
@@ -398,9 +508,12 @@ impl Harness<'_> {
     fn run(&mut self, op: Concrete) -> Outcome {
         let (alloc, sink) = (&mut self.alloc, &mut self.sink);
         match op {
-            Concrete::Map { va, pa, size, flags } => {
-                Outcome::Map(self.pt.map(va, PhysAddr::new(pa), size, flags, alloc, sink))
-            }
+            Concrete::Map {
+                va,
+                pa,
+                size,
+                flags,
+            } => Outcome::Map(self.pt.map(va, PhysAddr::new(pa), size, flags, alloc, sink)),
             Concrete::Unmap { va, size } => Outcome::Unmap(self.pt.unmap(va, size, sink)),
             Concrete::Protect { va, size, flags } => {
                 Outcome::Protect(self.pt.protect(va, size, flags, sink))
@@ -408,7 +521,9 @@ impl Harness<'_> {
             Concrete::Split { va, size } => Outcome::Split(self.pt.split(va, size, alloc, sink)),
             Concrete::UnmapRange { start, end } => {
                 let mut removed = Vec::new();
-                let r = self.pt.unmap_range(start, end, alloc, sink, |l| removed.push(l));
+                let r = self
+                    .pt
+                    .unmap_range(start, end, alloc, sink, |l| removed.push(l));
                 Outcome::Range(r.map(|()| removed))
             }
             Concrete::ProtectRange { start, end, flags } => {
@@ -417,7 +532,11 @@ impl Harness<'_> {
             }
             Concrete::Touch { va, dirty } => {
                 if let Some((word, _)) = leaf_word(self.arena, self.pt.root(), va) {
-                    let bits = if dirty { F::ACCESSED | F::DIRTY } else { F::ACCESSED };
+                    let bits = if dirty {
+                        F::ACCESSED | F::DIRTY
+                    } else {
+                        F::ACCESSED
+                    };
                     word.fetch_or(bits.bits(), Ordering::AcqRel);
                 }
                 Outcome::Touch
@@ -431,7 +550,12 @@ impl Harness<'_> {
         let out_of_tables = |needed: usize| budget.is_some_and(|b| needed > b);
         let model = &mut self.model;
         match op {
-            Concrete::Map { va, pa, size, flags } => Outcome::Map(if !canonical(va) {
+            Concrete::Map {
+                va,
+                pa,
+                size,
+                flags,
+            } => Outcome::Map(if !canonical(va) {
                 Err(MapError::NonCanonical)
             } else if !aligned(va, size) || !aligned(pa, size) {
                 Err(MapError::Unaligned)
@@ -442,7 +566,14 @@ impl Harness<'_> {
             } else if out_of_tables(tables_for_map(model, va, size)) {
                 Err(MapError::OutOfTables)
             } else {
-                model.insert(va, Leaf { size, pa, flags: flags | F::PRESENT });
+                model.insert(
+                    va,
+                    Leaf {
+                        size,
+                        pa,
+                        flags: flags | F::PRESENT,
+                    },
+                );
                 Ok(())
             }),
             Concrete::Unmap { va, size } => Outcome::Unmap(if !canonical(va) {
@@ -465,7 +596,13 @@ impl Harness<'_> {
                 match lookup(model, va, size) {
                     Ok(leaf) => {
                         let kept = leaf.flags & (F::ACCESSED | F::DIRTY);
-                        model.insert(va, Leaf { flags: flags | F::PRESENT | kept, ..leaf });
+                        model.insert(
+                            va,
+                            Leaf {
+                                flags: flags | F::PRESENT | kept,
+                                ..leaf
+                            },
+                        );
                         Ok(leaf.flags)
                     }
                     Err(UnmapError::SizeMismatch) => Err(ProtectError::SizeMismatch),
@@ -531,8 +668,18 @@ impl Harness<'_> {
             }
             Concrete::Touch { va, dirty } => {
                 if let Some((base, leaf)) = covering(model, va) {
-                    let bits = if dirty { F::ACCESSED | F::DIRTY } else { F::ACCESSED };
-                    model.insert(base, Leaf { flags: leaf.flags | bits, ..leaf });
+                    let bits = if dirty {
+                        F::ACCESSED | F::DIRTY
+                    } else {
+                        F::ACCESSED
+                    };
+                    model.insert(
+                        base,
+                        Leaf {
+                            flags: leaf.flags | bits,
+                            ..leaf
+                        },
+                    );
                 }
                 Outcome::Touch
             }
@@ -566,14 +713,22 @@ impl Harness<'_> {
         });
         let regions = table_regions(&self.model);
         let needed = 1 + regions.iter().map(BTreeSet::len).sum::<usize>();
-        prop_assert_eq!(reachable.len(), needed, "tables reachable vs needed by the leaves");
+        prop_assert_eq!(
+            reachable.len(),
+            needed,
+            "tables reachable vs needed by the leaves"
+        );
         prop_assert_eq!(
             self.alloc.outstanding(),
             needed + self.sink.deferred.len(),
             "tables handed out vs reachable and awaiting the flush"
         );
         for table in &self.sink.deferred {
-            prop_assert!(!reachable.contains(table), "deferred table {:?} still linked", table);
+            prop_assert!(
+                !reachable.contains(table),
+                "deferred table {:?} still linked",
+                table
+            );
         }
         Ok(())
     }
@@ -602,8 +757,17 @@ fn run_case(steps: &[(Op, Option<usize>)], probes: &[Point]) -> Result<(), TestC
     let arena = Arena::new(TABLE_FRAMES);
     let mut alloc = ListTableAlloc::new(PhysAddr::zero(), TABLE_FRAMES);
     let pt = PageTable::new(&arena, &mut alloc).expect("a root table");
-    let mut h = Harness { arena: &arena, pt, alloc, sink: RecordingSink::default(), model: Model::new() };
-    let probes: Vec<u64> = probes.iter().map(|p| p.va(PageSize::Size4K) + 0x18).collect();
+    let mut h = Harness {
+        arena: &arena,
+        pt,
+        alloc,
+        sink: RecordingSink::default(),
+        model: Model::new(),
+    };
+    let probes: Vec<u64> = probes
+        .iter()
+        .map(|p| p.va(PageSize::Size4K) + 0x18)
+        .collect();
 
     for (op, budget) in steps {
         let before_model = h.model.clone();
@@ -616,17 +780,6 @@ fn run_case(steps: &[(Op, Option<usize>)], probes: &[Point]) -> Result<(), TestC
         let actual = h.run(op);
         h.alloc.budget = None;
         prop_assert_eq!(&actual, &predicted, "op {:?} budget {:?}", op, budget);
-        {
-            let kind = match &actual {
-                Outcome::Map(r) => format!("map {:?}", r.err()),
-                Outcome::Unmap(r) => format!("unmap {:?}", r.as_ref().err()),
-                Outcome::Protect(r) => format!("protect {:?}", r.err()),
-                Outcome::Split(r) => format!("split {:?}", r.err()),
-                Outcome::Range(r) => format!("range{} {:?} n={}", if matches!(op, Concrete::UnmapRange{..}) {"U"} else {"P"}, r.as_ref().err(), r.as_ref().map(|v| v.len().min(1)).unwrap_or(9)),
-                Outcome::Touch => "touch".into(),
-            };
-            eprintln!("KIND {kind} leaves={} splits={}", h.model.len().min(1000) / 250 * 250, h.sink.flushes.iter().filter(|f| f.1 != PageSize::Size4K).count().min(2));
-        }
 
         if actual.is_err() {
             let after_walk: Vec<_> = h.pt.walk_all().collect();
@@ -656,7 +809,13 @@ fn run_case(steps: &[(Op, Option<usize>)], probes: &[Point]) -> Result<(), TestC
         h.sink.clear();
     }
 
-    let Harness { pt, mut alloc, mut sink, model, .. } = h;
+    let Harness {
+        pt,
+        mut alloc,
+        mut sink,
+        model,
+        ..
+    } = h;
     let mut leaves = 0;
     pt.destroy(&mut sink, |_| leaves += 1);
     prop_assert_eq!(leaves, model.len());

@@ -188,7 +188,8 @@ impl BuddyAllocator<'_> {
                 return Err(AuditError::BadBlock { pfn, order });
             }
             let size = 1usize << order;
-            if let Some(t) = (i + 1..i + size).find(|&t| self.table.at(t).state() != FrameState::Tail)
+            if let Some(t) =
+                (i + 1..i + size).find(|&t| self.table.at(t).state() != FrameState::Tail)
             {
                 return Err(AuditError::Overlap {
                     head: pfn,
@@ -237,8 +238,7 @@ impl BuddyAllocator<'_> {
         }
         let m = self.table.at(head);
         let pfn = Pfn(head as u64);
-        if m
-            .flags()
+        if m.flags()
             .intersects(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD)
         {
             return Err(AuditError::BadFlags { pfn });

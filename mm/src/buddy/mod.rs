@@ -423,8 +423,16 @@ impl<'a> BuddyAllocator<'a> {
         typed(mt)
             .find(nonempty)
             .map(|l| (l, Source::OwnType))
-            .or_else(|| whole_pageblocks().find(nonempty).map(|l| (l, Source::Pageblock)))
-            .or_else(|| typed(mt.other()).find(nonempty).map(|l| (l, Source::Fallback)))
+            .or_else(|| {
+                whole_pageblocks()
+                    .find(nonempty)
+                    .map(|l| (l, Source::Pageblock))
+            })
+            .or_else(|| {
+                typed(mt.other())
+                    .find(nonempty)
+                    .map(|l| (l, Source::Fallback))
+            })
     }
 
     /// Split the unlinked free block (`block`, `order`) down to the block of order `to`

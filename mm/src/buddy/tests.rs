@@ -21,13 +21,17 @@ fn buddy<'a>(recs: &'a [FrameMeta], ranges: &[(u64, u64)]) -> BuddyAllocator<'a>
     b
 }
 
+/// Every field of one record: state, order, flags, refcount, mapcount, pincount, next,
+/// prev, owner.
+type FrameFields = (FrameState, u8, u16, u32, u32, u32, u32, u32, u64);
+
 /// Everything observable: counters, free lists and every field of every record.
 struct Snapshot {
     stats: BuddyStats,
     areas: [usize; NR_ORDERS],
     heads: [u32; NR_LISTS],
     counts: [usize; NR_LISTS],
-    frames: Vec<(FrameState, u8, u16, u32, u32, u32, u32, u32, u64)>,
+    frames: Vec<FrameFields>,
 }
 
 fn snapshot(b: &BuddyAllocator<'_>) -> Snapshot {
@@ -86,10 +90,7 @@ fn areas(blocks: &[(u8, usize)]) -> [usize; NR_ORDERS] {
 fn unaligned_range_becomes_maximal_blocks() {
     let recs = records(64);
     let b = buddy(&recs, &[(3, 37)]);
-    assert_eq!(
-        b.free_areas(),
-        areas(&[(0, 2), (2, 2), (3, 1), (4, 1)])
-    );
+    assert_eq!(b.free_areas(), areas(&[(0, 2), (2, 2), (3, 1), (4, 1)]));
     for (pfn, order) in [(3, 0), (4, 2), (8, 3), (16, 4), (32, 2), (36, 0)] {
         assert_eq!(b.free_block_containing(Pfn(pfn)), Some((Pfn(pfn), order)));
     }
@@ -148,7 +149,9 @@ fn alloc_sets_metadata_and_free_restores() {
     }
     let q = b.alloc(0, U).unwrap();
     let qm = t.get(q).unwrap();
-    assert!(!qm.flags().intersects(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD));
+    assert!(!qm
+        .flags()
+        .intersects(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD));
     let s = b.stats();
     assert_eq!((s.allocated_movable, s.allocated_unmovable), (8, 1));
     b.audit().unwrap();
@@ -232,7 +235,16 @@ fn alloc_at_splits_around_the_target() {
     assert_eq!(b.alloc_at(Pfn(12), 2, M), Ok(Pfn(12)));
     assert_eq!(
         b.free_areas(),
-        areas(&[(2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1)])
+        areas(&[
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (5, 1),
+            (6, 1),
+            (7, 1),
+            (8, 1),
+            (9, 1)
+        ])
     );
     assert_eq!(b.free_block_containing(Pfn(9)), Some((Pfn(8), 2)));
     assert!(!b.is_free(Pfn(13)));
@@ -261,7 +273,11 @@ fn alloc_at_errors_change_nothing() {
         (Pfn(0), MAX_ORDER + 1, AllocError::InvalidOrder),
     ];
     for (pfn, order, err) in cases {
-        assert_eq!(b.alloc_at(pfn, order, U), Err(err), "alloc_at({pfn:?}, {order})");
+        assert_eq!(
+            b.alloc_at(pfn, order, U),
+            Err(err),
+            "alloc_at({pfn:?}, {order})"
+        );
         assert_unchanged(&b, &before, &std::format!("alloc_at({pfn:?}, {order})"));
     }
 }
@@ -295,13 +311,19 @@ fn alloc_range_and_free_range_errors_change_nothing() {
     let r = b.alloc_range(10, 0, M).unwrap();
     let before = snapshot(&b);
     assert_eq!(b.alloc_range(0, 0, M), Err(AllocError::InvalidSize));
-    assert_eq!(b.alloc_range(1, MAX_ORDER + 1, M), Err(AllocError::InvalidOrder));
+    assert_eq!(
+        b.alloc_range(1, MAX_ORDER + 1, M),
+        Err(AllocError::InvalidOrder)
+    );
     assert_eq!(b.alloc_range(55, 0, M), Err(AllocError::OutOfMemory));
     assert_eq!(b.alloc_range(20, 6, M), Err(AllocError::OutOfMemory));
     assert_unchanged(&b, &before, "rejected call");
     assert_eq!(b.free_range(r, 0), Err(FreeError::InvalidSize));
     assert_eq!(b.free_range(r, 11), Err(FreeError::NotAllocated));
-    assert_eq!(b.free_range(r, 9), Err(FreeError::WrongOrder { allocated: 1 }));
+    assert_eq!(
+        b.free_range(r, 9),
+        Err(FreeError::WrongOrder { allocated: 1 })
+    );
     assert_eq!(b.free_range(r.add(1), 9), Err(FreeError::NotHead));
     assert_eq!(b.free_range(Pfn(60), 5), Err(FreeError::OutOfRange));
     assert_eq!(b.free_range(Pfn(64), 1), Err(FreeError::OutOfRange));
@@ -418,6 +440,12 @@ fn audit_reports_unmerged_buddies_and_lost_blocks() {
     b.table()
         .at(p.0 as usize)
         .remove_flags(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
-    b.table().at(p.0 as usize).refcount.store(0, Ordering::Relaxed);
-    assert!(matches!(b.audit(), Err(AuditError::Unmerged { order: 1, .. })));
+    b.table()
+        .at(p.0 as usize)
+        .refcount
+        .store(0, Ordering::Relaxed);
+    assert!(matches!(
+        b.audit(),
+        Err(AuditError::Unmerged { order: 1, .. })
+    ));
 }

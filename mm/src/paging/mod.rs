@@ -56,8 +56,7 @@ pub const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
 pub const UPPER_HALF_START: u64 = 0xFFFF_8000_0000_0000;
 
 /// Accessed and dirty: the bits the MMU sets, kept across protect and split.
-const ACCESSED_DIRTY: PageTableFlags =
-    PageTableFlags::ACCESSED.union(PageTableFlags::DIRTY);
+const ACCESSED_DIRTY: PageTableFlags = PageTableFlags::ACCESSED.union(PageTableFlags::DIRTY);
 
 /// Where new page-table frames come from.
 pub trait TableAlloc {
@@ -361,7 +360,10 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
         }
         let d = self.find_leaf(va, size)?;
         let table = d.path[d.level as usize];
-        let old = Entry::from_raw(self.slot(table, index(va, d.level)).swap(0, Ordering::AcqRel));
+        let old = Entry::from_raw(
+            self.slot(table, index(va, d.level))
+                .swap(0, Ordering::AcqRel),
+        );
         sink.flush_page(vaddr(va), size);
         self.free_empty_tables(va, d.level, &d.path, sink);
         Ok(unmapped(va, old, size))
@@ -430,8 +432,7 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
             if new == old {
                 return old;
             }
-            match slot.compare_exchange(current, new.raw(), Ordering::AcqRel, Ordering::Acquire)
-            {
+            match slot.compare_exchange(current, new.raw(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     sink.flush_page(vaddr(va), size);
                     return old;
@@ -499,8 +500,7 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
             let user = flags.contains(PageTableFlags::USER_ACCESSIBLE);
             let new = Entry::table(table, user);
             // Retried if the MMU set accessed/dirty meanwhile, so the children inherit it.
-            match slot.compare_exchange(current, new.raw(), Ordering::AcqRel, Ordering::Acquire)
-            {
+            match slot.compare_exchange(current, new.raw(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(seen) => current = seen,
             }

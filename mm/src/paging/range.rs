@@ -25,7 +25,7 @@ struct Span {
 
 /// Check `[start, end)` (`end == 0` meaning 2^64); `None` when it is empty.
 fn span(start: u64, end: u64) -> Result<Option<Span>, RangeError> {
-    if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+    if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
         return Err(RangeError::Unaligned);
     }
     if start == end {
@@ -35,7 +35,9 @@ fn span(start: u64, end: u64) -> Result<Option<Span>, RangeError> {
         return Err(RangeError::InvalidRange);
     }
     let last = end.wrapping_sub(1);
-    if !is_canonical(start) || !is_canonical(last) || (start < LOWER_HALF_END) != (last < LOWER_HALF_END)
+    if !is_canonical(start)
+        || !is_canonical(last)
+        || (start < LOWER_HALF_END) != (last < LOWER_HALF_END)
     {
         return Err(RangeError::NonCanonical);
     }
@@ -86,7 +88,14 @@ impl<M: PhysMem> PageTable<'_, M> {
             return Ok(());
         };
         self.split_boundaries(span, alloc, sink)?;
-        self.apply(self.root, 4, 0, span, &mut Action::Unmap(&mut on_leaf), sink);
+        self.apply(
+            self.root,
+            4,
+            0,
+            span,
+            &mut Action::Unmap(&mut on_leaf),
+            sink,
+        );
         Ok(())
     }
 
@@ -142,7 +151,12 @@ impl<M: PhysMem> PageTable<'_, M> {
 
     /// Split the huge leaves that straddle an end of `span`, allocating every table
     /// first: on allocation failure nothing has changed.
-    fn split_boundaries<A, S>(&self, span: Span, alloc: &mut A, sink: &mut S) -> Result<(), RangeError>
+    fn split_boundaries<A, S>(
+        &self,
+        span: Span,
+        alloc: &mut A,
+        sink: &mut S,
+    ) -> Result<(), RangeError>
     where
         A: TableAlloc + ?Sized,
         S: FlushSink + ?Sized,

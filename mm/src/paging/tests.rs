@@ -41,7 +41,11 @@ impl Env {
 type Snapshot = (Vec<(VirtAddr, Translation)>, usize, usize);
 
 /// Everything an error must leave alone: the layout, the allocator, the sink.
-fn snapshot<M: PhysMem>(pt: &PageTable<'_, M>, alloc: &ListTableAlloc, sink: &RecordingSink) -> Snapshot {
+fn snapshot<M: PhysMem>(
+    pt: &PageTable<'_, M>,
+    alloc: &ListTableAlloc,
+    sink: &RecordingSink,
+) -> Snapshot {
     let sink_calls = sink.flushes.len() + sink.full_flushes + sink.deferred.len();
     (pt.walk_all().collect(), alloc.outstanding(), sink_calls)
 }
@@ -54,15 +58,44 @@ fn count_tables<M: PhysMem>(pt: &PageTable<'_, M>) -> usize {
 
 #[test]
 fn map_query_walk_every_size() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
     let nx = RW | PageTableFlags::NO_EXECUTE;
-    pt.map(BASE + 5 * K4, pa(0x5000), PageSize::Size4K, nx, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + 3 * M2, pa(7 * M2), PageSize::Size2M, RW | LEAF_PAT, &mut alloc, &mut sink)
-        .unwrap();
-    pt.map(BASE + 2 * G1, pa(3 * G1), PageSize::Size1G, PageTableFlags::empty(), &mut alloc, &mut sink)
-        .unwrap();
-    assert!(sink.flushes.is_empty(), "mapping into unused slots needs no flush");
+    pt.map(
+        BASE + 5 * K4,
+        pa(0x5000),
+        PageSize::Size4K,
+        nx,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        BASE + 3 * M2,
+        pa(7 * M2),
+        PageSize::Size2M,
+        RW | LEAF_PAT,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        BASE + 2 * G1,
+        pa(3 * G1),
+        PageSize::Size1G,
+        PageTableFlags::empty(),
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    assert!(
+        sink.flushes.is_empty(),
+        "mapping into unused slots needs no flush"
+    );
 
     let t = pt.query(BASE + 5 * K4 + 0x123).unwrap();
     assert_eq!(t.pa, pa(0x5123));
@@ -70,7 +103,10 @@ fn map_query_walk_every_size() {
     assert_eq!((t.size, t.flags), (PageSize::Size4K, present(nx)));
     let t = pt.query(BASE + 3 * M2 + 0x1_2345).unwrap();
     assert_eq!(t.pa, pa(7 * M2 + 0x1_2345));
-    assert_eq!((t.size, t.flags), (PageSize::Size2M, present(RW | LEAF_PAT)));
+    assert_eq!(
+        (t.size, t.flags),
+        (PageSize::Size2M, present(RW | LEAF_PAT))
+    );
     let t = pt.query(BASE + 2 * G1 + G1 - 1).unwrap();
     assert_eq!(t.pa, pa(4 * G1 - 1));
     assert_eq!(t.size, PageSize::Size1G);
@@ -96,12 +132,33 @@ fn map_query_walk_every_size() {
 
 #[test]
 fn kernel_half_and_the_top_of_the_address_space() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
     let top = u64::MAX - (K4 - 1);
-    pt.map(KERNEL, pa(0x1000), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(top, pa(0x2000), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(LOWER_HALF_END - G1, pa(G1), PageSize::Size1G, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        KERNEL,
+        pa(0x1000),
+        PageSize::Size4K,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(top, pa(0x2000), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
+    pt.map(
+        LOWER_HALF_END - G1,
+        pa(G1),
+        PageSize::Size1G,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(pt.query(top + 8).unwrap().pa, pa(0x2008));
     let vas: Vec<u64> = pt.walk_all().map(|(va, _)| va.as_u64()).collect();
     assert_eq!(vas, [LOWER_HALF_END - G1, KERNEL, top]);
@@ -121,11 +178,32 @@ fn kernel_half_and_the_top_of_the_address_space() {
 
 #[test]
 fn mapping_over_an_existing_mapping_changes_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + M2, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + G1, pa(0), PageSize::Size1G, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
+    pt.map(
+        BASE + M2,
+        pa(0),
+        PageSize::Size2M,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        BASE + G1,
+        pa(0),
+        PageSize::Size1G,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
     let cases = [
         (BASE, PageSize::Size4K, "same 4K leaf"),
@@ -146,10 +224,18 @@ fn mapping_over_an_existing_mapping_changes_nothing() {
 
 #[test]
 fn unmapping_what_is_not_mapped_changes_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    assert_eq!(pt.unmap(BASE, PageSize::Size4K, &mut sink), Err(UnmapError::NotMapped));
-    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
+    assert_eq!(
+        pt.unmap(BASE, PageSize::Size4K, &mut sink),
+        Err(UnmapError::NotMapped)
+    );
+    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
     for (va, size) in [
         (BASE + K4, PageSize::Size4K),
@@ -173,11 +259,32 @@ fn unmapping_what_is_not_mapped_changes_nothing() {
 
 #[test]
 fn size_mismatch_changes_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + M2, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + G1, pa(0), PageSize::Size1G, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
+    pt.map(
+        BASE + M2,
+        pa(0),
+        PageSize::Size2M,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        BASE + G1,
+        pa(0),
+        PageSize::Size1G,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
     for (va, size, what) in [
         (BASE, PageSize::Size2M, "2M where 4K leaves are"),
@@ -187,7 +294,11 @@ fn size_mismatch_changes_nothing() {
         (BASE + G1, PageSize::Size2M, "2M at the start of a 1G leaf"),
         (BASE + G1 + K4, PageSize::Size4K, "4K inside a 1G leaf"),
     ] {
-        assert_eq!(pt.unmap(va, size, &mut sink), Err(UnmapError::SizeMismatch), "{what}");
+        assert_eq!(
+            pt.unmap(va, size, &mut sink),
+            Err(UnmapError::SizeMismatch),
+            "{what}"
+        );
         assert_eq!(
             pt.protect(va, size, RW, &mut sink),
             Err(ProtectError::SizeMismatch),
@@ -211,13 +322,21 @@ fn size_mismatch_changes_nothing() {
 
 #[test]
 fn unaligned_requests_change_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink)
+        .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
-    let map = |pt: &mut PageTable<'_, Arena>, va, p, size, a: &mut ListTableAlloc, s: &mut RecordingSink| {
-        pt.map(va, pa(p), size, RW, a, s)
-    };
+    let map = |pt: &mut PageTable<'_, Arena>,
+               va,
+               p,
+               size,
+               a: &mut ListTableAlloc,
+               s: &mut RecordingSink| { pt.map(va, pa(p), size, RW, a, s) };
     for (va, p, size) in [
         (BASE + G1 + K4, 0, PageSize::Size2M),
         (BASE + G1, K4, PageSize::Size2M),
@@ -231,7 +350,10 @@ fn unaligned_requests_change_nothing() {
             Err(MapError::Unaligned)
         );
     }
-    assert_eq!(pt.unmap(BASE + K4, PageSize::Size2M, &mut sink), Err(UnmapError::Unaligned));
+    assert_eq!(
+        pt.unmap(BASE + K4, PageSize::Size2M, &mut sink),
+        Err(UnmapError::Unaligned)
+    );
     assert_eq!(
         pt.protect(BASE + K4, PageSize::Size2M, RW, &mut sink),
         Err(ProtectError::Unaligned)
@@ -257,9 +379,21 @@ fn unaligned_requests_change_nothing() {
 
 #[test]
 fn non_canonical_addresses_and_invalid_flags_change_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(LOWER_HALF_END - K4, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        LOWER_HALF_END - K4,
+        pa(0),
+        PageSize::Size4K,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
     let hole = LOWER_HALF_END;
     for va in [hole, hole + G1, UPPER_HALF_START - G1] {
@@ -267,7 +401,10 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
             pt.map(va, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink),
             Err(MapError::NonCanonical)
         );
-        assert_eq!(pt.unmap(va, PageSize::Size4K, &mut sink), Err(UnmapError::NonCanonical));
+        assert_eq!(
+            pt.unmap(va, PageSize::Size4K, &mut sink),
+            Err(UnmapError::NonCanonical)
+        );
         assert_eq!(
             pt.protect(va, PageSize::Size4K, RW, &mut sink),
             Err(ProtectError::NonCanonical)
@@ -293,7 +430,10 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
             Err(RangeError::NonCanonical)
         );
     }
-    for bad in [PageTableFlags::HUGE_PAGE, PageTableFlags::from_bits_retain(1 << 20)] {
+    for bad in [
+        PageTableFlags::HUGE_PAGE,
+        PageTableFlags::from_bits_retain(1 << 20),
+    ] {
         assert_eq!(
             pt.map(BASE, pa(0), PageSize::Size4K, bad, &mut alloc, &mut sink),
             Err(MapError::InvalidFlags)
@@ -317,9 +457,21 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
 
 #[test]
 fn out_of_tables_changes_nothing() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE + G1, pa(G1), PageSize::Size1G, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        BASE + G1,
+        pa(G1),
+        PageSize::Size1G,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let before = snapshot(&pt, &alloc, &sink);
     for budget in 0..3 {
         alloc.budget = Some(budget);
@@ -337,7 +489,13 @@ fn out_of_tables_changes_nothing() {
         Err(RangeError::OutOfTables)
     );
     assert_eq!(
-        pt.protect_range(middle, middle + K4, PageTableFlags::empty(), &mut alloc, &mut sink),
+        pt.protect_range(
+            middle,
+            middle + K4,
+            PageTableFlags::empty(),
+            &mut alloc,
+            &mut sink
+        ),
         Err(RangeError::OutOfTables)
     );
     alloc.budget = Some(0);
@@ -349,8 +507,10 @@ fn out_of_tables_changes_nothing() {
 
     alloc.budget = Some(2);
     let mut removed = Vec::new();
-    pt.unmap_range(middle, middle + K4, &mut alloc, &mut sink, |l| removed.push(l))
-        .unwrap();
+    pt.unmap_range(middle, middle + K4, &mut alloc, &mut sink, |l| {
+        removed.push(l)
+    })
+    .unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].va.as_u64(), middle);
     assert_eq!(removed[0].pa, pa(G1 + 5 * M2 + 3 * K4));
@@ -363,18 +523,44 @@ fn out_of_tables_changes_nothing() {
 
 #[test]
 fn unmap_returns_dirty_bits_and_frees_empty_tables() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0x7000), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + K4, pa(0x8000), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        BASE,
+        pa(0x7000),
+        PageSize::Size4K,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        BASE + K4,
+        pa(0x8000),
+        PageSize::Size4K,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(alloc.outstanding(), 4);
     let (word, _) = leaf_word(&arena, pt.root(), BASE).unwrap();
-    word.fetch_or((PageTableFlags::ACCESSED | PageTableFlags::DIRTY).bits(), Ordering::Relaxed);
+    word.fetch_or(
+        (PageTableFlags::ACCESSED | PageTableFlags::DIRTY).bits(),
+        Ordering::Relaxed,
+    );
 
     let leaf = pt.unmap(BASE, PageSize::Size4K, &mut sink).unwrap();
     assert!(leaf.is_dirty());
     assert_eq!(leaf.pa, pa(0x7000));
-    assert_eq!(leaf.flags, present(RW | PageTableFlags::ACCESSED | PageTableFlags::DIRTY));
+    assert_eq!(
+        leaf.flags,
+        present(RW | PageTableFlags::ACCESSED | PageTableFlags::DIRTY)
+    );
     assert_eq!(sink.flushes, [(vaddr(BASE), PageSize::Size4K)]);
     assert!(sink.deferred.is_empty(), "the PT still maps BASE + 4K");
 
@@ -387,15 +573,28 @@ fn unmap_returns_dirty_bits_and_frees_empty_tables() {
 
 #[test]
 fn split_preserves_translation_flags_and_dirty() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
     let flags = RW | LEAF_PAT | PageTableFlags::USER_ACCESSIBLE | PageTableFlags::NO_EXECUTE;
-    pt.map(BASE, pa(5 * G1), PageSize::Size1G, flags, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        BASE,
+        pa(5 * G1),
+        PageSize::Size1G,
+        flags,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let (word, _) = leaf_word(&arena, pt.root(), BASE).unwrap();
     word.fetch_or(PageTableFlags::DIRTY.bits(), Ordering::Relaxed);
     let flags = present(flags | PageTableFlags::DIRTY);
 
-    pt.split(BASE, PageSize::Size1G, &mut alloc, &mut sink).unwrap();
+    pt.split(BASE, PageSize::Size1G, &mut alloc, &mut sink)
+        .unwrap();
     assert_eq!(sink.flushes, [(vaddr(BASE), PageSize::Size1G)]);
     let leaves: Vec<_> = pt.walk_all().collect();
     assert_eq!(leaves.len(), 512);
@@ -404,20 +603,30 @@ fn split_preserves_translation_flags_and_dirty() {
         assert_eq!(t.leaf_base_pa, pa(5 * G1 + i as u64 * M2));
         assert_eq!((t.size, t.flags), (PageSize::Size2M, flags));
     }
-    pt.split(BASE + 7 * M2, PageSize::Size2M, &mut alloc, &mut sink).unwrap();
+    pt.split(BASE + 7 * M2, PageSize::Size2M, &mut alloc, &mut sink)
+        .unwrap();
     let t = pt.query(BASE + 7 * M2 + 9 * K4 + 1).unwrap();
     assert_eq!(t.pa, pa(5 * G1 + 7 * M2 + 9 * K4 + 1));
     assert_eq!((t.size, t.flags), (PageSize::Size4K, flags));
     let (pte, _) = leaf_word(&arena, pt.root(), BASE + 7 * M2).unwrap();
-    assert_ne!(pte.load(Ordering::Relaxed) & (1 << 7), 0, "PAT at bit 7 in a PTE");
+    assert_ne!(
+        pte.load(Ordering::Relaxed) & (1 << 7),
+        0,
+        "PAT at bit 7 in a PTE"
+    );
     assert_eq!(pt.walk_all().count(), 511 + 512);
 }
 
 #[test]
 fn protect_keeps_accessed_dirty_and_reports_changes() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(M2), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(M2), PageSize::Size2M, RW, &mut alloc, &mut sink)
+        .unwrap();
     let (word, _) = leaf_word(&arena, pt.root(), BASE).unwrap();
     word.fetch_or(PageTableFlags::ACCESSED.bits(), Ordering::Relaxed);
 
@@ -434,28 +643,53 @@ fn protect_keeps_accessed_dirty_and_reports_changes() {
 
 #[test]
 fn range_operations_split_partly_covered_leaves() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + M2, pa(M2), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink)
+        .unwrap();
+    pt.map(
+        BASE + M2,
+        pa(M2),
+        PageSize::Size2M,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     // Protect the last 4K of the first 2M leaf and the first half of the second.
     let ro = PageTableFlags::empty();
-    pt.protect_range(BASE + M2 - K4, BASE + M2 + M2 / 2, ro, &mut alloc, &mut sink)
-        .unwrap();
+    pt.protect_range(
+        BASE + M2 - K4,
+        BASE + M2 + M2 / 2,
+        ro,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     assert!(sink.covers(vaddr(BASE), PageSize::Size2M));
     assert!(sink.covers(vaddr(BASE + M2), PageSize::Size2M));
     for va in (BASE..BASE + 2 * M2).step_by(K4 as usize) {
         let t = pt.query(va).unwrap();
         assert_eq!(t.pa, pa(va - BASE));
-        let expect = if (BASE + M2 - K4..BASE + M2 + M2 / 2).contains(&va) { ro } else { RW };
+        let expect = if (BASE + M2 - K4..BASE + M2 + M2 / 2).contains(&va) {
+            ro
+        } else {
+            RW
+        };
         assert_eq!(t.flags, present(expect), "{va:#x}");
     }
     assert_eq!(pt.walk_all().count(), 1024);
 
     sink.clear();
     let mut removed = Vec::new();
-    pt.unmap_range(BASE, BASE + 2 * M2, &mut alloc, &mut sink, |l| removed.push(l.va))
-        .unwrap();
+    pt.unmap_range(BASE, BASE + 2 * M2, &mut alloc, &mut sink, |l| {
+        removed.push(l.va)
+    })
+    .unwrap();
     assert_eq!(removed.len(), 1024);
     assert!(removed.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(sink.deferred.len(), 4, "two PTs, the PD and the PDPT");
@@ -464,11 +698,24 @@ fn range_operations_split_partly_covered_leaves() {
 
 #[test]
 fn user_leaves_open_the_tables_above() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
     let user = RW | PageTableFlags::USER_ACCESSIBLE;
-    pt.map(BASE + K4, pa(0), PageSize::Size4K, user, &mut alloc, &mut sink).unwrap();
+    pt.map(
+        BASE + K4,
+        pa(0),
+        PageSize::Size4K,
+        user,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(sink.flushes, [(vaddr(BASE + K4), PageSize::Size4K)]);
     let mut tables = 0;
     pt.visit_tables(|table, level| {
@@ -483,11 +730,32 @@ fn user_leaves_open_the_tables_above() {
 
 #[test]
 fn destroy_hands_back_every_table() {
-    let Env { arena, mut alloc, mut sink } = Env::new();
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
     let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
-    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(BASE + G1, pa(0), PageSize::Size2M, RW, &mut alloc, &mut sink).unwrap();
-    pt.map(KERNEL + G1, pa(0), PageSize::Size1G, RW, &mut alloc, &mut sink).unwrap();
+    pt.map(BASE, pa(0), PageSize::Size4K, RW, &mut alloc, &mut sink)
+        .unwrap();
+    pt.map(
+        BASE + G1,
+        pa(0),
+        PageSize::Size2M,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
+    pt.map(
+        KERNEL + G1,
+        pa(0),
+        PageSize::Size1G,
+        RW,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let tables = count_tables(&pt);
     let mut leaves = 0;
     pt.destroy(&mut sink, |_| leaves += 1);
