@@ -11,6 +11,7 @@
 extern crate alloc;
 
 mod arch;
+mod bench;
 mod harness;
 mod mem;
 mod options;
@@ -58,7 +59,10 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     match opts.mode() {
         Mode::Demo => demo(),
         Mode::Test => harness::run(opts.filter(), opts.seed()),
-        Mode::Bench => bench(),
+        Mode::Bench => {
+            bench::run(opts.seed());
+            arch::exit(ExitStatus::Success)
+        }
         Mode::Overflow => overflow(0),
     }
 }
@@ -68,11 +72,6 @@ fn demo() -> ! {
     mem::report::memory_map();
     mem::report::free_areas();
     mem::report::page_tables();
-    arch::exit(ExitStatus::Success)
-}
-
-/// The benchmarks.
-fn bench() -> ! {
     arch::exit(ExitStatus::Success)
 }
 
