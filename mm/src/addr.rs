@@ -91,11 +91,11 @@ impl PageSize {
 
     /// Whether `va` is aligned to this size.
     pub fn is_aligned_va(self, va: VirtAddr) -> bool {
-        va.as_u64() % self.bytes() == 0
+        va.as_u64().is_multiple_of(self.bytes())
     }
 
     /// Whether `pa` is aligned to this size.
     pub fn is_aligned_pa(self, pa: PhysAddr) -> bool {
-        pa.as_u64() % self.bytes() == 0
+        pa.as_u64().is_multiple_of(self.bytes())
     }
 }

@@ -108,6 +108,9 @@ impl UnmappedLeaf {
 }
 
 /// A 4-level page table, identified by the physical address of its PML4.
+///
+/// Dropping it leaves the tree in place (it may be what CR3 points at);
+/// [`destroy`](Self::destroy) releases the tables.
 pub struct PageTable<'m, M: PhysMem> {
     mem: &'m M,
     root: PhysAddr,
