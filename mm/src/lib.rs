@@ -15,5 +15,6 @@ pub mod addr;
 pub mod flush;
 pub mod paging;
 pub mod phys;
+pub mod shootdown;
 pub mod buddy;
 pub mod frame;

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// 2.5 GiB of frames: two aligned 1 GiB blocks fit, with holes around them.
+/// 2.5 GiB of frames with holes: exactly one aligned 1 GiB block is usable, so order-18
+/// allocations both succeed and run out.
 const FRAMES: usize = 5 << 17;
 /// Usable ranges; frame 0, 200_000..200_013 and 600_000..600_100 stay reserved.
 const RANGES: [(u64, u64); 3] = [(1, 200_000), (200_013, 600_000), (600_100, FRAMES as u64)];

@@ -52,9 +52,6 @@ pub enum MigrateType {
 }
 
 impl MigrateType {
-    /// Both types.
-    pub const ALL: [MigrateType; 2] = [MigrateType::Movable, MigrateType::Unmovable];
-
     const fn index(self) -> usize {
         match self {
             MigrateType::Movable => 0,
@@ -407,7 +404,11 @@ impl<'a> BuddyAllocator<'a> {
 
     /// The list a free block headed at `head` of `order` belongs on.
     fn list_of(&self, head: usize, order: u8) -> usize {
-        list_id(order, self.pageblock_type_at(head))
+        if order >= PAGEBLOCK_ORDER {
+            list_id(order, MigrateType::Movable)
+        } else {
+            list_id(order, self.pageblock_type_at(head))
+        }
     }
 
     /// The nonempty list an allocation of `order` and type `mt` takes its block from.

@@ -1,0 +1,337 @@
+//! TLB shootdown: the protocol by which one CPU makes every other CPU that may cache a
+//! changed translation drop it, before the caller frees what the translation pointed to.
+//!
+//! Each CPU has one mailbox slot per possible initiator. An initiator has at most one
+//! request in flight (it waits for it synchronously), so its slot in each target's mailbox
+//! is always empty when it posts: a request is never dropped and never waits for room,
+//! whatever the load. Posting is: store the request pointer in the slot, set the
+//! initiator's bit in the target's pending mask, send the IPI. The target's handler takes
+//! the whole pending mask at once and serves every posted request, so one IPI may serve
+//! several initiators.
+//!
+//! The initiator flushes its own TLB while the remote CPUs flush theirs, and waits for the
+//! acknowledgements *while serving its own mailbox*: two CPUs shooting each other down,
+//! or one shooting down with interrupts disabled, always make progress.
+//!
+//! A target acknowledges after its flush. The one exception (see DESIGN.md, invariant 1):
+//! a request covering only user-half addresses may be acknowledged before the flush,
+//! because the target cannot touch user addresses while it stays in the handler; it
+//! copies the request first, since the initiator's request dies once all have acked.
+
+use crate::addr::PageSize;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// Most CPUs the protocol serves (the width of the pending masks).
+pub const MAX_CPUS: usize = 64;
+
+/// Past this many pages one full flush replaces page-by-page invalidation.
+/// Measured with the kernel's `tlb.threshold` benchmark (see the README).
+pub const FULL_FLUSH_THRESHOLD: usize = 32;
+
+/// First address of the kernel half.
+const KERNEL_HALF: u64 = 0xFFFF_8000_0000_0000;
+
+/// Why a shootdown was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShootdownError {
+    /// A range is empty (`start >= end`) or not page aligned.
+    EmptyRange,
+    /// A range has a non-canonical end.
+    NonCanonical,
+    /// A target CPU number is not below [`MAX_CPUS`] or not online.
+    OfflineCpu(usize),
+}
+
+/// A set of CPUs (bit i = CPU i).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSet(pub u64);
+
+impl CpuSet {
+    /// No CPU.
+    pub const EMPTY: CpuSet = CpuSet(0);
+
+    /// The CPUs `0..n`.
+    pub fn first(n: usize) -> CpuSet {
+        CpuSet(if n >= 64 { u64::MAX } else { (1u64 << n) - 1 })
+    }
+
+    /// Just `cpu`.
+    pub fn one(cpu: usize) -> CpuSet {
+        CpuSet(1u64 << cpu)
+    }
+
+    /// Whether `cpu` is in the set.
+    pub fn contains(self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.0 & (1 << cpu) != 0
+    }
+
+    /// The set without `cpu`.
+    pub fn without(self, cpu: usize) -> CpuSet {
+        CpuSet(self.0 & !(1u64 << cpu))
+    }
+
+    /// How many CPUs.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The CPUs, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let cpu = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                cpu
+            })
+        })
+    }
+}
+
+/// What must be invalidated: up to [`FULL_FLUSH_THRESHOLD`] pages, or everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushBatch {
+    pages: [(u64, PageSize); FULL_FLUSH_THRESHOLD],
+    n: usize,
+    full: bool,
+    kernel: bool,
+}
+
+impl Default for FlushBatch {
+    fn default() -> Self {
+        FlushBatch::new()
+    }
+}
+
+impl FlushBatch {
+    /// Nothing to flush yet.
+    pub const fn new() -> FlushBatch {
+        FlushBatch {
+            pages: [(0, PageSize::Size4K); FULL_FLUSH_THRESHOLD],
+            n: 0,
+            full: false,
+            kernel: false,
+        }
+    }
+
+    /// Add the leaf of `size` at `va`; past the threshold the batch becomes a full flush.
+    pub fn add_page(&mut self, va: u64, size: PageSize) {
+        self.kernel |= va >= KERNEL_HALF;
+        if self.full {
+            return;
+        }
+        if self.n == FULL_FLUSH_THRESHOLD {
+            self.full = true;
+            return;
+        }
+        self.pages[self.n] = (va, size);
+        self.n += 1;
+    }
+
+    /// Add `[start, end)` in `size` steps, after checking it is a real range.
+    pub fn add_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        size: PageSize,
+    ) -> Result<(), ShootdownError> {
+        if start >= end || !start.is_multiple_of(size.bytes()) || !end.is_multiple_of(size.bytes())
+        {
+            return Err(ShootdownError::EmptyRange);
+        }
+        let canonical = |a: u64| !(0x0000_8000_0000_0000..KERNEL_HALF).contains(&a);
+        if !canonical(start)
+            || !canonical(end - 1)
+            || (start < KERNEL_HALF) != (end - 1 < KERNEL_HALF)
+        {
+            return Err(ShootdownError::NonCanonical);
+        }
+        if (end - start) / size.bytes() > FULL_FLUSH_THRESHOLD as u64 {
+            self.kernel |= end > KERNEL_HALF;
+            self.full = true;
+            return Ok(());
+        }
+        let mut va = start;
+        while va < end {
+            self.add_page(va, size);
+            va += size.bytes();
+        }
+        Ok(())
+    }
+
+    /// Flush everything; `kernel` says whether kernel (global) mappings are concerned.
+    pub fn set_full(&mut self, kernel: bool) {
+        self.full = true;
+        self.kernel |= kernel;
+    }
+
+    /// Whether there is nothing to flush.
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.n == 0
+    }
+
+    /// Whether this is a full flush.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Whether kernel-half (global) translations are concerned.
+    pub fn touches_kernel(&self) -> bool {
+        self.kernel
+    }
+
+    /// The pages to invalidate one by one (empty for a full flush).
+    pub fn pages(&self) -> &[(u64, PageSize)] {
+        if self.full {
+            &[]
+        } else {
+            &self.pages[..self.n]
+        }
+    }
+}
+
+/// One shootdown in flight: the batch and how many targets have not acknowledged.
+pub struct Request {
+    batch: FlushBatch,
+    pending: AtomicU32,
+}
+
+/// What the protocol needs from the machine.
+pub trait TlbArch {
+    /// The running CPU's number (below [`MAX_CPUS`]).
+    fn this_cpu(&self) -> usize;
+    /// Interrupt every CPU of `targets` so that it calls [`Mailboxes::serve`].
+    fn send_ipi(&self, targets: CpuSet);
+    /// Invalidate `batch` in the running CPU's TLB.
+    fn flush_local(&self, batch: &FlushBatch);
+    /// Called in every turn of the wait for acknowledgements (a `pause` on hardware).
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Every CPU's mailbox.
+pub struct Mailboxes {
+    /// `slots[target * MAX_CPUS + initiator]`: the initiator's request for the target.
+    slots: [AtomicPtr<Request>; MAX_CPUS * MAX_CPUS],
+    /// Per target: initiators that posted a request not yet taken.
+    pending: [AtomicU64; MAX_CPUS],
+    /// Per CPU: requests served (for statistics and tests).
+    served: [AtomicU64; MAX_CPUS],
+    /// Online CPUs (targets must be among them).
+    online: AtomicU64,
+}
+
+impl Default for Mailboxes {
+    fn default() -> Self {
+        Mailboxes::new()
+    }
+}
+
+impl Mailboxes {
+    /// Empty mailboxes, no CPU online.
+    pub const fn new() -> Mailboxes {
+        Mailboxes {
+            slots: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS * MAX_CPUS],
+            pending: [const { AtomicU64::new(0) }; MAX_CPUS],
+            served: [const { AtomicU64::new(0) }; MAX_CPUS],
+            online: AtomicU64::new(0),
+        }
+    }
+
+    /// Mark `cpu` online (it will serve its mailbox from now on).
+    pub fn set_online(&self, cpu: usize) {
+        self.online.fetch_or(1 << cpu, Ordering::SeqCst);
+    }
+
+    /// The online CPUs.
+    pub fn online(&self) -> CpuSet {
+        CpuSet(self.online.load(Ordering::SeqCst))
+    }
+
+    /// Requests `cpu` has served.
+    pub fn served(&self, cpu: usize) -> u64 {
+        self.served[cpu].load(Ordering::Relaxed)
+    }
+
+    /// Invalidate `batch` on every CPU of `targets` (the running CPU flushes locally if it
+    /// is among them) and return when all have acknowledged. Nothing is done for an empty
+    /// batch or target set.
+    pub fn shootdown<A: TlbArch>(
+        &self,
+        arch: &A,
+        targets: CpuSet,
+        batch: &FlushBatch,
+    ) -> Result<(), ShootdownError> {
+        let online = self.online();
+        if let Some(cpu) = targets.iter().find(|&c| !online.contains(c)) {
+            return Err(ShootdownError::OfflineCpu(cpu));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let me = arch.this_cpu();
+        let remote = targets.without(me);
+        let request = Request {
+            batch: *batch,
+            pending: AtomicU32::new(remote.len() as u32),
+        };
+        let req_ptr = &request as *const Request as *mut Request;
+        for t in remote.iter() {
+            let previous = self.slots[t * MAX_CPUS + me].swap(req_ptr, Ordering::AcqRel);
+            debug_assert!(previous.is_null(), "cpu {me} had two requests in flight");
+            self.pending[t].fetch_or(1 << me, Ordering::AcqRel);
+        }
+        if !remote.is_empty() {
+            arch.send_ipi(remote);
+        }
+        if targets.contains(me) {
+            arch.flush_local(batch);
+        }
+        while request.pending.load(Ordering::Acquire) != 0 {
+            self.serve(arch);
+            arch.relax();
+        }
+        Ok(())
+    }
+
+    /// Serve every request posted to the running CPU (its IPI handler calls this, and so
+    /// does a CPU waiting for its own shootdown). Returns how many were served.
+    pub fn serve<A: TlbArch>(&self, arch: &A) -> usize {
+        let me = arch.this_cpu();
+        let mut served = 0;
+        loop {
+            let initiators = CpuSet(self.pending[me].swap(0, Ordering::AcqRel));
+            if initiators.is_empty() {
+                break;
+            }
+            for i in initiators.iter() {
+                let req = self.slots[me * MAX_CPUS + i].swap(ptr::null_mut(), Ordering::AcqRel);
+                if req.is_null() {
+                    continue;
+                }
+                // SAFETY: the initiator keeps its request alive until every target has
+                // acknowledged, and this CPU has not acknowledged yet.
+                let req = unsafe { &*req };
+                let batch = req.batch;
+                if batch.touches_kernel() {
+                    arch.flush_local(&batch);
+                    req.pending.fetch_sub(1, Ordering::AcqRel);
+                } else {
+                    // Early acknowledgement: user-half only, and we stay in the handler.
+                    req.pending.fetch_sub(1, Ordering::AcqRel);
+                    arch.flush_local(&batch);
+                }
+                served += 1;
+            }
+        }
+        self.served[me].fetch_add(served as u64, Ordering::Relaxed);
+        served
+    }
+}
