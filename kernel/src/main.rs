@@ -15,6 +15,7 @@ mod bench;
 mod harness;
 mod mem;
 mod options;
+mod percpu;
 
 use arch::ExitStatus;
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -55,6 +56,9 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         panic!("heap setup failed: {e:?}");
     }
     log::info!("on our own page tables (root {:#x})", mem::kernel_space::root().as_u64());
+    if let Err(e) = arch::smp::init(mem::boot_memory().rsdp) {
+        log::error!("CPU bring-up: {e}");
+    }
     let opts = Options::load();
     match opts.mode() {
         Mode::Demo => demo(),

@@ -137,6 +137,7 @@ fn build() -> InterruptDescriptorTable {
     idt.hv_injection_exception.set_handler_fn(hv_injection);
     idt.vmm_communication_exception.set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security);
+    super::apic::set_vectors(&mut idt);
     // SAFETY: each IST index names a stack that every CPU's TSS provides (gdt.rs).
     unsafe {
         idt.double_fault

@@ -1,12 +1,16 @@
 //! x86_64-specific pieces: serial console, descriptor tables, exceptions, QEMU detection
 //! and how a run ends.
 
+pub mod acpi;
+pub mod apic;
 pub mod fw_cfg;
 pub mod guard;
 pub mod gdt;
 pub mod idt;
 pub mod probe;
 pub mod serial;
+pub mod smp;
+pub mod timer;
 
 use x86_64::instructions::port::Port;
 
@@ -56,8 +60,7 @@ pub fn panic_report(info: &core::panic::PanicInfo) -> ! {
     exit(ExitStatus::Failure)
 }
 
-/// The number of the CPU running this code: its initial local APIC ID (CPUID leaf 1).
+/// The index of the CPU running this code (see [`crate::percpu::cpu_index`]).
 pub fn cpu_number() -> u32 {
-    let leaf1 = core::arch::x86_64::__cpuid(1);
-    leaf1.ebx >> 24
+    crate::percpu::cpu_index()
 }

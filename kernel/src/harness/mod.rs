@@ -88,7 +88,7 @@ macro_rules! check_eq {
 }
 
 /// Every test suite of the kernel.
-const SUITES: &[&[KernelTest]] = &[crate::mem::tests::TESTS];
+const SUITES: &[&[KernelTest]] = &[crate::mem::tests::TESTS, crate::arch::smp::tests::TESTS];
 
 /// Name of the running test (for the panic handler); null when none.
 static CURRENT: AtomicPtr<&'static str> = AtomicPtr::new(core::ptr::null_mut());
