@@ -116,4 +116,5 @@ pub fn buddy(seed: u64) {
 /// Every in-kernel benchmark.
 pub fn run(seed: u64) {
     buddy(seed);
+    crate::tlb::bench::run();
 }

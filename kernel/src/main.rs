@@ -15,6 +15,7 @@ mod bench;
 mod harness;
 mod mem;
 mod options;
+mod tlb;
 mod percpu;
 
 use arch::ExitStatus;
@@ -62,7 +63,7 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     let opts = Options::load();
     match opts.mode() {
         Mode::Demo => demo(),
-        Mode::Test => harness::run(opts.filter(), opts.seed()),
+        Mode::Test => harness::run(opts.filter(), opts.skip(), opts.seed()),
         Mode::Bench => {
             bench::run(opts.seed());
             arch::exit(ExitStatus::Success)

@@ -3,7 +3,8 @@
 //! On real hardware there are none and the demonstration runs.
 //!
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
-//! `filter=TEXT` (tests whose name contains TEXT), `seed=N`.
+//! `filter=TEXT` (tests whose name contains TEXT), `skip=TEXT` (leave out tests whose name
+//! contains TEXT), `seed=N`.
 
 use crate::arch::fw_cfg;
 
@@ -66,6 +67,11 @@ impl Options {
     /// Only tests whose name contains this text run.
     pub fn filter(&self) -> Option<&str> {
         self.get("filter")
+    }
+
+    /// Tests whose name contains this text are skipped (counted as skipped).
+    pub fn skip(&self) -> Option<&str> {
+        self.get("skip")
     }
 
     /// Seed for randomised tests (default 1).

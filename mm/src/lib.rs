@@ -8,13 +8,15 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod addr;
+pub mod buddy;
+pub mod cpuset;
 pub mod flush;
+pub mod frame;
 pub mod paging;
 pub mod phys;
 pub mod shootdown;
-pub mod buddy;
-pub mod frame;

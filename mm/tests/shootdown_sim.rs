@@ -8,7 +8,9 @@
 //! through its TLB, every request is served, and nothing hangs.
 
 use mm::addr::PageSize;
-use mm::shootdown::{CpuSet, FlushBatch, Mailboxes, ShootdownError, TlbArch, MAX_CPUS};
+use mm::shootdown::{
+    CpuSet, FlushBatch, Mailboxes, ShootdownError, TlbArch, FULL_FLUSH_THRESHOLD, MAX_CPUS,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,13 +38,13 @@ struct Cpu<'a> {
 }
 
 impl TlbArch for Cpu<'_> {
-    fn this_cpu(&self) -> usize {
-        self.id
+    fn this_cpu(&self) -> u32 {
+        self.id as u32
     }
 
     fn send_ipi(&self, targets: CpuSet) {
         for t in targets.iter() {
-            self.m.ipi[t].store(true, Ordering::SeqCst);
+            self.m.ipi[t as usize].store(true, Ordering::SeqCst);
             self.m.ipis.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -86,7 +88,7 @@ impl Machine {
             ipis: AtomicU64::new(0),
         };
         for c in 0..cpus {
-            m.mail.set_online(c);
+            m.mail.set_online(c as u32);
         }
         m
     }
@@ -147,7 +149,7 @@ fn run(cpus: usize, remaps_per_cpu: u64, seed: u64) -> Arc<Machine> {
                         0 => batch.set_full(page % 2 == 1),
                         _ => batch.add_page(va_of(page), PageSize::Size4K),
                     }
-                    let all = CpuSet::first(cpus);
+                    let all: CpuSet = (0..cpus as u32).collect();
                     m.mail
                         .shootdown(&cpu, all, &batch)
                         .expect("valid shootdown");
@@ -188,7 +190,7 @@ fn stress_100k_shootdowns_from_random_initiators_on_4_cpus() {
     let m = run(4, 25_000, 42);
     assert_eq!(m.shootdowns.load(Ordering::Relaxed), 100_000);
     assert_eq!(m.stale_uses.load(Ordering::Relaxed), 0);
-    let served: u64 = (0..4).map(|c| m.mail.served(c)).sum();
+    let served: u64 = (0..4u32).map(|c| m.mail.served(c)).sum();
     // Every shootdown has 3 remote targets and each serves it exactly once.
     assert_eq!(served, 300_000);
 }
@@ -221,16 +223,18 @@ fn bad_requests_are_typed_errors() {
     assert!(b.is_empty());
     b.add_page(USER_BASE, PageSize::Size4K);
     assert_eq!(
-        m.mail.shootdown(&cpu, CpuSet::one(5), &b),
+        m.mail.shootdown(&cpu, CpuSet::single(5), &b),
         Err(ShootdownError::OfflineCpu(5))
     );
     assert_eq!(
-        m.mail.shootdown(&cpu, CpuSet::one(MAX_CPUS - 1), &b),
-        Err(ShootdownError::OfflineCpu(MAX_CPUS - 1))
+        m.mail
+            .shootdown(&cpu, CpuSet::single(MAX_CPUS as u32 - 1), &b),
+        Err(ShootdownError::OfflineCpu(MAX_CPUS as u32 - 1))
     );
     // An empty batch is a no-op that sends nothing.
     assert_eq!(
-        m.mail.shootdown(&cpu, CpuSet::first(2), &FlushBatch::new()),
+        m.mail
+            .shootdown(&cpu, (0..2u32).collect(), &FlushBatch::new()),
         Ok(())
     );
     assert_eq!(m.ipis.load(Ordering::Relaxed), 0);
@@ -239,11 +243,12 @@ fn bad_requests_are_typed_errors() {
 #[test]
 fn batches_past_the_threshold_become_full_flushes() {
     let mut b = FlushBatch::new();
-    b.add_range(USER_BASE, USER_BASE + 32 * 4096, PageSize::Size4K)
+    let n = FULL_FLUSH_THRESHOLD as u64;
+    b.add_range(USER_BASE, USER_BASE + n * 4096, PageSize::Size4K)
         .unwrap();
     assert!(!b.is_full());
-    assert_eq!(b.pages().len(), 32);
-    b.add_page(USER_BASE + 64 * 4096, PageSize::Size4K);
+    assert_eq!(b.pages().len(), FULL_FLUSH_THRESHOLD);
+    b.add_page(USER_BASE + 2 * n * 4096, PageSize::Size4K);
     assert!(b.is_full());
     assert!(b.pages().is_empty());
     assert!(!b.touches_kernel());

@@ -88,7 +88,11 @@ macro_rules! check_eq {
 }
 
 /// Every test suite of the kernel.
-const SUITES: &[&[KernelTest]] = &[crate::mem::tests::TESTS, crate::arch::smp::tests::TESTS];
+const SUITES: &[&[KernelTest]] = &[
+    crate::mem::tests::TESTS,
+    crate::arch::smp::tests::TESTS,
+    crate::tlb::tests::TESTS,
+];
 
 /// Name of the running test (for the panic handler); null when none.
 static CURRENT: AtomicPtr<&'static str> = AtomicPtr::new(core::ptr::null_mut());
@@ -101,12 +105,17 @@ pub fn current_test() -> Option<&'static str> {
     (!p.is_null()).then(|| unsafe { *p })
 }
 
-/// Run every test whose name contains `filter`, print the summary and end the run.
-pub fn run(filter: Option<&str>, seed: u64) -> ! {
+/// Run every test whose name contains `filter` and not `skip`, print the summary and end
+/// the run.
+pub fn run(filter: Option<&str>, skip: Option<&str>, seed: u64) -> ! {
     let ctx = TestContext { seed };
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let tests = SUITES.iter().flat_map(|suite| suite.iter());
     for test in tests.filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
+        if skip.is_some_and(|s| test.name.contains(s)) {
+            skipped += 1;
+            continue;
+        }
         sprint!("test {} ... ", test.name);
         CURRENT.store((&test.name as *const &str).cast_mut(), Ordering::Release);
         let result = (test.run)(&ctx);
@@ -122,7 +131,11 @@ pub fn run(filter: Option<&str>, seed: u64) -> ! {
             }
         }
     }
-    sprintln!("{passed} passed, {failed} failed");
+    if skipped > 0 {
+        sprintln!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        sprintln!("{passed} passed, {failed} failed");
+    }
     arch::exit(if failed == 0 {
         ExitStatus::Success
     } else {

@@ -75,7 +75,7 @@ pub fn init(usable: &[Range]) -> Result<FrameTablePlacement, MemError> {
 /// Run `f` on the buddy allocator, interrupts off, lock held.
 pub fn with_buddy<R>(f: impl FnOnce(&mut BuddyAllocator<'static>) -> R) -> R {
     let buddy = BUDDY.get().expect("frame allocator used before mem::init");
-    x86_64::instructions::interrupts::without_interrupts(|| f(&mut buddy.lock()))
+    x86_64::instructions::interrupts::without_interrupts(|| f(&mut crate::tlb::lock_serving(buddy)))
 }
 
 /// The frame table (metadata of every frame).

@@ -11,7 +11,7 @@
 //! Kernel mappings are global (they are the same in every address space).
 
 use super::elf::{self, SegmentKind};
-use super::flush::LocalFlush;
+use crate::tlb::{lock_serving, KernelFlush};
 use super::{frames, physmap, MemError};
 use mm::addr::{PageSize, PAGE_SIZE};
 use mm::buddy::MigrateType;
@@ -58,12 +58,12 @@ impl TableAlloc for KernelTableAlloc {
 /// Run `f` on the kernel page tables (lock held, interrupts off); the flush it collects
 /// runs when `f` returns.
 pub fn with_kernel<R>(
-    f: impl FnOnce(&mut PageTable<'static, physmap::KernelPhys>, &mut LocalFlush) -> R,
+    f: impl FnOnce(&mut PageTable<'static, physmap::KernelPhys>, &mut KernelFlush) -> R,
 ) -> R {
     let kernel = KERNEL.get().expect("kernel page tables used before mem::init");
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut flush = LocalFlush::new();
-        let r = f(&mut kernel.lock(), &mut flush);
+        let mut flush = KernelFlush::new();
+        let r = f(&mut lock_serving(kernel), &mut flush);
         flush.finish();
         r
     })
@@ -81,7 +81,7 @@ fn map_linear(
     pa: u64,
     len: u64,
     flags: F,
-    flush: &mut LocalFlush,
+    flush: &mut KernelFlush,
 ) -> Result<(), MemError> {
     let mut off = 0;
     while off < len {
@@ -110,7 +110,7 @@ pub struct Built {
 pub fn build(phys_end: u64, kernel_elf: (u64, u64, u64)) -> Result<Built, MemError> {
     let mut alloc = KernelTableAlloc;
     let mut pt = PageTable::new(&physmap::PHYS, &mut alloc).ok_or(MemError::OutOfFrames)?;
-    let mut flush = LocalFlush::new();
+    let mut flush = KernelFlush::new();
     let data = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
     map_linear(&mut pt, crate::PHYS_MAP_BASE, 0, phys_end.next_multiple_of(1 << 21), data, &mut flush)?;
 
@@ -148,7 +148,7 @@ pub fn build(phys_end: u64, kernel_elf: (u64, u64, u64)) -> Result<Built, MemErr
 fn map_stack(
     pt: &mut PageTable<'static, physmap::KernelPhys>,
     slot: u32,
-    flush: &mut LocalFlush,
+    flush: &mut KernelFlush,
 ) -> Result<VirtAddr, MemError> {
     let guard = STACKS_BASE + u64::from(slot) * STACK_SLOT;
     let bottom = guard + PAGE_SIZE;

@@ -3,7 +3,6 @@
 //! this module feeds it the bootloader's memory map and loads what it builds.
 
 pub mod elf;
-pub mod flush;
 pub mod frames;
 pub mod heap;
 pub mod kernel_space;

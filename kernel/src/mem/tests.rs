@@ -1,6 +1,5 @@
 //! In-kernel tests of the memory layer on real page tables and the real memory map.
 
-use super::flush::LocalFlush;
 use super::kernel_space::{self, KernelTableAlloc};
 use super::{frames, heap, physmap};
 use crate::arch::probe;
