@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# The one command a person runs: set up, build the kernel and its disk images, boot them.
+#
+#   ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
+#   ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
+#   ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+#   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
+#
+# Setup installs what is missing: Debian's qemu-system-x86 and ovmf (apt-get, through
+# sudo when not root) and the pinned nightly with its components (rustup).
+#
+# `test` runs every step even when an earlier one fails, then prints a table of steps
+# and, as its last line, the totals `N passed, N failed`; it exits 0 only when
+# everything passed. With --uefi/--smp/--mem the in-kernel tests run in that one
+# configuration instead of the list below. Logs of each step: target/test-logs/.
+#
+# Environment: MMK_TEST_TIMEOUT   seconds per in-kernel test run (default 600)
+#              MMK_HOST_TIMEOUT   seconds per host cargo test step (default 1200)
+#              MMK_BOOT_TIMEOUT   seconds per boot in the boot tests (default 300)
+#              MMK_IMAGES         where the disk images go (default target/images)
+set -euo pipefail
+
+# In-kernel test configurations for `./run-qemu.sh test`: firmware, CPUs, memory.
+KERNEL_TEST_CONFIGS=(
+    "bios 4 4G"
+    "uefi 4 4G"
+    "bios 1 256M"
+    "bios 4 8G"
+)
+TEST_TIMEOUT=${MMK_TEST_TIMEOUT:-600}
+HOST_TIMEOUT=${MMK_HOST_TIMEOUT:-1200}
+
+TOOLCHAIN=nightly-2026-10-30
+COMPONENTS=(rust-src llvm-tools-preview rustfmt clippy)
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+REPO=$(pwd)
+TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")
+KERNEL_TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/kernel/target}")
+KERNEL_ELF=$KERNEL_TARGET_DIR/x86_64-target/release/kernel
+IMAGES=$(realpath -m "${MMK_IMAGES:-$TARGET_DIR/images}")
+QEMU_RUN=$TARGET_DIR/release/qemu-run
+LOG_DIR=$TARGET_DIR/test-logs
+
+usage() {
+    cat <<'USAGE'
+./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
+./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
+./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
+USAGE
+}
+
+die() {
+    echo "run-qemu.sh: $*" >&2
+    exit 2
+}
+
+note() {
+    echo "==> $*" >&2
+}
+
+# ---------------------------------------------------------------- arguments
+
+COMMAND=demo
+UEFI=0
+SMP=""
+MEM=""
+GDB=0
+SEED=""
+FILTER=""
+
+need_value() {
+    [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see ./run-qemu.sh --help)"
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        demo | test | bench) COMMAND=$1 ;;
+        --uefi) UEFI=1 ;;
+        --gdb) GDB=1 ;;
+        --smp) need_value "$@"; SMP=$2; shift ;;
+        --smp=*) SMP=${1#*=} ;;
+        --mem) need_value "$@"; MEM=$2; shift ;;
+        --mem=*) MEM=${1#*=} ;;
+        --seed) need_value "$@"; SEED=$2; shift ;;
+        --seed=*) SEED=${1#*=} ;;
+        --filter) need_value "$@"; FILTER=$2; shift ;;
+        --filter=*) FILTER=${1#*=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
+    esac
+    shift
+done
+
+[[ -z $SMP || $SMP =~ ^[1-9][0-9]*$ ]] || die "--smp wants a number of CPUs, not '$SMP'"
+[[ -z $MEM || $MEM =~ ^[1-9][0-9]*([MGT]|MiB|GiB|TiB)?$ ]] || die "--mem wants a size like 256M or 8G, not '$MEM'"
+[[ -z $SEED || $SEED =~ ^[0-9]+$ ]] || die "--seed wants a number, not '$SEED'"
+[[ $FILTER =~ ^[^[:space:]]*$ ]] || die "--filter TEXT must not contain spaces"
+[[ $TEST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_TEST_TIMEOUT wants seconds, not '$TEST_TIMEOUT'"
+[[ $HOST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_HOST_TIMEOUT wants seconds, not '$HOST_TIMEOUT'"
+
+# ---------------------------------------------------------------- setup
+
+ovmf_present() {
+    local pair
+    for pair in /usr/share/OVMF/OVMF_CODE_4M.fd:/usr/share/OVMF/OVMF_VARS_4M.fd \
+        /usr/share/OVMF/OVMF_CODE.fd:/usr/share/OVMF/OVMF_VARS.fd; do
+        [[ -f ${pair%%:*} && -f ${pair##*:} ]] && return 0
+    done
+    [[ -n ${MMK_OVMF_CODE:-} && -f ${MMK_OVMF_CODE:-} && -f ${MMK_OVMF_VARS:-} ]]
+}
+
+setup_packages() {
+    local packages=()
+    command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
+    ovmf_present || packages+=(ovmf)
+    [[ ${#packages[@]} -eq 0 ]] && return 0
+
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "need root or sudo to install ${packages[*]}"
+        # No terminal (CI): never wait for a password prompt.
+        if [[ -t 0 ]]; then sudo=(sudo); else sudo=(sudo -n); fi
+    fi
+    command -v apt-get >/dev/null || die "please install QEMU (qemu-system-x86_64) and OVMF; no apt-get here"
+    note "installing ${packages[*]} (apt-get)"
+    "${sudo[@]}" apt-get update -qq >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+}
+
+setup_rust() {
+    if ! command -v rustup >/dev/null; then
+        if [[ -x $HOME/.cargo/bin/rustup ]]; then
+            export PATH=$HOME/.cargo/bin:$PATH
+        else
+            command -v curl >/dev/null || die "rustup is missing; install it from https://rustup.rs"
+            note "installing rustup (https://rustup.rs)"
+            curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+                sh -s -- -y -q --profile minimal --default-toolchain none >/dev/null
+            export PATH=$HOME/.cargo/bin:$PATH
+        fi
+    fi
+    local installed=""
+    if rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1; then
+        installed=$(rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null || true)
+    fi
+    local component missing=0
+    for component in "${COMPONENTS[@]}"; do
+        # rustup lists llvm-tools-preview as llvm-tools-<host>.
+        grep -q "^${component%-preview}" <<<"$installed" || missing=1
+    done
+    [[ $missing -eq 0 ]] && return 0
+    note "installing the $TOOLCHAIN toolchain (rustup)"
+    local components
+    components=$(IFS=,; echo "${COMPONENTS[*]}")
+    rustup toolchain install "$TOOLCHAIN" --profile minimal --component "$components" >/dev/null
+}
+
+# ---------------------------------------------------------------- build
+
+build() {
+    note "building the kernel"
+    cargo kbuild
+    note "building the image builder and the QEMU runner"
+    # Separate calls: built together, cargo would unify their dependencies' features
+    # differently from `cargo build -p boot` and rebuild the bootloader each time.
+    cargo build --release -p boot
+    cargo build --release -p boot-tests --bins
+    if [[ -f $IMAGES/bios.img && -f $IMAGES/uefi.img &&
+        $IMAGES/bios.img -nt $KERNEL_ELF && $IMAGES/uefi.img -nt $KERNEL_ELF &&
+        $IMAGES/bios.img -nt $TARGET_DIR/release/boot ]]; then
+        return 0
+    fi
+    note "packing the BIOS and UEFI images into $IMAGES"
+    # Build aside, then rename into place: a QEMU already running on the old image keeps
+    # reading the old file.
+    local staging=$IMAGES.tmp.$$
+    mkdir -p "$IMAGES"
+    "$TARGET_DIR/release/boot" "$KERNEL_ELF" "$staging" >/dev/null
+    mv -f "$staging/bios.img" "$IMAGES/bios.img"
+    mv -f "$staging/uefi.img" "$IMAGES/uefi.img"
+    rmdir "$staging"
+}
+
+# ---------------------------------------------------------------- QEMU
+
+# qemu-run arguments for the user's --uefi/--smp/--mem/--gdb.
+user_qemu_args() {
+    QEMU_ARGS=(--images "$IMAGES")
+    [[ $UEFI -eq 1 ]] && QEMU_ARGS+=(--uefi)
+    [[ -n $SMP ]] && QEMU_ARGS+=(--smp "$SMP")
+    [[ -n $MEM ]] && QEMU_ARGS+=(--mem "$MEM")
+    [[ $GDB -eq 1 ]] && QEMU_ARGS+=(--gdb)
+    return 0
+}
+
+kernel_options() {
+    local mode=$1 options="mode=$1"
+    if [[ -n $SEED ]]; then options+=" seed=$SEED"; fi
+    if [[ -n $FILTER && $mode == test ]]; then options+=" filter=$FILTER"; fi
+    echo "$options"
+}
+
+demo() {
+    user_qemu_args
+    "$QEMU_RUN" "${QEMU_ARGS[@]}" --opts "$(kernel_options demo)"
+}
+
+bench() {
+    if [[ $GDB -eq 0 ]]; then
+        if [[ -e mm/examples/buddy_bench.rs || -e mm/examples/buddy_bench/main.rs ]]; then
+            cargo run --quiet --release -p mm --features std --example buddy_bench
+        else
+            note "no host benchmark yet (mm/examples/buddy_bench.rs); skipping it"
+        fi
+    fi
+    user_qemu_args
+    "$QEMU_RUN" "${QEMU_ARGS[@]}" --opts "$(kernel_options bench)"
+}
+
+# ---------------------------------------------------------------- test
+
+STEP_NAMES=()
+STEP_PASSED=()
+STEP_FAILED=()
+STEP_SECS=()
+STEP_RESULT=()
+
+# Counts from cargo's `test result: ok. N passed; M failed; ...` lines.
+count_cargo() {
+    local log=$1 passed=0 failed=0 p f
+    while read -r p f; do
+        passed=$((passed + p))
+        failed=$((failed + f))
+    done < <(sed -nE 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log")
+    echo "$passed $failed"
+}
+
+# Counts from the kernel's last `N passed, N failed` line; without one, from its
+# `test x ... ok` / `FAILED` lines.
+count_kernel() {
+    local log=$1 summary
+    summary=$(sed -nE 's/^[[:space:]]*([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log" | tail -n 1)
+    if [[ -n $summary ]]; then
+        echo "$summary"
+        return
+    fi
+    local passed failed
+    passed=$(grep -cE '^test [^ ]+ \.\.\. (.*[ )])?ok$' "$log" || true)
+    failed=$(grep -cE '^(test [^ ]+ \.\.\. (.*[ )])?)?FAILED' "$log" || true)
+    echo "$passed $failed nosummary"
+}
+
+# Tests libtest reported as running for over 60 s that never finished.
+unfinished_cargo_tests() {
+    awk '/^test .* has been running for over/ { running[$2] = 1 }
+         /^test .* \.\.\. / { delete running[$2] }
+         END { for (t in running) printf "%s ", t }' "$1"
+}
+
+# run_step NAME KIND COMMAND...: run it (output live and in a log), count its tests
+# (KIND cargo or kernel), record the outcome. Never stops the script. Cargo steps are
+# killed after MMK_HOST_TIMEOUT seconds (QEMU runs have their own timeout).
+run_step() {
+    local name=$1 kind=$2
+    shift 2
+    local slug log start rc counts passed failed extra="" limit=()
+    slug=$(tr -cs 'A-Za-z0-9' '-' <<<"$name" | sed 's/-$//')
+    log=$LOG_DIR/$slug.log
+    if [[ $kind == cargo ]]; then
+        # Without a terminal (CI) timeout kills the whole process group, test binaries
+        # included; at a terminal it stays in the foreground so Ctrl-C still works.
+        limit=(timeout --kill-after=30)
+        [[ -t 0 ]] && limit+=(--foreground)
+        limit+=("$HOST_TIMEOUT")
+    fi
+    echo
+    note "$name"
+    start=$SECONDS
+    set +e
+    # The subshell turns errexit back on for shell functions run as steps.
+    (set -e; "${limit[@]}" "$@") 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    case $kind in
+        cargo) counts=$(count_cargo "$log") ;;
+        kernel) counts=$(count_kernel "$log") ;;
+        *) counts="0 0" ;;
+    esac
+    if [[ $kind == cargo && ($rc -eq 124 || $rc -eq 137) ]]; then
+        echo "TIMEOUT: ${name} hung after $HOST_TIMEOUT s; still running: $(unfinished_cargo_tests "$log")" |
+            tee -a "$log"
+    fi
+    read -r passed failed extra <<<"$counts"
+    if [[ $kind == kernel && $extra == nosummary && $rc -eq 0 ]]; then
+        note "WARNING: $name: the kernel printed no 'N passed, N failed' summary; counting $passed passed, $failed failed"
+    fi
+    # A run that crashed, timed out or did not build counts as at least one failure.
+    if [[ $rc -ne 0 && $failed -eq 0 ]]; then
+        failed=1
+    fi
+    STEP_NAMES+=("$name")
+    STEP_PASSED+=("$passed")
+    STEP_FAILED+=("$failed")
+    STEP_SECS+=($((SECONDS - start)))
+    if [[ $rc -eq 0 && $failed -eq 0 ]]; then
+        STEP_RESULT+=(ok)
+    else
+        STEP_RESULT+=("FAILED (exit $rc, log $log)")
+    fi
+}
+
+test_all() {
+    local cargo_filter=()
+    [[ -n $FILTER ]] && cargo_filter=("$FILTER")
+    mkdir -p "$LOG_DIR"
+    note "seed $SEED (repeat this run with --seed $SEED)"
+
+    # A build failure is a failed step; the host tests still run, the QEMU steps cannot.
+    run_step "build: kernel, images, runner" build build
+    local built=1
+    [[ ${STEP_RESULT[-1]} == ok ]] || built=0
+
+    # Under --gdb only the in-kernel tests run: QEMU waits for the debugger at once.
+    if [[ $GDB -eq 0 ]]; then
+        run_step "host: mm unit and property tests" cargo \
+            cargo test -p mm --features std --release -- "${cargo_filter[@]}"
+        run_step "host: QEMU runner unit tests" cargo \
+            cargo test -p boot-tests --release --lib --bins -- "${cargo_filter[@]}"
+    fi
+
+    local configs=("${KERNEL_TEST_CONFIGS[@]}")
+    if [[ $UEFI -eq 1 || -n $SMP || -n $MEM || $GDB -eq 1 ]]; then
+        local firmware=bios
+        [[ $UEFI -eq 1 ]] && firmware=uefi
+        configs=("$firmware ${SMP:-4} ${MEM:-4G}")
+    fi
+    local config firmware smp mem args
+    if [[ $built -eq 0 ]]; then
+        note "the build failed: skipping the in-kernel tests and the boot tests"
+        configs=()
+    fi
+    for config in "${configs[@]}"; do
+        read -r firmware smp mem <<<"$config"
+        args=(--images "$IMAGES" --smp "$smp" --mem "$mem" --timeout "$TEST_TIMEOUT")
+        [[ $firmware == uefi ]] && args+=(--uefi)
+        [[ $GDB -eq 1 ]] && args+=(--gdb)
+        run_step "kernel: tests $firmware ${smp}cpu $mem" kernel \
+            "$QEMU_RUN" "${args[@]}" --opts "$(kernel_options test)"
+    done
+
+    if [[ $GDB -eq 0 && $built -eq 1 ]]; then
+        run_step "host: QEMU boot tests" cargo \
+            env MMK_REQUIRE_IMAGES=1 MMK_IMAGES="$IMAGES" \
+            cargo test -p boot-tests --release --test boot -- --test-threads=2 "${cargo_filter[@]}"
+    fi
+
+    local i total_passed=0 total_failed=0 all_ok=1
+    echo
+    echo "== test summary (seed $SEED) =="
+    printf '%-36s %7s %7s %7s  %s\n' step passed failed time result
+    for i in "${!STEP_NAMES[@]}"; do
+        printf '%-36s %7d %7d %6ds  %s\n' "${STEP_NAMES[$i]}" "${STEP_PASSED[$i]}" \
+            "${STEP_FAILED[$i]}" "${STEP_SECS[$i]}" "${STEP_RESULT[$i]}"
+        total_passed=$((total_passed + STEP_PASSED[i]))
+        total_failed=$((total_failed + STEP_FAILED[i]))
+        [[ ${STEP_RESULT[$i]} == ok ]] || all_ok=0
+    done
+    echo "$total_passed passed, $total_failed failed"
+    [[ $all_ok -eq 1 && $total_failed -eq 0 ]]
+}
+
+# ---------------------------------------------------------------- main
+
+setup_packages
+setup_rust
+if [[ $COMMAND == test && -z $SEED ]]; then
+    SEED=$(((RANDOM << 15 | RANDOM) % 1000000))
+fi
+case $COMMAND in
+    demo) build; demo ;;
+    bench) build; bench ;;
+    test) test_all ;;
+esac

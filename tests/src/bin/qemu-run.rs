@@ -1,0 +1,262 @@
+//! `qemu-run`: boot the kernel image in QEMU, stream its serial console, and exit with
+//! a status that says how the run ended. `run-qemu.sh` calls it.
+//!
+//! ```text
+//! qemu-run [--uefi] [--smp N] [--mem SIZE] [--gdb] [--opts "mode=test seed=3"]
+//!          [--timeout SECS] [--images DIR] [--quiet]
+//! ```
+//!
+//! Exit status: 0 the kernel reported success; 1 it did not (failure, crash, QEMU
+//! error); 2 bad arguments or QEMU could not start; 124 timeout (after printing
+//! `TIMEOUT: <test or boot> hung after N s`); 128+signal when interrupted.
+
+use boot_tests::{
+    default_images_dir, install_interrupt_handler, run, Error, Firmware, MemSize, QemuConfig,
+    RunStatus, DEFAULT_TIMEOUT,
+};
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+usage: qemu-run [options]
+  --uefi            boot uefi.img through OVMF (default: bios.img, legacy BIOS)
+  --smp N           number of CPUs (default 4)
+  --mem SIZE        guest memory, e.g. 256M, 4G, 8G (default 4G)
+  --opts TEXT       kernel options, e.g. \"mode=test seed=3 filter=buddy\"
+  --timeout SECS    kill QEMU after SECS seconds (default 600)
+  --images DIR      directory with bios.img and uefi.img (default $MMK_IMAGES or <repo>/target/images)
+  --gdb             start halted with a GDB stub on :1234 (no timeout)
+  --quiet           do not stream the serial console
+  -h, --help        this text
+exit status: 0 success, 1 failure, 2 usage or setup error, 124 timeout";
+
+/// What went wrong with the command line.
+#[derive(Debug)]
+enum CliError {
+    /// An option that does not exist.
+    UnknownOption(String),
+    /// An option given without its value.
+    MissingValue(&'static str),
+    /// A value that does not parse.
+    InvalidValue {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A bad memory size or CPU count, or a run that cannot start.
+    Runner(Error),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::UnknownOption(option) => write!(f, "unknown option {option:?}"),
+            CliError::MissingValue(option) => write!(f, "{option} needs a value"),
+            CliError::InvalidValue {
+                option,
+                value,
+                reason,
+            } => write!(f, "{option} {value:?}: {reason}"),
+            CliError::Runner(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(error: Error) -> Self {
+        CliError::Runner(error)
+    }
+}
+
+/// The parsed command line.
+enum Command {
+    Help,
+    Run { config: QemuConfig },
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
+    let mut config = QemuConfig::new()
+        .images(default_images_dir())
+        .timeout(DEFAULT_TIMEOUT)
+        .stream(true);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Accept both `--smp 4` and `--smp=4`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |option: &'static str| -> Result<String, CliError> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(CliError::MissingValue(option))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--uefi" => config.firmware = Firmware::Uefi,
+            "--bios" => config.firmware = Firmware::Bios,
+            "--gdb" => config.gdb = true,
+            "--quiet" => config.stream = false,
+            "--smp" => {
+                let text = value("--smp")?;
+                config.smp = match text.trim().parse::<u32>() {
+                    Ok(n @ 1..=255) => n,
+                    _ => return Err(Error::InvalidSmp(text).into()),
+                };
+            }
+            "--mem" => config.mem = value("--mem")?.parse::<MemSize>()?,
+            "--opts" => config.options = value("--opts")?,
+            "--images" => config.images = PathBuf::from(value("--images")?),
+            "--timeout" => {
+                let text = value("--timeout")?;
+                let secs = text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| CliError::InvalidValue {
+                        option: "--timeout",
+                        value: text.clone(),
+                        reason: "expected a whole number of seconds above 0".to_owned(),
+                    })?;
+                config.timeout = Duration::from_secs(secs);
+            }
+            _ => return Err(CliError::UnknownOption(arg)),
+        }
+    }
+    Ok(Command::Run { config })
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run { config }) => config,
+        Err(error) => {
+            eprintln!("qemu-run: {error} (qemu-run --help lists the options)");
+            return ExitCode::from(2);
+        }
+    };
+    install_interrupt_handler();
+    if config.gdb {
+        eprintln!(
+            "qemu-run: QEMU starts halted with a GDB stub on localhost:1234 ({}, no timeout).\n\
+             qemu-run: in another terminal, from the repository root:\n    \
+             gdb kernel/target/x86_64-target/release/kernel -ex 'target remote :1234'\n\
+             qemu-run: then `continue`; Ctrl-C here stops QEMU.",
+            config.label()
+        );
+    }
+    let result = match run(&config) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("qemu-run: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // The status line starts a line of its own even after a partial `test x ... `.
+    if config.stream && !result.output.is_empty() && !result.output.ends_with('\n') {
+        println!();
+    }
+    let _ = std::io::stdout().flush();
+    match &result.status {
+        RunStatus::Passed => {
+            eprintln!("qemu-run: {}: {}", config.label(), result.describe());
+            ExitCode::SUCCESS
+        }
+        RunStatus::TimedOut { .. } => {
+            eprintln!("{}", result.describe());
+            if !config.stream {
+                eprintln!("{}", result.output);
+            }
+            ExitCode::from(124)
+        }
+        RunStatus::Interrupted(signal) => {
+            eprintln!("qemu-run: {}", result.describe());
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(130))
+        }
+        RunStatus::Failed(_) => {
+            eprintln!(
+                "qemu-run: {}: FAILED: {}",
+                config.label(),
+                result.describe()
+            );
+            if !config.stream && !result.stderr.is_empty() {
+                eprintln!("{}", result.stderr.trim_end());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, CliError> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    fn config(args: &[&str]) -> QemuConfig {
+        match parse(args) {
+            Ok(Command::Run { config }) => config,
+            Ok(Command::Help) => panic!("help"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]);
+        assert_eq!(c.label(), "bios/4cpu/4G");
+        assert!(c.stream && !c.gdb);
+        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn all_flags() {
+        let c = config(&[
+            "--uefi",
+            "--smp",
+            "1",
+            "--mem=8G",
+            "--opts",
+            "mode=test seed=3",
+            "--timeout",
+            "30",
+            "--images",
+            "/x",
+            "--gdb",
+            "--quiet",
+        ]);
+        assert_eq!(c.label(), "uefi/1cpu/8G");
+        assert_eq!(c.options, "mode=test seed=3");
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        assert_eq!(c.images, PathBuf::from("/x"));
+        assert!(c.gdb && !c.stream);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        for args in [
+            &["--smp", "0"][..],
+            &["--smp", "lots"],
+            &["--mem", "4X"],
+            &["--timeout", "-3"],
+            &["--timeout"],
+            &["--frobnicate"],
+            &["positional"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
+    }
+}

@@ -1,0 +1,167 @@
+//! Assertions on a run, for the boot tests. Each panics with the configuration, how the
+//! run ended and the tail of its serial output, so a failure in CI explains itself.
+//!
+//! Add new checks here as the kernel reports more (memory map, free areas, page-table
+//! layout): `assert_contains(&run, "...")` for a fixed line, [`assert_line`] with a
+//! predicate for anything that needs parsing.
+
+use crate::{RunResult, RunStatus, QEMU_EXIT_FAILURE};
+
+/// How many lines of output a failure message shows.
+const TAIL_LINES: usize = 60;
+
+/// How the run ended, its command line, the last 60 lines of its output and QEMU's
+/// stderr if any.
+pub fn context(run: &RunResult) -> String {
+    let lines: Vec<&str> = run.output.lines().collect();
+    let start = lines.len().saturating_sub(TAIL_LINES);
+    let mut text = format!(
+        "run {}: {}\ncommand: {}\n--- serial output ({} lines{}) ---\n",
+        run.config.label(),
+        run.describe(),
+        run.command,
+        lines.len(),
+        if start > 0 { ", last ones" } else { "" },
+    );
+    for line in &lines[start..] {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str("--- end of serial output ---\n");
+    if !run.stderr.trim().is_empty() {
+        text.push_str(&format!("--- QEMU stderr ---\n{}\n", run.stderr.trim_end()));
+    }
+    text
+}
+
+/// The kernel reported success (QEMU exit 33).
+#[track_caller]
+pub fn assert_passed(run: &RunResult) {
+    assert!(run.passed(), "expected success\n{}", context(run));
+}
+
+/// The kernel itself reported failure (QEMU exit 35): not a triple fault, a QEMU error
+/// or a timeout.
+#[track_caller]
+pub fn assert_kernel_failed(run: &RunResult) {
+    assert!(
+        run.status == RunStatus::Failed(Some(QEMU_EXIT_FAILURE)),
+        "expected the kernel to report failure (exit {QEMU_EXIT_FAILURE})\n{}",
+        context(run)
+    );
+}
+
+/// Some line of the output contains `needle`.
+#[track_caller]
+pub fn assert_contains(run: &RunResult, needle: &str) {
+    assert!(
+        run.output.contains(needle),
+        "expected the output to contain {needle:?}\n{}",
+        context(run)
+    );
+}
+
+/// No line of the output contains `needle`.
+#[track_caller]
+pub fn assert_not_contains(run: &RunResult, needle: &str) {
+    if let Some(line) = run.output.lines().find(|l| l.contains(needle)) {
+        panic!(
+            "expected no output containing {needle:?}, found {line:?}\n{}",
+            context(run)
+        );
+    }
+}
+
+/// Some line satisfies `check`; returns the first such line. `what` describes the line
+/// in the failure message.
+#[track_caller]
+pub fn assert_line<'a>(run: &'a RunResult, what: &str, check: impl Fn(&str) -> bool) -> &'a str {
+    match run.output.lines().find(|l| check(l)) {
+        Some(line) => line,
+        None => panic!("expected a line with {what}\n{}", context(run)),
+    }
+}
+
+/// The run passed and, if the kernel ran tests, every one passed and the summary
+/// agrees.
+#[track_caller]
+pub fn assert_tests_passed(run: &RunResult) {
+    assert_passed(run);
+    let report = run.report();
+    let failures: Vec<String> = report
+        .failures()
+        .map(|(name, why)| format!("{name}: {why}"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failed tests: {failures:?}\n{}",
+        context(run)
+    );
+    if let Some(summary) = report.summary {
+        assert_eq!(
+            summary.failed,
+            0,
+            "summary reports failures\n{}",
+            context(run)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QemuConfig;
+    use std::time::Duration;
+
+    fn run(status: RunStatus, output: &str) -> RunResult {
+        RunResult {
+            output: output.to_owned(),
+            stderr: "qemu: warning".to_owned(),
+            status,
+            elapsed: Duration::from_secs(1),
+            config: QemuConfig::new(),
+            command: "qemu-system-x86_64 ...".to_owned(),
+        }
+    }
+
+    #[test]
+    fn passing_assertions() {
+        let r = run(
+            RunStatus::Passed,
+            "[INFO  cpu0] kernel options: mode=demo\n",
+        );
+        assert_passed(&r);
+        assert_contains(&r, "kernel options: mode=demo");
+        assert_not_contains(&r, "PANIC");
+        assert_eq!(
+            assert_line(&r, "options", |l| l.ends_with("mode=demo")),
+            "[INFO  cpu0] kernel options: mode=demo"
+        );
+        assert_tests_passed(&r);
+        assert_kernel_failed(&run(RunStatus::Failed(Some(35)), ""));
+    }
+
+    #[test]
+    fn failure_message_has_context() {
+        let r = run(RunStatus::Failed(Some(0)), "line one\nline two\n");
+        let message = std::panic::catch_unwind(|| assert_contains(&r, "absent"))
+            .expect_err("must panic")
+            .downcast::<String>()
+            .expect("formatted message");
+        assert!(message.contains("\"absent\""));
+        assert!(message.contains("bios/4cpu/4G"));
+        assert!(message.contains("line two"));
+        assert!(message.contains("qemu: warning"));
+    }
+
+    #[test]
+    fn failed_test_fails_assertion() {
+        let r = run(
+            RunStatus::Passed,
+            "test a::b ... FAILED: nope\n0 passed, 1 failed\n",
+        );
+        assert!(std::panic::catch_unwind(|| assert_tests_passed(&r)).is_err());
+        let r = run(RunStatus::Failed(Some(0)), "");
+        assert!(std::panic::catch_unwind(|| assert_kernel_failed(&r)).is_err());
+    }
+}

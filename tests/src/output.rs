@@ -1,0 +1,434 @@
+//! What the kernel prints on its serial console, and how to read it.
+//!
+//! Formats (written by the kernel's test harness and benches):
+//! - log lines: `[INFO  cpu0] message`;
+//! - per test: `test <module::name> ... ` printed *before* the test runs, then `ok` or
+//!   `FAILED: why` when it ends. Log lines the test prints land in between, so the result
+//!   may come on a later line; a hang leaves `test <name> ... ` as the last line;
+//! - the summary: `N passed, N failed`;
+//! - benchmarks: `BENCH {"name":..., "value":..., "unit":..., ...}`.
+//!
+//! [`SerialFilter`] turns the raw byte stream into clean text (no carriage returns, no
+//! terminal escape sequences: OVMF clears the screen and moves the cursor before the
+//! kernel starts); [`parse`] reads the clean text into a [`Report`].
+
+/// Removes `\r` and ANSI/VT100 escape sequences from a byte stream, chunk by chunk (a
+/// sequence may be split across chunks).
+#[derive(Clone, Debug, Default)]
+pub struct SerialFilter {
+    state: FilterState,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum FilterState {
+    #[default]
+    Text,
+    /// After ESC.
+    Escape,
+    /// Inside `ESC [ ... final`.
+    Csi,
+    /// After `ESC (` or `ESC )`: one more byte (the character set) follows.
+    Charset,
+}
+
+impl SerialFilter {
+    /// A filter at the start of a stream.
+    pub fn new() -> SerialFilter {
+        SerialFilter::default()
+    }
+
+    /// Append the clean part of `input` to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &byte in input {
+            self.state = match (self.state, byte) {
+                (FilterState::Text, 0x1b) => FilterState::Escape,
+                (FilterState::Text, b'\r') => FilterState::Text,
+                (FilterState::Text, byte) => {
+                    out.push(byte);
+                    FilterState::Text
+                }
+                (FilterState::Escape, b'[') => FilterState::Csi,
+                (FilterState::Escape, b'(' | b')') => FilterState::Charset,
+                (FilterState::Escape, _) => FilterState::Text,
+                (FilterState::Csi, 0x40..=0x7e) => FilterState::Text,
+                (FilterState::Csi, _) => FilterState::Csi,
+                (FilterState::Charset, _) => FilterState::Text,
+            };
+        }
+    }
+}
+
+/// `text` without carriage returns and escape sequences.
+pub fn clean(text: &[u8]) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    SerialFilter::new().push(text, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How one test ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestResult {
+    /// `... ok`
+    Ok,
+    /// `... FAILED: why` (the text after `FAILED`, without the colon).
+    Failed(String),
+}
+
+/// One finished test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestOutcome {
+    /// `module::name`
+    pub name: String,
+    /// How it ended.
+    pub result: TestResult,
+}
+
+/// The kernel's `N passed, N failed` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Tests that passed.
+    pub passed: u32,
+    /// Tests that failed.
+    pub failed: u32,
+}
+
+/// One `BENCH {json}` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bench {
+    /// The text after `BENCH `.
+    pub raw: String,
+    /// The parsed JSON; `None` when the text is not valid JSON.
+    pub json: Option<serde_json::Value>,
+}
+
+impl Bench {
+    /// The `name` field.
+    pub fn name(&self) -> Option<&str> {
+        self.json.as_ref()?.get("name")?.as_str()
+    }
+
+    /// The `value` field, as a number.
+    pub fn value(&self) -> Option<f64> {
+        self.json.as_ref()?.get("value")?.as_f64()
+    }
+
+    /// The `unit` field.
+    pub fn unit(&self) -> Option<&str> {
+        self.json.as_ref()?.get("unit")?.as_str()
+    }
+}
+
+/// Everything [`parse`] found in a run's output.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Finished tests, in order.
+    pub tests: Vec<TestOutcome>,
+    /// A test that started and never printed its result (it hung, or the kernel died in
+    /// it).
+    pub running: Option<String>,
+    /// The last summary line, if any.
+    pub summary: Option<Summary>,
+    /// Every `BENCH` line, in order.
+    pub benches: Vec<Bench>,
+}
+
+impl Report {
+    /// Finished tests that passed.
+    pub fn passed(&self) -> usize {
+        self.tests
+            .iter()
+            .filter(|t| t.result == TestResult::Ok)
+            .count()
+    }
+
+    /// Finished tests that failed.
+    pub fn failed(&self) -> usize {
+        self.tests.len() - self.passed()
+    }
+
+    /// The failed tests with their reasons.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tests.iter().filter_map(|t| match &t.result {
+            TestResult::Ok => None,
+            TestResult::Failed(why) => Some((t.name.as_str(), why.as_str())),
+        })
+    }
+
+    /// The outcome of the test called `name`, if it finished.
+    pub fn test(&self, name: &str) -> Option<&TestResult> {
+        self.tests
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| &t.result)
+    }
+}
+
+/// Read the kernel's (clean) output: test lines, the summary and BENCH lines.
+pub fn parse(output: &str) -> Report {
+    let mut report = Report::default();
+    for raw_line in output.lines() {
+        let line = raw_line.trim();
+        if let Some((name, rest)) = test_line(line) {
+            // A test that never printed its result before the next one began: the
+            // harness lost it; the summary line (if any) still counts it.
+            report.running = None;
+            match result_word(rest) {
+                Some(result) => report.tests.push(TestOutcome {
+                    name: name.to_owned(),
+                    result,
+                }),
+                None => report.running = Some(name.to_owned()),
+            }
+        } else if let Some(result) = report.running.as_ref().and(result_word(line)) {
+            if let Some(name) = report.running.take() {
+                report.tests.push(TestOutcome { name, result });
+            }
+        } else if let Some(summary) = summary_line(line) {
+            report.summary = Some(summary);
+        } else if let Some(json) = line.strip_prefix("BENCH ") {
+            let raw = json.trim().to_owned();
+            let json = serde_json::from_str(&raw).ok();
+            report.benches.push(Bench { raw, json });
+        }
+    }
+    report
+}
+
+/// `test <name> ... <rest>` → (name, rest).
+fn test_line(line: &str) -> Option<(&str, &str)> {
+    let after = line.strip_prefix("test ")?;
+    let (name, rest) = after.split_once(" ...")?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((name, rest.trim()))
+}
+
+/// The result in the text after `test <name> ...` (or on a later line while the test
+/// runs): `ok` as the last word (`(1033714 frames) ok` counts), or the word `FAILED`,
+/// followed by an optional `: why`. A kernel log line (`[INFO  cpu1] ...`) is never a
+/// result, whatever it ends with.
+fn result_word(text: &str) -> Option<TestResult> {
+    let text = text.trim();
+    if is_log_line(text) {
+        return None;
+    }
+    let word_start = |at: usize| at == 0 || text[..at].ends_with([' ', '\t', ')']);
+    if let Some(at) = text.find("FAILED") {
+        let rest = &text[at + "FAILED".len()..];
+        let word_ends = rest.is_empty() || rest.starts_with([' ', ':', '\t']);
+        if word_start(at) && word_ends {
+            let why = rest.trim_start().trim_start_matches(':').trim();
+            return Some(TestResult::Failed(why.to_owned()));
+        }
+    }
+    let at = text.len().checked_sub(2)?;
+    (text.ends_with("ok") && word_start(at)).then_some(TestResult::Ok)
+}
+
+/// `[LEVEL cpuN] ...`, the kernel's log format.
+fn is_log_line(text: &str) -> bool {
+    let Some(inside) = text.strip_prefix('[') else {
+        return false;
+    };
+    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+        .iter()
+        .any(|level| inside.starts_with(level))
+}
+
+/// `N passed, M failed` anywhere in the line, as whole words (cargo's
+/// `N passed; M failed` does not match).
+fn summary_line(line: &str) -> Option<Summary> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(4).find_map(|w| {
+        let failed_word = w[3].trim_end_matches(|c: char| c.is_ascii_punctuation());
+        if w[1] == "passed," && failed_word == "failed" {
+            Some(Summary {
+                passed: w[0].parse().ok()?,
+                failed: w[2].parse().ok()?,
+            })
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(name: &str) -> TestOutcome {
+        TestOutcome {
+            name: name.into(),
+            result: TestResult::Ok,
+        }
+    }
+
+    #[test]
+    fn filter_strips_carriage_returns_and_escapes() {
+        let raw = b"\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b(BBdsDxe: loading\r\n[INFO  cpu0] hi\r\n";
+        assert_eq!(clean(raw), "BdsDxe: loading\n[INFO  cpu0] hi\n");
+    }
+
+    #[test]
+    fn filter_handles_sequences_split_across_chunks() {
+        let mut filter = SerialFilter::new();
+        let mut out = Vec::new();
+        for chunk in [&b"a\x1b"[..], b"[1", b";2", b"Hb\r", b"\nc"] {
+            filter.push(chunk, &mut out);
+        }
+        assert_eq!(out, b"ab\nc");
+    }
+
+    #[test]
+    fn test_lines_ok_and_failed() {
+        let report = parse(
+            "[INFO  cpu0] kernel options: mode=test\n\
+             test buddy::alloc_free ... ok\n\
+             test paging::map_twice ... FAILED: expected AlreadyMapped, got Ok\n\
+             test paging::bare ... FAILED\n\
+             2 passed, 1 failed\n",
+        );
+        assert_eq!(report.tests[0], ok("buddy::alloc_free"));
+        assert_eq!(
+            report.test("paging::map_twice"),
+            Some(&TestResult::Failed("expected AlreadyMapped, got Ok".into()))
+        );
+        assert_eq!(
+            report.test("paging::bare"),
+            Some(&TestResult::Failed(String::new()))
+        );
+        assert_eq!((report.passed(), report.failed()), (1, 2));
+        assert_eq!(report.running, None);
+        assert_eq!(
+            report.summary,
+            Some(Summary {
+                passed: 2,
+                failed: 1
+            })
+        );
+        assert_eq!(
+            report.failures().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["paging::map_twice", "paging::bare"]
+        );
+    }
+
+    #[test]
+    fn result_after_interleaved_log_lines() {
+        let report = parse(
+            "test smp::shootdown ... [INFO  cpu1] ap online\n\
+             [INFO  cpu2] ap online\n\
+             ok\n\
+             test smp::ipi ... [WARN  cpu0] slow\n\
+             FAILED: timeout waiting for cpu3\n",
+        );
+        assert_eq!(report.tests[0], ok("smp::shootdown"));
+        assert_eq!(
+            report.test("smp::ipi"),
+            Some(&TestResult::Failed("timeout waiting for cpu3".into()))
+        );
+        assert_eq!(report.running, None);
+    }
+
+    #[test]
+    fn partial_line_is_the_running_test() {
+        let report = parse("test buddy::alloc_free ... ok\ntest buddy::huge ... ");
+        assert_eq!(report.running.as_deref(), Some("buddy::huge"));
+        assert_eq!(report.tests, [ok("buddy::alloc_free")]);
+        assert_eq!(report.summary, None);
+
+        let report = parse("test buddy::huge ... [INFO  cpu0] allocating 1 GiB\n");
+        assert_eq!(report.running.as_deref(), Some("buddy::huge"));
+    }
+
+    #[test]
+    fn words_that_only_look_like_results_do_not_count() {
+        let report = parse("test a::b ... \nokay then\nFAILEDX\nbook\n[INFO  cpu1] ok\n");
+        assert_eq!(report.running.as_deref(), Some("a::b"));
+        assert!(report.tests.is_empty());
+        let report = parse("test a::b ... [WARN  cpu0] retry FAILED: once\n");
+        assert_eq!(report.running.as_deref(), Some("a::b"));
+    }
+
+    #[test]
+    fn details_before_the_result() {
+        let report = parse(
+            "test mem::every_frame ... (1033714 frames) ok\n\
+             test mem::huge ... (order 18) FAILED: no block\n\
+             test mem::after ... ok\n",
+        );
+        assert_eq!(report.tests[0], ok("mem::every_frame"));
+        assert_eq!(
+            report.test("mem::huge"),
+            Some(&TestResult::Failed("no block".into()))
+        );
+        assert_eq!(report.tests[2], ok("mem::after"));
+        assert_eq!(report.running, None);
+    }
+
+    #[test]
+    fn not_test_lines() {
+        let report = parse("testing the console\ntest has no dots\ntest  ... ok\n");
+        assert_eq!(report, Report::default());
+    }
+
+    #[test]
+    fn summary_forms() {
+        assert_eq!(
+            summary_line("0 passed, 0 failed"),
+            Some(Summary {
+                passed: 0,
+                failed: 0
+            })
+        );
+        assert_eq!(
+            summary_line("[INFO  cpu0] 12 passed, 3 failed (4 filtered out)"),
+            Some(Summary {
+                passed: 12,
+                failed: 3
+            })
+        );
+        assert_eq!(
+            summary_line("17 passed, 0 failed."),
+            Some(Summary {
+                passed: 17,
+                failed: 0
+            })
+        );
+        // cargo's own result line is not the kernel's summary
+        assert_eq!(
+            summary_line("test result: ok. 5 passed; 0 failed; 0 ignored"),
+            None
+        );
+        assert_eq!(summary_line("x passed, 1 failed"), None);
+    }
+
+    #[test]
+    fn last_summary_wins() {
+        let report = parse("1 passed, 1 failed\n3 passed, 0 failed\n");
+        assert_eq!(
+            report.summary,
+            Some(Summary {
+                passed: 3,
+                failed: 0
+            })
+        );
+    }
+
+    #[test]
+    fn bench_lines() {
+        let report = parse(
+            "BENCH {\"name\":\"buddy_alloc_free_order0\",\"value\":123.5,\"unit\":\"ns\",\"cpus\":4}\n\
+             [INFO  cpu0] not a bench\n\
+             BENCH {broken\n",
+        );
+        assert_eq!(report.benches.len(), 2);
+        let first = &report.benches[0];
+        assert_eq!(first.name(), Some("buddy_alloc_free_order0"));
+        assert_eq!(first.value(), Some(123.5));
+        assert_eq!(first.unit(), Some("ns"));
+        assert_eq!(report.benches[1].json, None);
+        assert_eq!(report.benches[1].raw, "{broken");
+    }
+}
