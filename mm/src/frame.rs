@@ -79,6 +79,9 @@ bitflags::bitflags! {
         /// Meaningful on the first frame of a pageblock only: the pageblock groups
         /// unmovable allocations (cleared: movable ones).
         const PAGEBLOCK_UNMOVABLE = 1 << 6;
+        /// Allocated from the buddy allocator but sitting, unused, in a per-CPU frame
+        /// cache of the kernel: freeing it again is a double free.
+        const CACHED = 1 << 8;
     }
 }
 

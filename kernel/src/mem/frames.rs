@@ -83,16 +83,47 @@ pub fn table() -> FrameTable<'static> {
     with_buddy(|b| b.table())
 }
 
+/// Allocate a block of `order` (order 0 through this CPU's frame cache).
+pub fn alloc(order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
+    if order == 0 {
+        super::pcp::alloc(table(), mt)
+    } else {
+        with_buddy(|b| b.alloc(order, mt)).map_err(MemError::Alloc)
+    }
+}
+
 /// Allocate a block of `order` and zero it.
 pub fn alloc_zeroed(order: u8, mt: MigrateType) -> Result<PhysAddr, MemError> {
-    let pfn = with_buddy(|b| b.alloc(order, mt)).map_err(MemError::Alloc)?;
+    let pfn = alloc(order, mt)?;
     for i in 0..1u64 << order {
         mm::phys::PhysMem::zero_frame(&physmap::PHYS, pfn.add(i).addr());
     }
     Ok(pfn.addr())
 }
 
-/// Free a block obtained from this allocator.
+/// Free a block obtained from this allocator (order 0 through this CPU's frame cache).
 pub fn free(pa: PhysAddr, order: u8) -> Result<(), MemError> {
-    with_buddy(|b| b.free(Pfn::containing(pa), order)).map_err(MemError::Free)
+    if order == 0 {
+        super::pcp::free(table(), Pfn::containing(pa))
+    } else {
+        with_buddy(|b| b.free(Pfn::containing(pa), order)).map_err(MemError::Free)
+    }
+}
+
+/// Allocate exactly the block at `pfn` of `order`; a frame of it that sits in a per-CPU
+/// cache is drained back first.
+pub fn alloc_at(pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
+    match with_buddy(|b| b.alloc_at(pfn, order, mt)) {
+        Err(mm::buddy::AllocError::NotFree) => {
+            super::pcp::drain_all(table())?;
+            with_buddy(|b| b.alloc_at(pfn, order, mt)).map_err(MemError::Alloc)
+        }
+        r => r.map_err(MemError::Alloc),
+    }
+}
+
+/// Empty every per-CPU frame cache, then audit the buddy allocator.
+pub fn drain_and_audit() -> Result<mm::buddy::AuditReport, MemError> {
+    super::pcp::drain_all(table())?;
+    with_buddy(|b| b.audit()).map_err(MemError::Audit)
 }

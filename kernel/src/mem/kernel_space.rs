@@ -41,7 +41,7 @@ pub struct KernelTableAlloc;
 
 impl TableAlloc for KernelTableAlloc {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        let pfn = frames::with_buddy(|b| b.alloc(0, MigrateType::Unmovable)).ok()?;
+        let pfn = frames::alloc(0, MigrateType::Unmovable).ok()?;
         if let Some(meta) = frames::table().get(pfn) {
             meta.insert_flags(mm::frame::FrameFlags::PAGETABLE);
         }

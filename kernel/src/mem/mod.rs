@@ -6,6 +6,7 @@ pub mod elf;
 pub mod frames;
 pub mod heap;
 pub mod kernel_space;
+pub mod pcp;
 pub mod physmap;
 pub mod report;
 pub mod tests;
@@ -41,6 +42,8 @@ pub enum MemError {
     HeapExhausted,
     /// More memory-map regions than the kernel keeps.
     TooManyRegions,
+    /// The allocator audit found a broken invariant.
+    Audit(mm::buddy::AuditError),
 }
 
 impl From<mm::buddy::AllocError> for MemError {

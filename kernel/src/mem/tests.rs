@@ -30,6 +30,8 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest { name: "mem::heap_grows_when_exhausted", run: heap_grows },
     KernelTest { name: "mem::kernel_image_is_w_xor_x", run: kernel_w_xor_x },
     KernelTest { name: "mem::stack_guard_page_faults", run: stack_guard_faults },
+    KernelTest { name: "mem::pcp_double_free_is_a_typed_error", run: pcp_double_free },
+    KernelTest { name: "mem::pcp_concurrent_alloc_free_then_drain_restores_free_areas", run: pcp_concurrent },
 ];
 
 /// A small xorshift generator for test randomness.
@@ -56,7 +58,7 @@ impl Rng {
 }
 
 fn audit() -> TestResult {
-    let r = frames::with_buddy(|b| b.audit());
+    let r = frames::drain_and_audit();
     check!(r.is_ok(), "allocator audit failed: {r:?}");
     Ok(())
 }
@@ -96,6 +98,7 @@ fn one_gib_block_after_boot(_: &TestContext) -> TestResult {
 }
 
 fn every_frame_roundtrip(ctx: &TestContext) -> TestResult {
+    check!(super::pcp::drain_all(frames::table()).is_ok());
     // Reserve the bookkeeping first: the heap must not need frames while none are left.
     let mut pfns: Vec<Pfn> = Vec::with_capacity(frames::with_buddy(|b| b.free_frames()) + 4096);
     let before = frames::with_buddy(|b| b.free_areas());
@@ -299,7 +302,8 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
 }
 
 fn empty_tables_freed(_: &TestContext) -> TestResult {
-    let before = frames::with_buddy(|b| b.free_frames());
+    let available = || frames::with_buddy(|b| b.free_frames()) + super::pcp::cached();
+    let before = available();
     let frame = frames::alloc_zeroed(0, MigrateType::Movable);
     let Ok(frame) = frame else { return Ok(()) };
     // A fresh corner of the address space: a new PDPT, PD and PT are needed.
@@ -309,11 +313,11 @@ fn empty_tables_freed(_: &TestContext) -> TestResult {
         kernel_space::with_kernel(|pt, f| pt.map(va, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, f)),
         Ok(())
     );
-    check_eq!(frames::with_buddy(|b| b.free_frames()), before - 4);
+    check_eq!(available(), before - 4);
     let leaf = kernel_space::with_kernel(|pt, f| pt.unmap(va, PageSize::Size4K, f));
     check!(leaf.is_ok());
     check_eq!(frames::free(frame, 0), Ok(()));
-    check_eq!(frames::with_buddy(|b| b.free_frames()), before);
+    check_eq!(available(), before);
     audit()
 }
 
@@ -354,4 +358,46 @@ fn stack_guard_faults(_: &TestContext) -> TestResult {
     let sp = &here as *const u64 as u64;
     check!(sp > guard + PAGE_SIZE && sp < guard + kernel_space::STACK_SLOT, "running on stack {sp:#x}");
     Ok(())
+}
+
+fn pcp_double_free(_: &TestContext) -> TestResult {
+    let frame = frames::alloc(0, MigrateType::Movable);
+    check!(frame.is_ok());
+    let Ok(frame) = frame else { return Ok(()) };
+    check_eq!(frames::free(frame.addr(), 0), Ok(()));
+    check_eq!(frames::free(frame.addr(), 0), Err(super::MemError::Free(FreeError::DoubleFree)));
+    audit()
+}
+
+fn pcp_concurrent(ctx: &TestContext) -> TestResult {
+    check!(super::pcp::drain_all(frames::table()).is_ok());
+    let before = frames::with_buddy(|b| b.free_areas());
+    let seed = ctx.seed;
+    let results = crate::arch::smp::broadcast(move |cpu| {
+        let mut rng = Rng::new(seed ^ u64::from(cpu) << 40);
+        let mut held: Vec<Pfn> = Vec::with_capacity(256);
+        let mut ok = true;
+        for _ in 0..20_000 {
+            if held.len() < 256 && (held.is_empty() || rng.below(2) == 0) {
+                let mt = if rng.below(4) == 0 { MigrateType::Unmovable } else { MigrateType::Movable };
+                match frames::alloc(0, mt) {
+                    Ok(p) => held.push(p),
+                    Err(_) => ok = false,
+                }
+            } else {
+                let i = rng.below(held.len() as u64) as usize;
+                ok &= frames::free(held.swap_remove(i).addr(), 0).is_ok();
+            }
+        }
+        for p in held {
+            ok &= frames::free(p.addr(), 0).is_ok();
+        }
+        ok
+    });
+    check!(matches!(&results, Ok(r) if r.iter().all(|(_, ok)| *ok)), "{results:?}");
+    check!(super::pcp::cached() > 0, "the caches were never used");
+    check!(super::pcp::drain_all(frames::table()).is_ok());
+    check_eq!(super::pcp::cached(), 0);
+    check_eq!(frames::with_buddy(|b| b.free_areas()), before);
+    audit()
 }

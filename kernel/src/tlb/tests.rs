@@ -92,7 +92,7 @@ fn no_stale_translation(ctx: &TestContext) -> TestResult {
         let leaf = kernel_space::with_kernel(|pt, f| pt.unmap(va, PageSize::Size4K, f));
         check!(leaf.is_ok());
         check_eq!(frames::free(frame, 0), Ok(()));
-        let again = frames::with_buddy(|b| b.alloc_at(mm::addr::Pfn::containing(frame), 0, MigrateType::Movable));
+        let again = frames::alloc_at(mm::addr::Pfn::containing(frame), 0, MigrateType::Movable);
         check!(again.is_ok(), "frame could not be taken back: {again:?}");
         // SAFETY: the frame is ours again.
         check!(unsafe { probe::write_u64(physmap::virt(frame).as_u64(), new) });
@@ -162,7 +162,7 @@ fn stress(ctx: &TestContext) -> TestResult {
     let served: u64 = online.iter().map(|c| MAIL.served(c)).sum::<u64>() - before;
     check_eq!(served, remote);
     crate::sprint!("({done} shootdowns, {remote} remote acks) ");
-    let audit = frames::with_buddy(|b| b.audit());
+    let audit = frames::drain_and_audit();
     check!(audit.is_ok(), "audit: {audit:?}");
     Ok(())
 }
