@@ -70,7 +70,9 @@ fn theirs(
             *slot = x86_64::instructions::interrupts::without_interrupts(|| a.lock().alloc(count))?;
         }
         for &i in perm {
-            x86_64::instructions::interrupts::without_interrupts(|| a.lock().dealloc(live[i], count));
+            x86_64::instructions::interrupts::without_interrupts(|| {
+                a.lock().dealloc(live[i], count)
+            });
         }
     }
     Some((cycles() - start) / (batch * rounds) as u64)
@@ -94,7 +96,11 @@ pub fn buddy(seed: u64) {
             }
         }
     }
-    for (order, batch, rounds) in [(0u8, 1024usize, 100usize), (9, 64, 100), (MAX_ORDER, 2, 2000)] {
+    for (order, batch, rounds) in [
+        (0u8, 1024usize, 100usize),
+        (9, 64, 100),
+        (MAX_ORDER, 2, 2000),
+    ] {
         let perm = shuffled(batch, seed);
         let (mut o, mut t) = (Vec::new(), Vec::new());
         for _ in 0..REPS {

@@ -179,4 +179,3 @@ pub fn online() -> CpuSet {
 pub fn is_online(index: u32) -> bool {
     ONLINE.contains(index)
 }
-

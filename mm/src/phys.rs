@@ -39,9 +39,7 @@ pub unsafe trait PhysMem: Sync {
         debug_assert_ne!(dst, src);
         // SAFETY: both frames are valid for PAGE_SIZE bytes and distinct frames don't
         // alias (trait contract).
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), PAGE_SIZE as usize)
-        }
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), PAGE_SIZE as usize) }
     }
 }
 
@@ -55,7 +53,9 @@ pub struct Arena {
 impl Arena {
     /// An arena of `frames` zeroed frames.
     pub fn new(frames: u64) -> Arena {
-        let words = (0..frames * PAGE_SIZE / 8).map(|_| AtomicU64::new(0)).collect();
+        let words = (0..frames * PAGE_SIZE / 8)
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Arena { words }
     }
 

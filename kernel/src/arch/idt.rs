@@ -72,7 +72,10 @@ fatal_handlers_with_code! {
 }
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
-    log::warn!("breakpoint at rip {:#x}", frame.instruction_pointer.as_u64());
+    log::warn!(
+        "breakpoint at rip {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn nmi(frame: InterruptStackFrame) {
@@ -123,11 +126,13 @@ fn build() -> InterruptDescriptorTable {
     idt.overflow.set_handler_fn(overflow);
     idt.bound_range_exceeded.set_handler_fn(bound_range);
     idt.invalid_opcode.set_handler_fn(invalid_opcode);
-    idt.device_not_available.set_handler_fn(device_not_available);
+    idt.device_not_available
+        .set_handler_fn(device_not_available);
     idt.invalid_tss.set_handler_fn(invalid_tss);
     idt.segment_not_present.set_handler_fn(segment_not_present);
     idt.stack_segment_fault.set_handler_fn(stack_segment);
-    idt.general_protection_fault.set_handler_fn(general_protection);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection);
     idt.page_fault.set_handler_fn(page_fault);
     idt.x87_floating_point.set_handler_fn(x87);
     idt.alignment_check.set_handler_fn(alignment_check);
@@ -135,7 +140,8 @@ fn build() -> InterruptDescriptorTable {
     idt.virtualization.set_handler_fn(virtualization);
     idt.cp_protection_exception.set_handler_fn(cp_protection);
     idt.hv_injection_exception.set_handler_fn(hv_injection);
-    idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+    idt.vmm_communication_exception
+        .set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security);
     super::apic::set_vectors(&mut idt);
     // SAFETY: each IST index names a stack that every CPU's TSS provides (gdt.rs).

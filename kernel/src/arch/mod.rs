@@ -4,8 +4,8 @@
 pub mod acpi;
 pub mod apic;
 pub mod fw_cfg;
-pub mod guard;
 pub mod gdt;
+pub mod guard;
 pub mod idt;
 pub mod probe;
 pub mod serial;

@@ -5,7 +5,6 @@
 //! The probe instructions live in a small assembly routine; the page-fault handler
 //! recognises their addresses and resumes at a fixup that returns "faulted".
 
-use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::idt::InterruptStackFrame;
 use x86_64::VirtAddr;
 
@@ -39,9 +38,6 @@ unsafe extern "sysv64" {
     static mmk_probe_fault: u8;
 }
 
-/// Faults taken by probes, for tests that count them.
-static PROBE_FAULTS: AtomicU64 = AtomicU64::new(0);
-
 /// The word at `addr`, or None if reading it faulted.
 pub fn read_u64(addr: u64) -> Option<u64> {
     let mut value = 0u64;
@@ -60,11 +56,6 @@ pub unsafe fn write_u64(addr: u64, value: u64) -> bool {
     unsafe { mmk_probe_write(addr, value) == 0 }
 }
 
-/// How many probe faults have been taken so far.
-pub fn faults_taken() -> u64 {
-    PROBE_FAULTS.load(Ordering::Relaxed)
-}
-
 /// Called by the page-fault handler: if the fault is a probe's, redirect it to the fixup
 /// and return true.
 pub fn fixup(frame: &mut InterruptStackFrame, _addr: u64) -> bool {
@@ -74,7 +65,6 @@ pub fn fixup(frame: &mut InterruptStackFrame, _addr: u64) -> bool {
     if rip != read && rip != write {
         return false;
     }
-    PROBE_FAULTS.fetch_add(1, Ordering::Relaxed);
     let fixup = VirtAddr::from_ptr(&raw const mmk_probe_fault);
     // SAFETY: we only move the return address to the probe's fixup, which ends the probe
     // routine with a return value of 1; stack and segment state are left as they were.

@@ -37,7 +37,11 @@ pub struct FrameTablePlacement {
 /// Build the frame table and the buddy allocator from the usable ranges.
 /// The lowest frame (PFN 0) is never handed out.
 pub fn init(usable: &[Range]) -> Result<FrameTablePlacement, MemError> {
-    let max_end = usable.iter().map(|r| r.end).max().ok_or(MemError::NoUsableMemory)?;
+    let max_end = usable
+        .iter()
+        .map(|r| r.end)
+        .max()
+        .ok_or(MemError::NoUsableMemory)?;
     let frames = max_end / PAGE_SIZE;
     let bytes = (frames * core::mem::size_of::<FrameMeta>() as u64).next_multiple_of(PAGE_SIZE);
     let home = usable

@@ -31,16 +31,32 @@ static HEAP: KernelHeap = KernelHeap {
 /// otherwise 512 single frames.
 fn back_chunk(va: u64) -> Result<(), MemError> {
     let flags = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
-    if let Ok(pfn) = frames::with_buddy(|b| b.alloc(PageSize::Size2M.order(), MigrateType::Unmovable)) {
+    if let Ok(pfn) =
+        frames::with_buddy(|b| b.alloc(PageSize::Size2M.order(), MigrateType::Unmovable))
+    {
         return kernel_space::with_kernel(|pt, flush| {
-            pt.map(va, pfn.addr(), PageSize::Size2M, flags, &mut KernelTableAlloc, flush)
+            pt.map(
+                va,
+                pfn.addr(),
+                PageSize::Size2M,
+                flags,
+                &mut KernelTableAlloc,
+                flush,
+            )
         })
         .map_err(MemError::Map);
     }
     for i in 0..CHUNK / PAGE_SIZE {
         let frame = frames::alloc_zeroed(0, MigrateType::Unmovable)?;
         kernel_space::with_kernel(|pt, flush| {
-            pt.map(va + i * PAGE_SIZE, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush)
+            pt.map(
+                va + i * PAGE_SIZE,
+                frame,
+                PageSize::Size4K,
+                flags,
+                &mut KernelTableAlloc,
+                flush,
+            )
         })
         .map_err(MemError::Map)?;
     }
@@ -61,7 +77,10 @@ pub fn init() -> Result<(), MemError> {
 /// Bytes the heap currently spans and bytes in use.
 pub fn usage() -> (usize, usize) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        HEAP.heap.lock().as_ref().map_or((0, 0), |h| (h.size(), h.used()))
+        HEAP.heap
+            .lock()
+            .as_ref()
+            .map_or((0, 0), |h| (h.size(), h.used()))
     })
 }
 

@@ -11,8 +11,8 @@
 //! Kernel mappings are global (they are the same in every address space).
 
 use super::elf::{self, SegmentKind};
-use crate::tlb::{lock_serving, KernelFlush};
 use super::{frames, physmap, MemError};
+use crate::tlb::{lock_serving, KernelFlush};
 use mm::addr::{PageSize, PAGE_SIZE};
 use mm::buddy::MigrateType;
 use mm::paging::{PageTable, TableAlloc};
@@ -60,7 +60,9 @@ impl TableAlloc for KernelTableAlloc {
 pub fn with_kernel<R>(
     f: impl FnOnce(&mut PageTable<'static, physmap::KernelPhys>, &mut KernelFlush) -> R,
 ) -> R {
-    let kernel = KERNEL.get().expect("kernel page tables used before mem::init");
+    let kernel = KERNEL
+        .get()
+        .expect("kernel page tables used before mem::init");
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut flush = KernelFlush::new();
         let r = f(&mut lock_serving(kernel), &mut flush);
@@ -87,10 +89,21 @@ fn map_linear(
     while off < len {
         let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
             .into_iter()
-            .find(|s| (va + off) % s.bytes() == 0 && (pa + off) % s.bytes() == 0 && off + s.bytes() <= len)
+            .find(|s| {
+                (va + off).is_multiple_of(s.bytes())
+                    && (pa + off).is_multiple_of(s.bytes())
+                    && off + s.bytes() <= len
+            })
             .unwrap_or(PageSize::Size4K);
-        pt.map(va + off, PhysAddr::new(pa + off), size, flags, &mut KernelTableAlloc, flush)
-            .map_err(MemError::Map)?;
+        pt.map(
+            va + off,
+            PhysAddr::new(pa + off),
+            size,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        )
+        .map_err(MemError::Map)?;
         off += size.bytes();
     }
     Ok(())
@@ -112,15 +125,26 @@ pub fn build(phys_end: u64, kernel_elf: (u64, u64, u64)) -> Result<Built, MemErr
     let mut pt = PageTable::new(&physmap::PHYS, &mut alloc).ok_or(MemError::OutOfFrames)?;
     let mut flush = KernelFlush::new();
     let data = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
-    map_linear(&mut pt, crate::PHYS_MAP_BASE, 0, phys_end.next_multiple_of(1 << 21), data, &mut flush)?;
+    map_linear(
+        &mut pt,
+        crate::PHYS_MAP_BASE,
+        0,
+        phys_end.next_multiple_of(1 << 21),
+        data,
+        &mut flush,
+    )?;
 
     // SAFETY: CR3 holds the bootloader's PML4, a valid 4-level table reachable through
     // the linear map; we only read it.
     let boot = unsafe {
-        PageTable::from_root(&physmap::PHYS, x86_64::registers::control::Cr3::read().0.start_address())
+        PageTable::from_root(
+            &physmap::PHYS,
+            x86_64::registers::control::Cr3::read().0.start_address(),
+        )
     };
     let (image, len, offset) = kernel_elf;
-    let (segments, n) = elf::load_segments(PhysAddr::new(image), len, offset).map_err(MemError::Elf)?;
+    let (segments, n) =
+        elf::load_segments(PhysAddr::new(image), len, offset).map_err(MemError::Elf)?;
     for seg in segments[..n].iter().flatten() {
         let flags = match seg.kind {
             SegmentKind::Text => F::GLOBAL,

@@ -66,8 +66,6 @@ pub struct BootMemory {
     pub frame_table: frames::FrameTablePlacement,
     /// Physical address of the ACPI RSDP, if the firmware gave one.
     pub rsdp: Option<u64>,
-    /// End of the linear map.
-    pub phys_end: u64,
 }
 
 static BOOT_MEMORY: Once<BootMemory> = Once::new();
@@ -79,7 +77,10 @@ pub fn boot_memory() -> &'static BootMemory {
 
 /// Set up all memory management, switch to our own page tables and a stack with a guard
 /// page, and continue in `next` (which never returns).
-pub fn init(boot_info: &'static BootInfo, next: extern "sysv64" fn(usize) -> !) -> Result<(), MemError> {
+pub fn init(
+    boot_info: &'static BootInfo,
+    next: extern "sysv64" fn(usize) -> !,
+) -> Result<(), MemError> {
     let mut regions = [(0, 0, MemoryRegionKind::Bootloader); MAX_REGIONS];
     let mut usable = [frames::Range { start: 0, end: 0 }; MAX_REGIONS];
     let (mut n_regions, mut n_usable, mut phys_end) = (0usize, 0usize, 0u64);
@@ -89,7 +90,8 @@ pub fn init(boot_info: &'static BootInfo, next: extern "sysv64" fn(usize) -> !) 
         match n_regions.checked_sub(1).map(|i| &mut regions[i]) {
             Some(last) if last.1 == r.start && last.2 == r.kind => last.1 = r.end,
             _ => {
-                *regions.get_mut(n_regions).ok_or(MemError::TooManyRegions)? = (r.start, r.end, r.kind);
+                *regions.get_mut(n_regions).ok_or(MemError::TooManyRegions)? =
+                    (r.start, r.end, r.kind);
                 n_regions += 1;
             }
         }
@@ -103,14 +105,17 @@ pub fn init(boot_info: &'static BootInfo, next: extern "sysv64" fn(usize) -> !) 
     let frame_table = frames::init(&usable[..n_usable])?;
     let built = kernel_space::build(
         phys_end,
-        (boot_info.kernel_addr, boot_info.kernel_len, boot_info.kernel_image_offset),
+        (
+            boot_info.kernel_addr,
+            boot_info.kernel_len,
+            boot_info.kernel_image_offset,
+        ),
     )?;
     BOOT_MEMORY.call_once(|| BootMemory {
         regions,
         n_regions,
         frame_table,
         rsdp: boot_info.rsdp_addr.into_option(),
-        phys_end,
     });
     kernel_space::switch_to(&built, next, 0)
 }

@@ -35,7 +35,12 @@ impl Cache {
 }
 
 /// `[cpu][migrate type]`; a CPU only touches its own caches, except for draining.
-static CACHES: [[Mutex<Cache>; 2]; MAX_CPUS] = [const { [const { Mutex::new(Cache::new()) }, const { Mutex::new(Cache::new()) }] }; MAX_CPUS];
+static CACHES: [[Mutex<Cache>; 2]; MAX_CPUS] = [const {
+    [
+        const { Mutex::new(Cache::new()) },
+        const { Mutex::new(Cache::new()) },
+    ]
+}; MAX_CPUS];
 
 fn index(mt: MigrateType) -> usize {
     match mt {
@@ -93,7 +98,9 @@ pub fn free(table: FrameTable<'static>, pfn: Pfn) -> Result<(), MemError> {
     }
     let cacheable = meta.state() == FrameState::Allocated
         && meta.order() == 0
-        && !meta.flags().intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
+        && !meta
+            .flags()
+            .intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
         && meta.mapcount.load(core::sync::atomic::Ordering::Acquire) == 0;
     if !cacheable {
         return with_buddy(|b| b.free(pfn, 0)).map_err(MemError::Free);

@@ -17,11 +17,6 @@ pub fn virt(pa: PhysAddr) -> VirtAddr {
     VirtAddr::new(PHYS_MAP_BASE + pa.as_u64())
 }
 
-/// Physical address of a linear-map virtual address.
-pub fn phys(va: VirtAddr) -> Option<PhysAddr> {
-    va.as_u64().checked_sub(PHYS_MAP_BASE).map(PhysAddr::new)
-}
-
 /// One byte of physical memory.
 pub fn read_byte(pa: PhysAddr) -> u8 {
     // SAFETY: every physical address the kernel reads this way lies in a region of the

@@ -16,7 +16,10 @@ pub fn memory_map() {
     sprintln!("memory map ({} regions):", bm.n_regions);
     let mut usable = 0;
     for &(start, end, kind) in &bm.regions[..bm.n_regions] {
-        sprintln!("  {start:#014x}-{end:#014x} {:>8} KiB  {kind:?}", (end - start) >> 10);
+        sprintln!(
+            "  {start:#014x}-{end:#014x} {:>8} KiB  {kind:?}",
+            (end - start) >> 10
+        );
         if kind == bootloader_api::info::MemoryRegionKind::Usable {
             usable += end - start;
         }
@@ -34,7 +37,8 @@ pub fn memory_map() {
 
 /// Print the buddy allocator's free blocks per order.
 pub fn free_areas() {
-    let (areas, free, total) = frames::with_buddy(|b| (b.free_areas(), b.free_frames(), b.total_frames()));
+    let (areas, free, total) =
+        frames::with_buddy(|b| (b.free_areas(), b.free_frames(), b.total_frames()));
     sprintln!("free areas per order (order: blocks):");
     for (order, chunk) in areas.chunks(7).enumerate() {
         let mut line = alloc::string::String::new();
@@ -46,7 +50,10 @@ pub fn free_areas() {
         }
         sprintln!("{line}");
     }
-    sprintln!("free frames: {free} of {total} managed ({} MiB free)", mib(free as u64 * 4096));
+    sprintln!(
+        "free frames: {free} of {total} managed ({} MiB free)",
+        mib(free as u64 * 4096)
+    );
 }
 
 fn describe(flags: F) -> &'static str {
@@ -60,10 +67,15 @@ fn describe(flags: F) -> &'static str {
 
 /// Print the kernel page tables as runs of leaves of one size and one set of rights.
 pub fn page_tables() {
-    let mut runs: alloc::vec::Vec<(u64, u64, PageSize, &'static str, u64, bool)> = alloc::vec::Vec::new();
+    let mut runs: alloc::vec::Vec<(u64, u64, PageSize, &'static str, u64, bool)> =
+        alloc::vec::Vec::new();
     kernel_space::with_kernel(|pt, _| {
         for (va, t) in pt.walk_all() {
-            let (va, rights, cache) = (va.as_u64(), describe(t.flags), t.flags.contains(F::NO_CACHE));
+            let (va, rights, cache) = (
+                va.as_u64(),
+                describe(t.flags),
+                t.flags.contains(F::NO_CACHE),
+            );
             match runs.last_mut() {
                 Some(r) if r.1 == va && r.2 == t.size && r.3 == rights && r.5 == cache => {
                     r.1 += t.size.bytes();
@@ -73,7 +85,10 @@ pub fn page_tables() {
             }
         }
     });
-    sprintln!("kernel page tables (root {:#x}):", kernel_space::root().as_u64());
+    sprintln!(
+        "kernel page tables (root {:#x}):",
+        kernel_space::root().as_u64()
+    );
     for (start, end, size, rights, n, uncached) in runs {
         let what = match start {
             s if s >= 0xFFFF_FFFF_8000_0000 => "kernel image",

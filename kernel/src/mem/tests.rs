@@ -17,21 +17,66 @@ const TEST_VA: u64 = 0xFFFF_A000_0000_0000;
 
 /// The tests of this module.
 pub const TESTS: &[KernelTest] = &[
-    KernelTest { name: "mem::audit_after_boot", run: audit_after_boot },
-    KernelTest { name: "mem::one_gib_block_after_boot", run: one_gib_block_after_boot },
-    KernelTest { name: "mem::every_frame_alloc_then_random_free_restores_free_areas", run: every_frame_roundtrip },
-    KernelTest { name: "mem::bad_frees_are_typed_errors_and_change_nothing", run: bad_frees },
-    KernelTest { name: "mem::alloc_at_and_alloc_range", run: alloc_at_and_range },
-    KernelTest { name: "mem::unmovable_allocations_share_pageblocks", run: unmovable_grouping },
-    KernelTest { name: "mem::map_write_unmap_4k_2m_1g", run: map_write_unmap },
-    KernelTest { name: "mem::bad_mappings_are_typed_errors", run: bad_mappings },
-    KernelTest { name: "mem::partial_protect_splits_a_2m_leaf", run: partial_protect_splits },
-    KernelTest { name: "mem::empty_page_tables_are_freed", run: empty_tables_freed },
-    KernelTest { name: "mem::heap_grows_when_exhausted", run: heap_grows },
-    KernelTest { name: "mem::kernel_image_is_w_xor_x", run: kernel_w_xor_x },
-    KernelTest { name: "mem::stack_guard_page_faults", run: stack_guard_faults },
-    KernelTest { name: "mem::pcp_double_free_is_a_typed_error", run: pcp_double_free },
-    KernelTest { name: "mem::pcp_concurrent_alloc_free_then_drain_restores_free_areas", run: pcp_concurrent },
+    KernelTest {
+        name: "mem::audit_after_boot",
+        run: audit_after_boot,
+    },
+    KernelTest {
+        name: "mem::one_gib_block_after_boot",
+        run: one_gib_block_after_boot,
+    },
+    KernelTest {
+        name: "mem::every_frame_alloc_then_random_free_restores_free_areas",
+        run: every_frame_roundtrip,
+    },
+    KernelTest {
+        name: "mem::bad_frees_are_typed_errors_and_change_nothing",
+        run: bad_frees,
+    },
+    KernelTest {
+        name: "mem::alloc_at_and_alloc_range",
+        run: alloc_at_and_range,
+    },
+    KernelTest {
+        name: "mem::unmovable_allocations_share_pageblocks",
+        run: unmovable_grouping,
+    },
+    KernelTest {
+        name: "mem::map_write_unmap_4k_2m_1g",
+        run: map_write_unmap,
+    },
+    KernelTest {
+        name: "mem::bad_mappings_are_typed_errors",
+        run: bad_mappings,
+    },
+    KernelTest {
+        name: "mem::partial_protect_splits_a_2m_leaf",
+        run: partial_protect_splits,
+    },
+    KernelTest {
+        name: "mem::empty_page_tables_are_freed",
+        run: empty_tables_freed,
+    },
+    KernelTest {
+        name: "mem::heap_grows_when_exhausted",
+        run: heap_grows,
+    },
+    KernelTest {
+        name: "mem::kernel_image_is_w_xor_x",
+        run: kernel_w_xor_x,
+    },
+    KernelTest {
+        name: "mem::stack_guard_page_faults",
+        run: stack_guard_faults,
+    },
+    KernelTest {
+        name: "mem::pcp_double_free_is_a_typed_error",
+        run: pcp_double_free,
+    },
+    KernelTest {
+        name: "mem::pcp_concurrent_alloc_free_then_drain_restores_free_areas",
+        run: pcp_concurrent,
+    },
 ];
 
 /// A small xorshift generator for test randomness.
@@ -76,12 +121,14 @@ fn one_gib_block_after_boot(_: &TestContext) -> TestResult {
     let bm = super::boot_memory();
     let ft = bm.frame_table;
     let gib = PageSize::Size1G.bytes();
-    let possible = bm.regions[..bm.n_regions].iter().any(|&(start, end, kind)| {
-        kind == bootloader_api::info::MemoryRegionKind::Usable
-            && (start.next_multiple_of(gib)..end)
-                .step_by(gib as usize)
-                .any(|g| g + gib <= end && (g + gib <= ft.start || g >= ft.start + ft.bytes))
-    });
+    let possible = bm.regions[..bm.n_regions]
+        .iter()
+        .any(|&(start, end, kind)| {
+            kind == bootloader_api::info::MemoryRegionKind::Usable
+                && (start.next_multiple_of(gib)..end)
+                    .step_by(gib as usize)
+                    .any(|g| g + gib <= end && (g + gib <= ft.start || g >= ft.start + ft.bytes))
+        });
     let r = frames::with_buddy(|b| b.alloc(PageSize::Size1G.order(), MigrateType::Movable));
     if !possible {
         check_eq!(r, Err(AllocError::OutOfMemory));
@@ -92,7 +139,10 @@ fn one_gib_block_after_boot(_: &TestContext) -> TestResult {
         file: file!(),
         line: line!(),
     })?;
-    check!(pfn.is_aligned(18), "1 GiB block {pfn:?} is not 1 GiB aligned");
+    check!(
+        pfn.is_aligned(18),
+        "1 GiB block {pfn:?} is not 1 GiB aligned"
+    );
     check_eq!(frames::with_buddy(|b| b.free(pfn, 18)), Ok(()));
     audit()
 }
@@ -130,14 +180,29 @@ fn bad_frees(_: &TestContext) -> TestResult {
     check!(block.is_ok());
     let Ok(block) = block else { return Ok(()) };
     let mid = frames::with_buddy(|b| b.free_areas());
-    check_eq!(frames::with_buddy(|b| b.free(block, 1)), Err(FreeError::WrongOrder { allocated: 2 }));
-    check_eq!(frames::with_buddy(|b| b.free(block.add(1), 0)), Err(FreeError::NotHead));
+    check_eq!(
+        frames::with_buddy(|b| b.free(block, 1)),
+        Err(FreeError::WrongOrder { allocated: 2 })
+    );
+    check_eq!(
+        frames::with_buddy(|b| b.free(block.add(1), 0)),
+        Err(FreeError::NotHead)
+    );
     let total = frames::table().len() as u64;
-    check_eq!(frames::with_buddy(|b| b.free(Pfn(total + 10), 0)), Err(FreeError::OutOfRange));
-    check_eq!(frames::with_buddy(|b| b.free(Pfn(0), 0)), Err(FreeError::NotAllocated));
+    check_eq!(
+        frames::with_buddy(|b| b.free(Pfn(total + 10), 0)),
+        Err(FreeError::OutOfRange)
+    );
+    check_eq!(
+        frames::with_buddy(|b| b.free(Pfn(0), 0)),
+        Err(FreeError::NotAllocated)
+    );
     check_eq!(frames::with_buddy(|b| b.free_areas()), mid);
     check_eq!(frames::with_buddy(|b| b.free(block, 2)), Ok(()));
-    check_eq!(frames::with_buddy(|b| b.free(block, 2)), Err(FreeError::DoubleFree));
+    check_eq!(
+        frames::with_buddy(|b| b.free(block, 2)),
+        Err(FreeError::DoubleFree)
+    );
     check_eq!(frames::with_buddy(|b| b.free_areas()), before);
     audit()
 }
@@ -148,7 +213,10 @@ fn alloc_at_and_range(_: &TestContext) -> TestResult {
     check!(pfn.is_ok(), "no 2 MiB block: {pfn:?}");
     let Ok(pfn) = pfn else { return Ok(()) };
     check_eq!(frames::with_buddy(|b| b.free(pfn, 9)), Ok(()));
-    check_eq!(frames::with_buddy(|b| b.alloc_at(pfn.add(8), 3, MigrateType::Movable)), Ok(pfn.add(8)));
+    check_eq!(
+        frames::with_buddy(|b| b.alloc_at(pfn.add(8), 3, MigrateType::Movable)),
+        Ok(pfn.add(8))
+    );
     check_eq!(
         frames::with_buddy(|b| b.alloc_at(pfn.add(8), 0, MigrateType::Movable)),
         Err(AllocError::NotFree)
@@ -185,8 +253,15 @@ fn unmovable_grouping(_: &TestContext) -> TestResult {
     blocks.dedup();
     // 1000 frames fit in 2 pageblocks; the pageblocks already partly used by the kernel's
     // own unmovable allocations may take some of them.
-    check!(blocks.len() <= 4, "unmovable frames spread over {} pageblocks", blocks.len());
-    check!(movable.iter().all(|m| !blocks.contains(&(m.0 >> 9))), "a movable frame landed in an unmovable pageblock");
+    check!(
+        blocks.len() <= 4,
+        "unmovable frames spread over {} pageblocks",
+        blocks.len()
+    );
+    check!(
+        movable.iter().all(|m| !blocks.contains(&(m.0 >> 9))),
+        "a movable frame landed in an unmovable pageblock"
+    );
     for p in movable.into_iter().chain(unmovable) {
         check_eq!(frames::with_buddy(|b| b.free(p, 0)), Ok(()));
     }
@@ -204,7 +279,14 @@ fn roundtrip(va: u64, size: PageSize, pattern: u64) -> TestResult {
     let Ok(pfn) = pfn else { return Ok(()) };
     let pa = pfn.addr();
     let mapped = kernel_space::with_kernel(|pt, flush| {
-        pt.map(va, pa, size, F::WRITABLE | F::NO_EXECUTE, &mut KernelTableAlloc, flush)
+        pt.map(
+            va,
+            pa,
+            size,
+            F::WRITABLE | F::NO_EXECUTE,
+            &mut KernelTableAlloc,
+            flush,
+        )
     });
     check_eq!(mapped, Ok(()));
     let words = size.bytes() / 8;
@@ -217,9 +299,15 @@ fn roundtrip(va: u64, size: PageSize, pattern: u64) -> TestResult {
         check_eq!(through_linear_map, Some(pattern ^ i));
     }
     let t = kernel_space::with_kernel(|pt, _| pt.query(va + 8));
-    check!(matches!(t, Some(t) if t.size == size && t.pa == pa + 8u64), "query: {t:?}");
+    check!(
+        matches!(t, Some(t) if t.size == size && t.pa == pa + 8u64),
+        "query: {t:?}"
+    );
     let leaf = kernel_space::with_kernel(|pt, flush| pt.unmap(va, size, flush));
-    check!(matches!(leaf, Ok(l) if l.pa == pa && l.is_dirty()), "unmap: {leaf:?}");
+    check!(
+        matches!(leaf, Ok(l) if l.pa == pa && l.is_dirty()),
+        "unmap: {leaf:?}"
+    );
     check_eq!(probe::read_u64(va), None);
     check_eq!(probe::read_u64(va + size.bytes() - 8), None);
     check_eq!(frames::with_buddy(|b| b.free(pfn, size.order())), Ok(()));
@@ -239,18 +327,71 @@ fn bad_mappings(_: &TestContext) -> TestResult {
     let Ok(frame) = frame else { return Ok(()) };
     let flags = F::WRITABLE | F::NO_EXECUTE;
     let r = kernel_space::with_kernel(|pt, flush| {
-        let first = pt.map(TEST_VA, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
+        let first = pt.map(
+            TEST_VA,
+            frame,
+            PageSize::Size4K,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
         let snapshot: Vec<_> = pt.walk(TEST_VA, TEST_VA + (1 << 30)).collect();
-        let again = pt.map(TEST_VA, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
-        let over = pt.map(TEST_VA, PhysAddr::new(0), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
-        let unaligned = pt.map(TEST_VA + 4096, PhysAddr::new(0), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
-        let unaligned_pa = pt.map(TEST_VA + (2 << 20), PhysAddr::new(4096), PageSize::Size2M, flags, &mut KernelTableAlloc, flush);
+        let again = pt.map(
+            TEST_VA,
+            frame,
+            PageSize::Size4K,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
+        let over = pt.map(
+            TEST_VA,
+            PhysAddr::new(0),
+            PageSize::Size2M,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
+        let unaligned = pt.map(
+            TEST_VA + 4096,
+            PhysAddr::new(0),
+            PageSize::Size2M,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
+        let unaligned_pa = pt.map(
+            TEST_VA + (2 << 20),
+            PhysAddr::new(4096),
+            PageSize::Size2M,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
         let not_mapped = pt.unmap(TEST_VA + 4096, PageSize::Size4K, flush);
         let wrong_size = pt.unmap(TEST_VA, PageSize::Size2M, flush);
-        let non_canonical = pt.map(0x0000_8000_0000_0000, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, flush);
+        let non_canonical = pt.map(
+            0x0000_8000_0000_0000,
+            frame,
+            PageSize::Size4K,
+            flags,
+            &mut KernelTableAlloc,
+            flush,
+        );
         let same = pt.walk(TEST_VA, TEST_VA + (1 << 30)).collect::<Vec<_>>() == snapshot;
         let cleanup = pt.unmap(TEST_VA, PageSize::Size4K, flush).map(|l| l.pa);
-        (first, again, over, unaligned, unaligned_pa, not_mapped, wrong_size, non_canonical, same, cleanup)
+        (
+            first,
+            again,
+            over,
+            unaligned,
+            unaligned_pa,
+            not_mapped,
+            wrong_size,
+            non_canonical,
+            same,
+            cleanup,
+        )
     });
     check_eq!(r.0, Ok(()));
     check_eq!(r.1, Err(MapError::AlreadyMapped));
@@ -273,7 +414,14 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
     let va = TEST_VA + (4 << 20);
     let rw = F::WRITABLE | F::NO_EXECUTE;
     check_eq!(
-        kernel_space::with_kernel(|pt, f| pt.map(va, pfn.addr(), PageSize::Size2M, rw, &mut KernelTableAlloc, f)),
+        kernel_space::with_kernel(|pt, f| pt.map(
+            va,
+            pfn.addr(),
+            PageSize::Size2M,
+            rw,
+            &mut KernelTableAlloc,
+            f
+        )),
         Ok(())
     );
     for i in 0..512u64 {
@@ -282,19 +430,38 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
     }
     let ro_page = va + 7 * PAGE_SIZE;
     let r = kernel_space::with_kernel(|pt, f| {
-        pt.protect_range(ro_page, ro_page + PAGE_SIZE, F::NO_EXECUTE, &mut KernelTableAlloc, f)
+        pt.protect_range(
+            ro_page,
+            ro_page + PAGE_SIZE,
+            F::NO_EXECUTE,
+            &mut KernelTableAlloc,
+            f,
+        )
     });
     check_eq!(r, Ok(()));
     let t = kernel_space::with_kernel(|pt, _| (pt.query(ro_page), pt.query(va)));
-    check!(matches!(t.0, Some(t) if t.size == PageSize::Size4K && !t.flags.contains(F::WRITABLE)), "{:?}", t.0);
-    check!(matches!(t.1, Some(t) if t.size == PageSize::Size4K && t.flags.contains(F::WRITABLE)), "{:?}", t.1);
+    check!(
+        matches!(t.0, Some(t) if t.size == PageSize::Size4K && !t.flags.contains(F::WRITABLE)),
+        "{:?}",
+        t.0
+    );
+    check!(
+        matches!(t.1, Some(t) if t.size == PageSize::Size4K && t.flags.contains(F::WRITABLE)),
+        "{:?}",
+        t.1
+    );
     // SAFETY: the page is ours; the write must fault since it is now read-only.
-    check!(!unsafe { probe::write_u64(ro_page, 0) }, "write to a read-only page succeeded");
+    check!(
+        !unsafe { probe::write_u64(ro_page, 0) },
+        "write to a read-only page succeeded"
+    );
     for i in 0..512u64 {
         check_eq!(probe::read_u64(va + i * PAGE_SIZE), Some(ctx.seed ^ i));
     }
     let mut n = 0;
-    let r = kernel_space::with_kernel(|pt, f| pt.unmap_range(va, va + (2 << 20), &mut KernelTableAlloc, f, |_| n += 1));
+    let r = kernel_space::with_kernel(|pt, f| {
+        pt.unmap_range(va, va + (2 << 20), &mut KernelTableAlloc, f, |_| n += 1)
+    });
     check_eq!(r, Ok(()));
     check_eq!(n, 512);
     check_eq!(frames::with_buddy(|b| b.free(pfn, 9)), Ok(()));
@@ -310,7 +477,14 @@ fn empty_tables_freed(_: &TestContext) -> TestResult {
     let va = TEST_VA + (200 << 30);
     let flags = F::WRITABLE | F::NO_EXECUTE;
     check_eq!(
-        kernel_space::with_kernel(|pt, f| pt.map(va, frame, PageSize::Size4K, flags, &mut KernelTableAlloc, f)),
+        kernel_space::with_kernel(|pt, f| pt.map(
+            va,
+            frame,
+            PageSize::Size4K,
+            flags,
+            &mut KernelTableAlloc,
+            f
+        )),
         Ok(())
     );
     check_eq!(available(), before - 4);
@@ -329,24 +503,37 @@ fn heap_grows(_: &TestContext) -> TestResult {
         v.push(i.wrapping_mul(0x9E37_79B9));
     }
     let (size_after, used) = heap::usage();
-    check!(size_after >= size_before + n * 8, "heap did not grow: {size_before} -> {size_after}");
+    check!(
+        size_after >= size_before + n * 8,
+        "heap did not grow: {size_before} -> {size_after}"
+    );
     check!(used >= n * 8);
-    check!(v.iter().enumerate().all(|(i, &x)| x == (i as u64).wrapping_mul(0x9E37_79B9)));
+    check!(v
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == (i as u64).wrapping_mul(0x9E37_79B9)));
     drop(v);
     audit()
 }
 
 fn kernel_w_xor_x(_: &TestContext) -> TestResult {
-    let text = kernel_w_xor_x as usize as u64;
+    let text = kernel_w_xor_x as *const () as u64;
     check!(probe::read_u64(text).is_some());
     // SAFETY: the write must fault (text is read-only); if it did not, the test fails
     // and the run ends anyway.
-    check!(!unsafe { probe::write_u64(text, 0) }, "kernel text is writable");
+    check!(
+        !unsafe { probe::write_u64(text, 0) },
+        "kernel text is writable"
+    );
     let t = kernel_space::with_kernel(|pt, _| pt.query(text));
-    check!(matches!(t, Some(t) if !t.flags.contains(F::WRITABLE) && !t.flags.contains(F::NO_EXECUTE)));
+    check!(
+        matches!(t, Some(t) if !t.flags.contains(F::WRITABLE) && !t.flags.contains(F::NO_EXECUTE))
+    );
     static DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     let t = kernel_space::with_kernel(|pt, _| pt.query(&DATA as *const _ as u64));
-    check!(matches!(t, Some(t) if t.flags.contains(F::WRITABLE) && t.flags.contains(F::NO_EXECUTE)));
+    check!(
+        matches!(t, Some(t) if t.flags.contains(F::WRITABLE) && t.flags.contains(F::NO_EXECUTE))
+    );
     Ok(())
 }
 
@@ -356,7 +543,10 @@ fn stack_guard_faults(_: &TestContext) -> TestResult {
     check!(crate::arch::guard::owner_of(guard).is_some());
     let here = 0u64;
     let sp = &here as *const u64 as u64;
-    check!(sp > guard + PAGE_SIZE && sp < guard + kernel_space::STACK_SLOT, "running on stack {sp:#x}");
+    check!(
+        sp > guard + PAGE_SIZE && sp < guard + kernel_space::STACK_SLOT,
+        "running on stack {sp:#x}"
+    );
     Ok(())
 }
 
@@ -365,7 +555,10 @@ fn pcp_double_free(_: &TestContext) -> TestResult {
     check!(frame.is_ok());
     let Ok(frame) = frame else { return Ok(()) };
     check_eq!(frames::free(frame.addr(), 0), Ok(()));
-    check_eq!(frames::free(frame.addr(), 0), Err(super::MemError::Free(FreeError::DoubleFree)));
+    check_eq!(
+        frames::free(frame.addr(), 0),
+        Err(super::MemError::Free(FreeError::DoubleFree))
+    );
     audit()
 }
 
@@ -379,7 +572,11 @@ fn pcp_concurrent(ctx: &TestContext) -> TestResult {
         let mut ok = true;
         for _ in 0..20_000 {
             if held.len() < 256 && (held.is_empty() || rng.below(2) == 0) {
-                let mt = if rng.below(4) == 0 { MigrateType::Unmovable } else { MigrateType::Movable };
+                let mt = if rng.below(4) == 0 {
+                    MigrateType::Unmovable
+                } else {
+                    MigrateType::Movable
+                };
                 match frames::alloc(0, mt) {
                     Ok(p) => held.push(p),
                     Err(_) => ok = false,
@@ -394,7 +591,10 @@ fn pcp_concurrent(ctx: &TestContext) -> TestResult {
         }
         ok
     });
-    check!(matches!(&results, Ok(r) if r.iter().all(|(_, ok)| *ok)), "{results:?}");
+    check!(
+        matches!(&results, Ok(r) if r.iter().all(|(_, ok)| *ok)),
+        "{results:?}"
+    );
     check!(super::pcp::cached() > 0, "the caches were never used");
     check!(super::pcp::drain_all(frames::table()).is_ok());
     check_eq!(super::pcp::cached(), 0);

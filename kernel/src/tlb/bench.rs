@@ -59,8 +59,15 @@ fn threshold() -> Option<u64> {
         (0..WORKING_SET).all(|i| {
             let pa = block.add(i).addr();
             let flags = F::WRITABLE | F::NO_EXECUTE;
-            pt.map(BENCH_VA + i * PAGE_SIZE, pa, PageSize::Size4K, flags, &mut KernelTableAlloc, f)
-                .is_ok()
+            pt.map(
+                BENCH_VA + i * PAGE_SIZE,
+                pa,
+                PageSize::Size4K,
+                flags,
+                &mut KernelTableAlloc,
+                f,
+            )
+            .is_ok()
         })
     });
     let mut chosen = None;
@@ -71,7 +78,9 @@ fn threshold() -> Option<u64> {
                 touch(0, WORKING_SET);
                 let t = cycles();
                 for i in 0..n {
-                    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(BENCH_VA + i * PAGE_SIZE));
+                    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(
+                        BENCH_VA + i * PAGE_SIZE,
+                    ));
                 }
                 touch(0, n);
                 by_page[r] = cycles() - t;
@@ -123,10 +132,18 @@ pub fn run() {
     let me = percpu::cpu_index();
     for remote in [1usize, 3, 7] {
         if online.len() < remote + 1 {
-            sprintln!("# tlb.shootdown to {remote} remote CPUs: only {} CPUs online; skipped", online.len());
+            sprintln!(
+                "# tlb.shootdown to {remote} remote CPUs: only {} CPUs online; skipped",
+                online.len()
+            );
             continue;
         }
-        let targets: CpuSet = online.iter().filter(|&c| c != me).take(remote).chain([me]).collect();
+        let targets: CpuSet = online
+            .iter()
+            .filter(|&c| c != me)
+            .take(remote)
+            .chain([me])
+            .collect();
         for (label, batch) in [
             ("1", user_batch(1, false)),
             ("32", user_batch(32, false)),

@@ -25,10 +25,22 @@ const TEST_VA: u64 = 0xFFFF_A100_0000_0000;
 
 /// The tests of this module.
 pub const TESTS: &[KernelTest] = &[
-    KernelTest { name: "tlb::no_stale_translation_after_unmap_free_reuse", run: no_stale_translation },
-    KernelTest { name: "tlb::stress_100k_shootdowns_random_initiators", run: stress },
-    KernelTest { name: "tlb::shootdown_with_interrupts_disabled", run: interrupts_disabled },
-    KernelTest { name: "tlb::bad_requests_are_typed_errors", run: bad_requests },
+    KernelTest {
+        name: "tlb::no_stale_translation_after_unmap_free_reuse",
+        run: no_stale_translation,
+    },
+    KernelTest {
+        name: "tlb::stress_100k_shootdowns_random_initiators",
+        run: stress,
+    },
+    KernelTest {
+        name: "tlb::shootdown_with_interrupts_disabled",
+        run: interrupts_disabled,
+    },
+    KernelTest {
+        name: "tlb::bad_requests_are_typed_errors",
+        run: bad_requests,
+    },
 ];
 
 const OLD: u64 = 0x01D0_01D0_01D0_01D0;
@@ -50,15 +62,27 @@ fn no_stale_translation(ctx: &TestContext) -> TestResult {
         // SAFETY: the frame was just allocated for this test.
         check!(unsafe { probe::write_u64(physmap::virt(frame).as_u64(), OLD) });
         let mapped = kernel_space::with_kernel(|pt, f| {
-            pt.map(va, frame, PageSize::Size4K, F::WRITABLE | F::NO_EXECUTE, &mut KernelTableAlloc, f)
+            pt.map(
+                va,
+                frame,
+                PageSize::Size4K,
+                F::WRITABLE | F::NO_EXECUTE,
+                &mut KernelTableAlloc,
+                f,
+            )
         });
         check_eq!(mapped, Ok(()));
         // Readers load the translation into their TLBs, then keep reading.
         let stop = Arc::new(AtomicBool::new(false));
         let warm = Arc::new(AtomicU64::new(0));
         let pending = {
-            let (stop, warm, violations, faults, reads) =
-                (stop.clone(), warm.clone(), violations.clone(), faults.clone(), reads.clone());
+            let (stop, warm, violations, faults, reads) = (
+                stop.clone(),
+                warm.clone(),
+                violations.clone(),
+                faults.clone(),
+                reads.clone(),
+            );
             smp::run_on_set(&readers, move |_| {
                 let mut warmed = false;
                 loop {
@@ -120,7 +144,10 @@ fn no_stale_translation(ctx: &TestContext) -> TestResult {
     );
     check_eq!(violations.load(Ordering::Relaxed), 0);
     if !readers.is_empty() {
-        check!(faults.load(Ordering::Relaxed) > 0, "no reader ever saw the unmapped page fault");
+        check!(
+            faults.load(Ordering::Relaxed) > 0,
+            "no reader ever saw the unmapped page fault"
+        );
     }
     Ok(())
 }
@@ -138,9 +165,16 @@ fn stress(ctx: &TestContext) -> TestResult {
         for _ in 0..per_cpu {
             let mut batch = FlushBatch::new();
             let pages = 1 + rng.below(48);
-            let base = if rng.next() & 1 == 0 { 0x4000_0000 } else { TEST_VA + (8 << 30) };
+            let base = if rng.next() & 1 == 0 {
+                0x4000_0000
+            } else {
+                TEST_VA + (8 << 30)
+            };
             let start = base + rng.below(1 << 20) * PAGE_SIZE;
-            if batch.add_range(start, start + pages * PAGE_SIZE, PageSize::Size4K).is_err() {
+            if batch
+                .add_range(start, start + pages * PAGE_SIZE, PageSize::Size4K)
+                .is_err()
+            {
                 return (done, remote, false);
             }
             // Random targets among the online CPUs, sometimes all of them.
@@ -178,22 +212,35 @@ fn interrupts_disabled(_: &TestContext) -> TestResult {
             (0..100).all(|_| shootdown(online, &batch).is_ok())
         })
     });
-    check!(matches!(&results, Ok(r) if r.iter().all(|(_, ok)| *ok)), "{results:?}");
+    check!(
+        matches!(&results, Ok(r) if r.iter().all(|(_, ok)| *ok)),
+        "{results:?}"
+    );
     Ok(())
 }
 
 fn bad_requests(_: &TestContext) -> TestResult {
     let mut batch = FlushBatch::new();
-    check_eq!(batch.add_range(TEST_VA, TEST_VA, PageSize::Size4K), Err(ShootdownError::EmptyRange));
     check_eq!(
-        batch.add_range(0x0000_7FFF_FFFF_F000, 0x0000_8000_0000_1000, PageSize::Size4K),
+        batch.add_range(TEST_VA, TEST_VA, PageSize::Size4K),
+        Err(ShootdownError::EmptyRange)
+    );
+    check_eq!(
+        batch.add_range(
+            0x0000_7FFF_FFFF_F000,
+            0x0000_8000_0000_1000,
+            PageSize::Size4K
+        ),
         Err(ShootdownError::NonCanonical)
     );
     check!(batch.is_empty());
     batch.add_page(TEST_VA, PageSize::Size4K);
     let offline = (0..crate::percpu::MAX_CPUS as u32).find(|&c| !percpu::is_online(c));
     if let Some(cpu) = offline {
-        check_eq!(shootdown(CpuSet::single(cpu), &batch), Err(ShootdownError::OfflineCpu(cpu)));
+        check_eq!(
+            shootdown(CpuSet::single(cpu), &batch),
+            Err(ShootdownError::OfflineCpu(cpu))
+        );
     }
     check_eq!(shootdown(CpuSet::new(), &batch), Ok(()));
     check_eq!(shootdown(percpu::online(), &FlushBatch::new()), Ok(()));
