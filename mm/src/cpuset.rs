@@ -147,3 +147,9 @@ impl AtomicCpuSet {
         }
     }
 }
+
+impl Default for AtomicCpuSet {
+    fn default() -> Self {
+        AtomicCpuSet::new()
+    }
+}

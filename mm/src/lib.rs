@@ -13,10 +13,16 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod aspace;
 pub mod buddy;
 pub mod cpuset;
+pub mod fault;
 pub mod flush;
 pub mod frame;
+pub mod migrate;
+pub mod numa;
 pub mod paging;
 pub mod phys;
+pub mod rmap;
 pub mod shootdown;
+pub mod vma;

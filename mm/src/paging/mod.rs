@@ -30,6 +30,7 @@
 pub mod entry;
 mod error;
 mod range;
+mod raw;
 mod walk;
 
 #[cfg(any(test, feature = "std"))]
@@ -39,6 +40,7 @@ mod tests;
 
 pub use entry::{valid_leaf_flags, Entry, ADDR_MASK, LEAF_FLAGS_MASK, LEAF_PAT};
 pub use error::{MapError, ProtectError, RangeError, SplitError, UnmapError};
+pub use raw::RawError;
 pub use walk::Walk;
 
 use crate::addr::PageSize;

@@ -1,0 +1,377 @@
+//! Host-side stand-ins for the kernel's collaborators (feature `std`): a sparse physical
+//! memory that backs only the frames that were touched (so 1 GiB pages cost only what is
+//! written), a [`FrameSource`] with fault injection, a [`TlbShootdown`] that records its
+//! calls, and [`with_env`], which builds a whole machine around an [`Mm`].
+
+use super::{FrameSource, Mm, TlbShootdown};
+use crate::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
+use crate::cpuset::{AtomicCpuSet, CpuSet};
+use crate::frame::FrameTable;
+use crate::numa::{BuddyFrames, NodeId, NodeMap};
+use crate::phys::PhysMem;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::vec::Vec;
+use x86_64::{PhysAddr, VirtAddr};
+
+/// One 4 KiB frame of [`SparseMem`].
+type Frame = [AtomicU64; 512];
+
+/// Physical memory of `frames` frames of which only those touched are backed (zeroed on
+/// first touch). Zeroing or copying into an untouched frame from an untouched frame
+/// leaves it untouched.
+pub struct SparseMem {
+    frames: u64,
+    backed: Mutex<HashMap<u64, Box<Frame>>>,
+}
+
+impl SparseMem {
+    /// `frames` frames of zeroes.
+    pub fn new(frames: u64) -> SparseMem {
+        SparseMem {
+            frames,
+            backed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of frames backed by host memory.
+    pub fn backed_frames(&self) -> usize {
+        self.backed.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn frame_ptr(&self, pfn: u64) -> *mut u8 {
+        assert!(
+            pfn < self.frames,
+            "sparse memory access out of range: {pfn:#x}"
+        );
+        let mut backed = self.backed.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = backed
+            .entry(pfn)
+            .or_insert_with(|| Box::new([const { AtomicU64::new(0) }; 512]));
+        frame.as_ptr() as *mut u8
+    }
+}
+
+// SAFETY: every frame is a boxed array that is never freed or moved while the memory
+// lives (the map only grows and boxes keep their address), 8-byte aligned, and distinct
+// frames are distinct boxes. Out-of-range addresses panic rather than alias.
+unsafe impl PhysMem for SparseMem {
+    fn ptr(&self, pa: PhysAddr) -> *mut u8 {
+        let offset = (pa.as_u64() % PAGE_SIZE) as usize;
+        self.frame_ptr(pa.as_u64() / PAGE_SIZE).wrapping_add(offset)
+    }
+
+    fn zero_frame(&self, pa: PhysAddr) {
+        let backed = self.backed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(frame) = backed.get(&(pa.as_u64() / PAGE_SIZE)) {
+            frame.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+        }
+    }
+
+    fn copy_frame(&self, dst: PhysAddr, src: PhysAddr) {
+        let (s, d) = (src.as_u64() / PAGE_SIZE, dst.as_u64() / PAGE_SIZE);
+        let source_backed = self
+            .backed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&s);
+        if !source_backed {
+            self.zero_frame(dst);
+            return;
+        }
+        let (sp, dp) = (
+            self.frame_ptr(s) as *const Frame,
+            self.frame_ptr(d) as *const Frame,
+        );
+        // SAFETY: both pointers come from live boxes of this memory (see the impl's
+        // safety comment); atomics make the shared access sound.
+        let (sf, df) = unsafe { (&*sp, &*dp) };
+        for (a, b) in df.iter().zip(sf) {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Something the test machine saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A shootdown.
+    Shootdown {
+        /// The CPUs it targeted.
+        cpus: CpuSet,
+        /// The ranges.
+        ranges: Vec<(VirtAddr, PageSize)>,
+        /// Whether it was a full flush.
+        full: bool,
+    },
+    /// A block was freed.
+    Free {
+        /// Its head.
+        pfn: Pfn,
+        /// Its order.
+        order: u8,
+    },
+}
+
+/// The ordered record of shootdowns and frees.
+#[derive(Default)]
+pub struct EventLog {
+    events: Mutex<Vec<Event>>,
+}
+
+impl EventLog {
+    fn push(&self, e: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e);
+    }
+
+    /// Take every event recorded so far.
+    pub fn take(&self) -> Vec<Event> {
+        core::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A [`TlbShootdown`] that records its calls in an [`EventLog`].
+pub struct TestTlb<'a> {
+    log: &'a EventLog,
+    calls: AtomicUsize,
+}
+
+impl<'a> TestTlb<'a> {
+    /// Recording into `log`.
+    pub fn new(log: &'a EventLog) -> TestTlb<'a> {
+        TestTlb {
+            log,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of shootdowns so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Acquire)
+    }
+}
+
+impl TlbShootdown for TestTlb<'_> {
+    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        self.log.push(Event::Shootdown {
+            cpus: cpus.load(),
+            ranges: ranges.to_vec(),
+            full,
+        });
+    }
+}
+
+/// A [`FrameSource`] over [`BuddyFrames`] with fault injection: fail the n-th
+/// allocation from now, fail every allocation of some orders, or pin a frame (through the
+/// `Mm`) when the n-th allocation happens, as a device would in the middle of a batch.
+pub struct TestFrames<'a, M: PhysMem> {
+    inner: BuddyFrames<'a>,
+    log: &'a EventLog,
+    allocs: AtomicUsize,
+    fail_at: AtomicUsize,
+    fail_orders: AtomicU64,
+    pin_at: Mutex<Option<(usize, Pfn)>>,
+    mm: OnceLock<&'a Mm<'a, M>>,
+}
+
+impl<'a, M: PhysMem> TestFrames<'a, M> {
+    /// Frames from `inner`, frees recorded in `log`.
+    pub fn new(inner: BuddyFrames<'a>, log: &'a EventLog) -> TestFrames<'a, M> {
+        TestFrames {
+            inner,
+            log,
+            allocs: AtomicUsize::new(0),
+            fail_at: AtomicUsize::new(usize::MAX),
+            fail_orders: AtomicU64::new(0),
+            pin_at: Mutex::new(None),
+            mm: OnceLock::new(),
+        }
+    }
+
+    /// The allocator underneath.
+    pub fn buddy(&self) -> &BuddyFrames<'a> {
+        &self.inner
+    }
+
+    /// Make the `n`-th allocation from now (0: the next one) fail with `OutOfMemory`.
+    pub fn fail_nth(&self, n: usize) {
+        self.fail_at
+            .store(self.allocs.load(Ordering::Acquire) + n, Ordering::Release);
+    }
+
+    /// Make every allocation of an order in `orders` fail (empty: none).
+    pub fn fail_orders(&self, orders: &[u8]) {
+        let mask = orders.iter().fold(0u64, |m, &o| m | 1 << o);
+        self.fail_orders.store(mask, Ordering::Release);
+    }
+
+    /// Pin `pfn` through the `Mm` just before the `n`-th allocation from now.
+    pub fn pin_at_nth(&self, n: usize, pfn: Pfn) {
+        let at = self.allocs.load(Ordering::Acquire) + n;
+        *self.pin_at.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, pfn));
+    }
+
+    /// Allocations attempted so far.
+    pub fn allocations(&self) -> usize {
+        self.allocs.load(Ordering::Acquire)
+    }
+
+    /// Attach the `Mm` that `pin_at_nth` pins through.
+    pub fn attach(&self, mm: &'a Mm<'a, M>) {
+        // A second attach keeps the first `Mm`: there is only one per machine.
+        let _ = self.mm.set(mm);
+    }
+
+    /// Count an allocation; whether it must fail.
+    fn inject(&self, order: u8) -> bool {
+        let n = self.allocs.fetch_add(1, Ordering::AcqRel);
+        let pin = {
+            let mut pin_at = self.pin_at.lock().unwrap_or_else(|e| e.into_inner());
+            match *pin_at {
+                Some((at, pfn)) if at == n => pin_at.take().map(|_| pfn),
+                _ => None,
+            }
+        };
+        if let (Some(pfn), Some(mm)) = (pin, self.mm.get()) {
+            // The pin may be refused (e.g. the frame is already claimed); the test sees
+            // that in the batch's results.
+            let _ = mm.pin(pfn);
+        }
+        n == self.fail_at.load(Ordering::Acquire)
+            || self.fail_orders.load(Ordering::Acquire) & (1 << order) != 0
+    }
+}
+
+impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
+    fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError> {
+        if self.inject(order) {
+            return Err(AllocError::OutOfMemory);
+        }
+        self.inner.alloc(order, mt, node)
+    }
+
+    fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
+        if self.inject(order) {
+            return Err(AllocError::OutOfMemory);
+        }
+        self.inner.alloc_at(pfn, order, mt)
+    }
+
+    fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
+        self.log.push(Event::Free { pfn, order });
+        self.inner.free(pfn, order)
+    }
+
+    fn frame_table(&self) -> FrameTable<'_> {
+        self.inner.frame_table()
+    }
+
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.inner.node_of(pfn)
+    }
+
+    fn node_exists(&self, node: NodeId) -> bool {
+        self.inner.node_exists(node)
+    }
+}
+
+/// A test machine: memory, allocator, shootdown recorder and the `Mm` over them.
+pub struct Env<'a, M: PhysMem> {
+    /// Physical memory.
+    pub mem: &'a M,
+    /// The frame source.
+    pub frames: &'a TestFrames<'a, M>,
+    /// The shootdown recorder.
+    pub tlb: &'a TestTlb<'a>,
+    /// Shootdowns and frees, in order.
+    pub log: &'a EventLog,
+    /// The memory manager.
+    pub mm: &'a Mm<'a, M>,
+}
+
+impl<M: PhysMem> Env<'_, M> {
+    /// Run the reverse-map audit and the buddy allocator's audit; panics (it is a test
+    /// helper) with the first inconsistency.
+    pub fn audit(&self) {
+        if let Err(e) = self.mm.rmap_audit() {
+            panic!("rmap audit: {e:?}");
+        }
+        if let Err(e) = self.frames.buddy().lock().audit() {
+            panic!("buddy audit: {e:?}");
+        }
+    }
+
+    /// Free frames in the allocator.
+    pub fn free_frames(&self) -> usize {
+        self.frames.buddy().lock().free_frames()
+    }
+}
+
+/// Build a machine of `frames` frames over `mem` (PFN 0 stays reserved), with `nodes`
+/// as `(first PFN, end PFN, node)` (empty: one node 0 over everything), and run `f`.
+pub fn with_env<M: PhysMem, R>(
+    mem: M,
+    frames: u64,
+    nodes: &[(u64, u64, u32)],
+    f: impl FnOnce(&Env<'_, M>) -> R,
+) -> R {
+    let records = FrameTable::boxed_records(frames as usize);
+    let table = FrameTable::new(&records).expect("frame table too large");
+    let mut buddy = BuddyAllocator::new(table);
+    buddy
+        .add_free_range(Pfn(1), Pfn(frames))
+        .expect("fresh frame table");
+    let node_map = if nodes.is_empty() {
+        NodeMap::single(Pfn(0), Pfn(frames))
+    } else {
+        let mut map = NodeMap::new();
+        for &(s, e, n) in nodes {
+            map.add(Pfn(s), Pfn(e), NodeId(n)).expect("node ranges");
+        }
+        map
+    };
+    let log = EventLog::default();
+    let test_frames = TestFrames::new(BuddyFrames::new(buddy, node_map), &log);
+    let tlb = TestTlb::new(&log);
+    let mm = Mm::new(&mem, &test_frames, &tlb, None);
+    test_frames.attach(&mm);
+    let env = Env {
+        mem: &mem,
+        frames: &test_frames,
+        tlb: &tlb,
+        log: &log,
+        mm: &mm,
+    };
+    f(&env)
+}
+
+/// Write the 8-byte word `value` at user address `va` of `space` through its current
+/// translation (as the MMU would), or `false` if `va` is not mapped.
+pub fn write_user<M: PhysMem>(
+    mem: &M,
+    space: &super::AddressSpace<'_, M>,
+    va: u64,
+    value: u64,
+) -> bool {
+    match space.translate(va) {
+        Some(t) => {
+            mem.word(t.pa).store(value, Ordering::Release);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The 8-byte word at user address `va` of `space`, if mapped.
+pub fn read_user<M: PhysMem>(mem: &M, space: &super::AddressSpace<'_, M>, va: u64) -> Option<u64> {
+    space
+        .translate(va)
+        .map(|t| mem.word(t.pa).load(Ordering::Acquire))
+}

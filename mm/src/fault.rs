@@ -1,0 +1,517 @@
+//! Demand-zero page faults, pre-faulting ([`Mm::populate`]) and waiting for a migration.
+//!
+//! A fault on a user address inside a VMA whose leaf slot is empty allocates a zeroed
+//! frame and maps it: 1 GiB if the VMA's policy allows huge pages, the 1 GiB-aligned
+//! range around the address lies inside the VMA (and inside the shared region, at an
+//! aligned offset, for a shared VMA), the page-table slot at that level is empty and the
+//! allocator has an order-18 block; else 2 MiB on the same terms; else 4 KiB. A shared
+//! VMA first looks for the region's frame and maps it, as large as alignment allows.
+//!
+//! The address-space lock is held to decide and to map, not while the frame is
+//! allocated and zeroed (zeroing 1 GiB takes long): the fault plans under the lock,
+//! drops it, prepares the frame, retakes the lock and maps only if nothing changed
+//! meanwhile (same VMA generation, slot still empty, region frame still absent);
+//! otherwise it frees the frame and starts over.
+//!
+//! A fault on a migration entry returns [`FaultOutcome::WaitMigration`]: the kernel
+//! drops whatever it holds, waits with [`Mm::wait_migration`] (which spins on an epoch
+//! counter, not on a lock) and returns from the fault so the access is retried.
+
+use crate::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::aspace::{
+    shared, user_leaf_flags, AddressSpace, Flush, Mm, RegionFrame, SharedRegion, SpaceError, Tables,
+};
+use crate::buddy::MigrateType;
+use crate::frame::FrameFlags;
+use crate::migrate::MigrationEntry;
+use crate::numa::NodeId;
+use crate::paging::MapError;
+use crate::phys::PhysMem;
+use crate::rmap::{is_migrating, RmapEntry, OWNER_MANAGED};
+use crate::vma::{check_user_addr, check_user_range, HugePolicy, Mobility, Vma};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::Ordering;
+use x86_64::VirtAddr;
+
+/// What a fault did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// A leaf of `size` starting at `va` now maps the address.
+    Mapped {
+        /// First address of the new leaf.
+        va: VirtAddr,
+        /// Its size.
+        size: PageSize,
+    },
+    /// The address was already mapped (another CPU faulted first, or a stale TLB
+    /// entry): retry the access.
+    Spurious,
+    /// The page is being migrated: wait with [`Mm::wait_migration`], holding no lock,
+    /// then retry the access.
+    WaitMigration(MigrationWait),
+}
+
+/// What a faulting CPU waits for: the completion of the migration it ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationWait {
+    epoch: u64,
+    frame: Pfn,
+}
+
+impl MigrationWait {
+    /// The block under migration.
+    pub fn frame(&self) -> Pfn {
+        self.frame
+    }
+}
+
+/// Why a fault could not be resolved (the kernel delivers it to the faulting program).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultError {
+    /// The address is not canonical.
+    NonCanonical,
+    /// The address is in the kernel half.
+    KernelHalf,
+    /// No VMA contains the address.
+    NoVma,
+    /// A write to a read-only VMA.
+    ReadOnly,
+    /// No frame or page-table frame could be allocated.
+    OutOfMemory,
+    /// The address space was destroyed.
+    SpaceDestroyed,
+    /// The address space belongs to another [`Mm`].
+    ForeignSpace,
+    /// The slot holds a non-present entry that is not a migration entry.
+    BadEntry,
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultError::NonCanonical => "non-canonical address",
+            FaultError::KernelHalf => "kernel address",
+            FaultError::NoVma => "no VMA at the address",
+            FaultError::ReadOnly => "write to a read-only VMA",
+            FaultError::OutOfMemory => "out of memory",
+            FaultError::SpaceDestroyed => "address space destroyed",
+            FaultError::ForeignSpace => "address space of another Mm",
+            FaultError::BadEntry => "corrupt page-table entry",
+        })
+    }
+}
+
+impl core::error::Error for FaultError {}
+
+impl From<SpaceError> for FaultError {
+    fn from(e: SpaceError) -> FaultError {
+        match e {
+            SpaceError::KernelHalf => FaultError::KernelHalf,
+            SpaceError::ForeignSpace => FaultError::ForeignSpace,
+            SpaceError::SpaceDestroyed => FaultError::SpaceDestroyed,
+            SpaceError::OutOfMemory => FaultError::OutOfMemory,
+            _ => FaultError::NonCanonical,
+        }
+    }
+}
+
+/// A frame to allocate, decided under the lock.
+struct Plan {
+    generation: u64,
+    /// Candidate sizes, largest first; the last is 4 KiB.
+    sizes: Vec<PageSize>,
+    mt: MigrateType,
+    pinned: bool,
+    node: Option<NodeId>,
+    writable: bool,
+    /// The region and the offset of the faulting page in it, for a shared VMA.
+    shared: Option<(Arc<SharedRegion>, u64)>,
+}
+
+enum Step {
+    Done(FaultOutcome),
+    Allocate(Plan),
+}
+
+/// The first address of the leaf of `size` containing `va`.
+fn base(va: u64, size: PageSize) -> u64 {
+    va & !(size.bytes() - 1)
+}
+
+/// Whether the leaf of `size` around `va` lies inside `vma` (and, if shared, inside the
+/// region at an offset aligned to `size`).
+fn fits(vma: &Vma, va: u64, size: PageSize) -> bool {
+    let b = base(va, size);
+    let inside = b >= vma.start && b + size.bytes() <= vma.end;
+    inside
+        && vma.flags.shared.as_ref().is_none_or(|s| {
+            let off = s.offset + (b - vma.start);
+            off.is_multiple_of(size.bytes()) && off + size.bytes() <= s.region.len()
+        })
+}
+
+impl<'m, M: PhysMem> Mm<'m, M> {
+    /// Resolve a page fault of `space` at `va` (`write`: the access was a write).
+    pub fn handle_fault(
+        &self,
+        space: &AddressSpace<'m, M>,
+        va: u64,
+        write: bool,
+    ) -> Result<FaultOutcome, FaultError> {
+        self.fault(space, va, write, false)
+    }
+
+    /// Fault in every page of `[start, start + len)` (covered by VMAs) now, with huge
+    /// pages where the VMA's policy is `Always` or `OnRequest`.
+    pub fn populate(
+        &self,
+        space: &AddressSpace<'m, M>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), SpaceError> {
+        self.check_space(space)?;
+        let (start, end) = check_user_range(start, len)?;
+        {
+            let st = space.state.lock();
+            if st.dead {
+                return Err(SpaceError::SpaceDestroyed);
+            }
+            if !st.vmas.covers(start, end) {
+                return Err(SpaceError::NotMapped);
+            }
+        }
+        let mut va = start;
+        while va < end {
+            match self.fault(space, va, false, true) {
+                Ok(FaultOutcome::Mapped { va: b, size }) => va = b.as_u64() + size.bytes(),
+                Ok(FaultOutcome::Spurious) => {
+                    if let Some(t) = space.translate(va) {
+                        va = base(va, t.size) + t.size.bytes();
+                    }
+                }
+                Ok(FaultOutcome::WaitMigration(w)) => self.wait_migration(&w),
+                Err(FaultError::NoVma) => return Err(SpaceError::NotMapped),
+                Err(FaultError::OutOfMemory) => return Err(SpaceError::OutOfMemory),
+                Err(FaultError::SpaceDestroyed) => return Err(SpaceError::SpaceDestroyed),
+                Err(e) => return Err(SpaceError::Fault(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the migration `wait` names has completed (or another one has, which is
+    /// reason enough to retry the access).
+    pub fn migration_done(&self, wait: &MigrationWait) -> bool {
+        self.epoch.load(Ordering::Acquire) != wait.epoch
+            || self.meta(wait.frame).is_none_or(|m| !is_migrating(m))
+    }
+
+    /// Spin until the migration `wait` names has completed. Call it holding no lock, with
+    /// interrupts enabled (the migrating CPU shoots this CPU's TLB down meanwhile), or use
+    /// [`wait_migration_with`](Self::wait_migration_with) to serve shootdowns while waiting.
+    pub fn wait_migration(&self, wait: &MigrationWait) {
+        self.wait_migration_with(wait, core::hint::spin_loop);
+    }
+
+    /// [`wait_migration`](Self::wait_migration), calling `relax` between checks.
+    pub fn wait_migration_with(&self, wait: &MigrationWait, mut relax: impl FnMut()) {
+        while !self.migration_done(wait) {
+            relax();
+        }
+    }
+
+    /// The fault path; `on_request` lets `OnRequest` VMAs use huge pages.
+    pub(crate) fn fault(
+        &self,
+        space: &AddressSpace<'m, M>,
+        va: u64,
+        write: bool,
+        on_request: bool,
+    ) -> Result<FaultOutcome, FaultError> {
+        self.check_space(space)?;
+        check_user_addr(va)?;
+        loop {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let plan = match self.plan_fault(space, va, write, on_request, epoch)? {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Allocate(plan) => plan,
+            };
+            let (head, size) = self.alloc_fault_frame(&plan)?;
+            for i in 0..1u64 << size.order() {
+                self.mem.zero_frame(head.add(i).addr());
+            }
+            if let Some(outcome) = self.commit_fault(space, va, &plan, head, size)? {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Look at the fault under the lock: resolve it (spurious, migration, a shared frame
+    /// that exists) or say what to allocate.
+    fn plan_fault(
+        &self,
+        space: &AddressSpace<'m, M>,
+        va: u64,
+        write: bool,
+        on_request: bool,
+        epoch: u64,
+    ) -> Result<Step, FaultError> {
+        let mut st = space.state.lock();
+        if st.dead {
+            return Err(FaultError::SpaceDestroyed);
+        }
+        let vma = st.vmas.find(va).ok_or(FaultError::NoVma)?.clone();
+        if write && !vma.flags.writable {
+            return Err(FaultError::ReadOnly);
+        }
+        let (level, entry) = st.pt.raw_entry(va).ok_or(FaultError::NonCanonical)?;
+        if entry.is_present() {
+            return Ok(Step::Done(FaultOutcome::Spurious));
+        }
+        if !entry.is_unused() {
+            let mig = MigrationEntry::decode(entry, level).ok_or(FaultError::BadEntry)?;
+            let frame = self.head_of(mig.source_pfn()).unwrap_or(mig.source_pfn());
+            return Ok(Step::Done(FaultOutcome::WaitMigration(MigrationWait {
+                epoch,
+                frame,
+            })));
+        }
+        let max = PageSize::at_level(level.min(3)).unwrap_or(PageSize::Size4K);
+        let huge = match vma.flags.huge {
+            HugePolicy::Never => false,
+            HugePolicy::Always => true,
+            HugePolicy::OnRequest => on_request,
+        };
+        let allowed = |size: PageSize| {
+            size <= max && (size == PageSize::Size4K || huge) && fits(&vma, va, size)
+        };
+        if let Some(backing) = &vma.flags.shared {
+            let region = backing.region.clone();
+            let offset = backing.offset + (base(va, PageSize::Size4K) - vma.start);
+            let frames = region.frames.lock();
+            let page = offset / PAGE_SIZE;
+            if let Some((key, rf)) = shared::covering(&frames, page) {
+                // The largest leaf around `va` that maps an aligned piece of the frame.
+                let leaf = |s: PageSize| {
+                    let pages = s.bytes() / PAGE_SIZE;
+                    let leaf_va = base(va, s);
+                    let first = page.checked_sub((va - leaf_va) / PAGE_SIZE)?;
+                    (s <= rf.size
+                        && allowed(s)
+                        && first >= key
+                        && first + pages <= key + rf.pages()
+                        && (first - key) % pages == 0)
+                        .then_some((s, leaf_va, first))
+                };
+                let (size, leaf_va, first_page) = [PageSize::Size1G, PageSize::Size2M]
+                    .into_iter()
+                    .find_map(leaf)
+                    .unwrap_or((PageSize::Size4K, base(va, PageSize::Size4K), page));
+                let pfn = rf.head.add(first_page - key);
+                let meta = self.meta(rf.head).ok_or(FaultError::BadEntry)?;
+                {
+                    let mut rmap = self.rmap.lock();
+                    if is_migrating(meta) {
+                        return Ok(Step::Done(FaultOutcome::WaitMigration(MigrationWait {
+                            epoch,
+                            frame: rf.head,
+                        })));
+                    }
+                    Self::add_mapping(
+                        &mut rmap,
+                        meta,
+                        rf.head,
+                        RmapEntry {
+                            space: space.id(),
+                            va: VirtAddr::new_truncate(leaf_va),
+                            size,
+                            offset: first_page - key,
+                        },
+                    );
+                }
+                drop(frames);
+                let mut flush = Flush::new();
+                let mapped = st.pt.map(
+                    leaf_va,
+                    pfn.addr(),
+                    size,
+                    user_leaf_flags(vma.flags.writable),
+                    &mut Tables::new(self.frames),
+                    &mut flush,
+                );
+                if let Err(e) = mapped {
+                    {
+                        let mut rmap = self.rmap.lock();
+                        rmap.remove(rf.head, space.id(), leaf_va);
+                        meta.mapcount.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    drop(st);
+                    self.put_refs(&[rf.head]);
+                    return match e {
+                        MapError::OutOfTables => Err(FaultError::OutOfMemory),
+                        _ => Ok(Step::Done(FaultOutcome::Spurious)),
+                    };
+                }
+                drop(st);
+                self.shootdown(space, flush);
+                return Ok(Step::Done(FaultOutcome::Mapped {
+                    va: VirtAddr::new_truncate(leaf_va),
+                    size,
+                }));
+            }
+            let free_in_region = |s: PageSize| {
+                let first = page - (va - base(va, s)) / PAGE_SIZE;
+                !shared::overlaps(&frames, first, s.bytes() / PAGE_SIZE)
+            };
+            let sizes = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
+                .into_iter()
+                .filter(|&s| s == PageSize::Size4K || (allowed(s) && free_in_region(s)))
+                .collect();
+            drop(frames);
+            let shared = Some((region, offset));
+            return Ok(Step::Allocate(self.plan(
+                &vma,
+                st.generation,
+                sizes,
+                shared,
+            )));
+        }
+        let sizes = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
+            .into_iter()
+            .filter(|&s| s == PageSize::Size4K || allowed(s))
+            .collect();
+        Ok(Step::Allocate(self.plan(&vma, st.generation, sizes, None)))
+    }
+
+    fn plan(
+        &self,
+        vma: &Vma,
+        generation: u64,
+        sizes: Vec<PageSize>,
+        shared: Option<(Arc<SharedRegion>, u64)>,
+    ) -> Plan {
+        let pinned = vma.flags.mobility == Mobility::Pinned;
+        Plan {
+            generation,
+            sizes,
+            mt: if pinned {
+                MigrateType::Unmovable
+            } else {
+                MigrateType::Movable
+            },
+            pinned,
+            node: vma.flags.node,
+            writable: vma.flags.writable,
+            shared,
+        }
+    }
+
+    /// The largest candidate block the allocator has (preferred node first).
+    fn alloc_fault_frame(&self, plan: &Plan) -> Result<(Pfn, PageSize), FaultError> {
+        for &size in &plan.sizes {
+            let order = size.order();
+            let on_node = plan
+                .node
+                .and_then(|n| self.frames.alloc(order, plan.mt, Some(n)).ok());
+            if let Some(pfn) = on_node.or_else(|| self.frames.alloc(order, plan.mt, None).ok()) {
+                return Ok((pfn, size));
+            }
+        }
+        Err(FaultError::OutOfMemory)
+    }
+
+    /// Map the prepared block `head` of `size` for the fault at `va` if nothing changed
+    /// since the plan; `None` (block freed) if something did and the fault must restart.
+    fn commit_fault(
+        &self,
+        space: &AddressSpace<'m, M>,
+        va: u64,
+        plan: &Plan,
+        head: Pfn,
+        size: PageSize,
+    ) -> Result<Option<FaultOutcome>, FaultError> {
+        let discard = |result| {
+            let freed = self.frames.free(head, size.order());
+            debug_assert!(freed.is_ok(), "freeing an unused fault frame: {freed:?}");
+            result
+        };
+        let meta = match self.meta(head) {
+            Some(meta) => meta,
+            None => return discard(Err(FaultError::OutOfMemory)),
+        };
+        let mut st = space.state.lock();
+        if st.dead {
+            drop(st);
+            return discard(Err(FaultError::SpaceDestroyed));
+        }
+        if st.generation != plan.generation {
+            drop(st);
+            return discard(Ok(None));
+        }
+        let leaf_va = base(va, size);
+        let region = plan.shared.as_ref().map(|(r, off)| {
+            let first = off / PAGE_SIZE - (va - leaf_va) / PAGE_SIZE;
+            (r, first, r.frames.lock())
+        });
+        if let Some((_, first, frames)) = &region {
+            if shared::overlaps(frames, *first, size.bytes() / PAGE_SIZE) {
+                drop(region);
+                drop(st);
+                return discard(Ok(None));
+            }
+        }
+        if plan.pinned {
+            meta.insert_flags(FrameFlags::PINNED);
+        }
+        let mut flush = Flush::new();
+        let mapped = st.pt.map(
+            leaf_va,
+            head.addr(),
+            size,
+            user_leaf_flags(plan.writable),
+            &mut Tables::new(self.frames),
+            &mut flush,
+        );
+        match mapped {
+            Ok(()) => {}
+            Err(MapError::OutOfTables) => {
+                drop(region);
+                drop(st);
+                return discard(Err(FaultError::OutOfMemory));
+            }
+            Err(_) => {
+                drop(region);
+                drop(st);
+                return discard(Ok(None));
+            }
+        }
+        let entry = RmapEntry {
+            space: space.id(),
+            va: VirtAddr::new_truncate(leaf_va),
+            size,
+            offset: 0,
+        };
+        match region {
+            Some((r, first, mut frames)) => {
+                frames.insert(first, RegionFrame { head, size });
+                let mut rmap = self.rmap.lock();
+                Self::adopt_region_frame(&mut rmap, meta, head, r, first);
+                Self::add_mapping(&mut rmap, meta, head, entry);
+            }
+            None => {
+                let mut rmap = self.rmap.lock();
+                meta.owner.store(OWNER_MANAGED, Ordering::Release);
+                rmap.insert(head, entry);
+                meta.mapcount.store(1, Ordering::Release);
+            }
+        }
+        drop(st);
+        self.shootdown(space, flush);
+        Ok(Some(FaultOutcome::Mapped {
+            va: VirtAddr::new_truncate(leaf_va),
+            size,
+        }))
+    }
+}

@@ -1,0 +1,431 @@
+//! NUMA nodes: which physical ranges belong to which node, a node-aware [`FrameSource`]
+//! over one buddy allocator, per-node usage, and moving a virtual range to a node.
+//!
+//! The kernel fills a [`NodeMap`] from the ACPI SRAT's memory affinity entries. One
+//! buddy allocator serves every node (its free lists are not per node, so node
+//! boundaries need no particular alignment); an allocation on a node looks for a free
+//! block inside the node's ranges and takes it with `alloc_at`. That search is a scan
+//! that skips whole blocks (free ones too small, allocated ones, reserved frames), so it
+//! costs O(blocks in the node's ranges); the common allocation without a node stays the
+//! buddy allocator's O(MAX_ORDER) path.
+
+use crate::addr::{Pfn, MAX_ORDER};
+use crate::aspace::{AddressSpace, FrameSource, Mm, SpaceError};
+use crate::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
+use crate::frame::{FrameState, FrameTable};
+use crate::migrate::{Destination, MigrateError};
+use crate::phys::PhysMem;
+use crate::vma::check_user_range;
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::Ordering;
+use spin::{Mutex, MutexGuard};
+
+/// A NUMA node (the SRAT's proximity domain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u32);
+
+/// Frames `[start, end)` belong to `node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeRange {
+    /// First frame.
+    pub start: Pfn,
+    /// One past the last frame.
+    pub end: Pfn,
+    /// The node.
+    pub node: NodeId,
+}
+
+/// Why a range could not be added to a [`NodeMap`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeMapError {
+    /// `start >= end`.
+    EmptyRange,
+    /// The range overlaps one already in the map.
+    Overlap,
+}
+
+impl fmt::Display for NodeMapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeMapError::EmptyRange => "empty range",
+            NodeMapError::Overlap => "range overlaps another node range",
+        })
+    }
+}
+
+impl core::error::Error for NodeMapError {}
+
+/// The physical ranges of every node, sorted and disjoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeMap {
+    ranges: Vec<NodeRange>,
+}
+
+impl NodeMap {
+    /// No node.
+    pub const fn new() -> NodeMap {
+        NodeMap { ranges: Vec::new() }
+    }
+
+    /// One node 0 over `[start, end)`.
+    pub fn single(start: Pfn, end: Pfn) -> NodeMap {
+        let mut map = NodeMap::new();
+        if start < end {
+            map.ranges.push(NodeRange {
+                start,
+                end,
+                node: NodeId(0),
+            });
+        }
+        map
+    }
+
+    /// Add `[start, end)` to `node`.
+    pub fn add(&mut self, start: Pfn, end: Pfn, node: NodeId) -> Result<(), NodeMapError> {
+        if start >= end {
+            return Err(NodeMapError::EmptyRange);
+        }
+        let at = self.ranges.partition_point(|r| r.start < start);
+        let overlaps_prev = at > 0 && self.ranges[at - 1].end > start;
+        let overlaps_next = self.ranges.get(at).is_some_and(|r| r.start < end);
+        if overlaps_prev || overlaps_next {
+            return Err(NodeMapError::Overlap);
+        }
+        self.ranges.insert(at, NodeRange { start, end, node });
+        Ok(())
+    }
+
+    /// The node of `pfn`.
+    pub fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        let at = self.ranges.partition_point(|r| r.start <= pfn);
+        at.checked_sub(1)
+            .map(|i| self.ranges[i])
+            .filter(|r| pfn < r.end)
+            .map(|r| r.node)
+    }
+
+    /// Whether `node` has at least one range.
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.ranges.iter().any(|r| r.node == node)
+    }
+
+    /// The nodes, in increasing order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let set: BTreeSet<NodeId> = self.ranges.iter().map(|r| r.node).collect();
+        set.into_iter().collect()
+    }
+
+    /// Every range, in address order.
+    pub fn ranges(&self) -> &[NodeRange] {
+        &self.ranges
+    }
+
+    /// The ranges of `node`, in address order.
+    pub fn ranges_of(&self, node: NodeId) -> impl Iterator<Item = &NodeRange> {
+        self.ranges.iter().filter(move |r| r.node == node)
+    }
+}
+
+/// The frames of one node, as the allocator sees them now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeUsage {
+    /// The node.
+    pub node: NodeId,
+    /// Frames in its ranges.
+    pub frames: u64,
+    /// Frames in free blocks.
+    pub free: u64,
+    /// Frames in allocated blocks.
+    pub used: u64,
+    /// Frames never handed to the allocator (holes, firmware, the kernel image...).
+    pub reserved: u64,
+}
+
+/// A node-aware [`FrameSource`] over one buddy allocator behind a spin lock.
+pub struct BuddyFrames<'a> {
+    buddy: Mutex<BuddyAllocator<'a>>,
+    table: FrameTable<'a>,
+    nodes: NodeMap,
+}
+
+impl<'a> BuddyFrames<'a> {
+    /// Serve frames from `buddy`, placing nodes by `nodes`.
+    pub fn new(buddy: BuddyAllocator<'a>, nodes: NodeMap) -> BuddyFrames<'a> {
+        BuddyFrames {
+            table: buddy.table(),
+            buddy: Mutex::new(buddy),
+            nodes,
+        }
+    }
+
+    /// The allocator, locked (for audits and statistics).
+    pub fn lock(&self) -> MutexGuard<'_, BuddyAllocator<'a>> {
+        self.buddy.lock()
+    }
+
+    /// The node map.
+    pub fn nodes(&self) -> &NodeMap {
+        &self.nodes
+    }
+
+    /// Free, used and reserved frames of every node.
+    pub fn usage(&self) -> Vec<NodeUsage> {
+        let _buddy = self.buddy.lock();
+        self.nodes
+            .nodes()
+            .into_iter()
+            .map(|node| {
+                let mut u = NodeUsage {
+                    node,
+                    frames: 0,
+                    free: 0,
+                    used: 0,
+                    reserved: 0,
+                };
+                for r in self.nodes.ranges_of(node) {
+                    u.frames += r.end.0 - r.start.0;
+                    self.count_range(r.start.0, r.end.0, &mut u);
+                }
+                u
+            })
+            .collect()
+    }
+
+    /// Add the frames of `[start, end)` to `u` by the block they are in.
+    fn count_range(&self, start: u64, end: u64, u: &mut NodeUsage) {
+        let mut i = start;
+        while i < end {
+            let Some(head) = self.table.head_of(Pfn(i)) else {
+                u.reserved += 1;
+                i += 1;
+                continue;
+            };
+            let Some(meta) = self.table.get(head) else {
+                return;
+            };
+            let block_end = (head.0 + (1u64 << meta.order())).min(end);
+            let n = block_end - i;
+            if meta.state() == FrameState::Free {
+                u.free += n;
+            } else {
+                u.used += n;
+            }
+            i = block_end;
+        }
+    }
+
+    /// A free block of `order` inside `node`'s ranges, allocated as `mt`.
+    fn alloc_on(
+        &self,
+        buddy: &mut BuddyAllocator<'a>,
+        node: NodeId,
+        order: u8,
+        mt: MigrateType,
+    ) -> Result<Pfn, AllocError> {
+        let size = 1u64 << order;
+        let align = |x: u64| x.next_multiple_of(size);
+        for r in self.nodes.ranges_of(node) {
+            let mut i = align(r.start.0);
+            while i + size <= r.end.0 {
+                match buddy.free_block_containing(Pfn(i)) {
+                    Some((_, k)) if k >= order => return buddy.alloc_at(Pfn(i), order, mt),
+                    Some((head, k)) => i = align(head.0 + (1u64 << k)),
+                    None => {
+                        let block_end = self
+                            .table
+                            .head_of(Pfn(i))
+                            .and_then(|h| self.table.get(h).map(|m| h.0 + (1u64 << m.order())));
+                        i = align(block_end.unwrap_or(i + 1).max(i + 1));
+                    }
+                }
+            }
+        }
+        Err(AllocError::OutOfMemory)
+    }
+}
+
+impl FrameSource for BuddyFrames<'_> {
+    fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError> {
+        if order > MAX_ORDER {
+            return Err(AllocError::InvalidOrder);
+        }
+        let mut buddy = self.buddy.lock();
+        match node {
+            None => buddy.alloc(order, mt),
+            Some(node) => self.alloc_on(&mut buddy, node, order, mt),
+        }
+    }
+
+    fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
+        self.buddy.lock().alloc_at(pfn, order, mt)
+    }
+
+    fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
+        self.buddy.lock().free(pfn, order)
+    }
+
+    fn frame_table(&self) -> FrameTable<'_> {
+        self.table
+    }
+
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.nodes.node_of(pfn)
+    }
+
+    fn node_exists(&self, node: NodeId) -> bool {
+        self.nodes.contains(node)
+    }
+}
+
+/// What [`Mm::move_range_to_node`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoveReport {
+    /// Blocks moved: (old head, new head).
+    pub moved: Vec<(Pfn, Pfn)>,
+    /// Blocks that were on the node already.
+    pub already_there: usize,
+    /// Blocks that did not move, and why (they are exactly as before).
+    pub failed: Vec<(Pfn, MigrateError)>,
+}
+
+impl<'m, M: PhysMem> Mm<'m, M> {
+    /// Move every block mapped in `[start, start + len)` of `space` (which VMAs must
+    /// cover) to frames on `node`, whole: 2 MiB and 1 GiB mappings stay huge, and a huge
+    /// block only partly inside the range moves entirely. Blocks that cannot move (pinned,
+    /// no room on the node...) are reported, the others move.
+    pub fn move_range_to_node(
+        &self,
+        space: &AddressSpace<'m, M>,
+        start: u64,
+        len: u64,
+        node: crate::numa::NodeId,
+    ) -> Result<MoveReport, SpaceError> {
+        self.check_space(space)?;
+        let (start, end) = check_user_range(start, len)?;
+        if !self.frames.node_exists(node) {
+            return Err(SpaceError::NoSuchNode);
+        }
+        let heads = loop {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let st = space.state.lock();
+            if st.dead {
+                return Err(SpaceError::SpaceDestroyed);
+            }
+            if !st.vmas.covers(start, end) {
+                return Err(SpaceError::NotMapped);
+            }
+            if st.migration_in(start, end) {
+                drop(st);
+                self.wait_epoch(epoch);
+                continue;
+            }
+            let mut heads = BTreeSet::new();
+            for (_, t) in st.pt.walk(start, end) {
+                if let Some(head) = self.head_of(Pfn::containing(t.leaf_base_pa)) {
+                    heads.insert(head);
+                }
+            }
+            break heads;
+        };
+        let mut report = MoveReport::default();
+        let mut batch = Vec::new();
+        for head in heads {
+            if self.frames.node_of(head) == Some(node) {
+                report.already_there += 1;
+            } else {
+                batch.push((head, Destination::Node(node)));
+            }
+        }
+        for (&(src, _), result) in batch.iter().zip(self.migrate_batch(&batch)) {
+            match result {
+                Ok(dst) => report.moved.push((src, dst)),
+                Err(e) => report.failed.push((src, e)),
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameTable;
+
+    #[test]
+    fn node_map_lookup_and_errors() {
+        let mut map = NodeMap::new();
+        map.add(Pfn(100), Pfn(200), NodeId(1)).unwrap();
+        map.add(Pfn(0), Pfn(100), NodeId(0)).unwrap();
+        map.add(Pfn(300), Pfn(400), NodeId(1)).unwrap();
+        assert_eq!(
+            map.add(Pfn(150), Pfn(250), NodeId(2)),
+            Err(NodeMapError::Overlap)
+        );
+        assert_eq!(
+            map.add(Pfn(250), Pfn(301), NodeId(2)),
+            Err(NodeMapError::Overlap)
+        );
+        assert_eq!(
+            map.add(Pfn(5), Pfn(5), NodeId(2)),
+            Err(NodeMapError::EmptyRange)
+        );
+        assert_eq!(map.node_of(Pfn(0)), Some(NodeId(0)));
+        assert_eq!(map.node_of(Pfn(199)), Some(NodeId(1)));
+        assert_eq!(map.node_of(Pfn(200)), None);
+        assert_eq!(map.node_of(Pfn(399)), Some(NodeId(1)));
+        assert_eq!(map.nodes(), [NodeId(0), NodeId(1)]);
+        assert!(map.contains(NodeId(1)) && !map.contains(NodeId(2)));
+        assert_eq!(map.ranges_of(NodeId(1)).count(), 2);
+        assert_eq!(NodeMap::single(Pfn(3), Pfn(3)), NodeMap::new());
+    }
+
+    #[test]
+    fn allocation_on_a_node_stays_in_its_ranges() {
+        let recs = FrameTable::boxed_records(4096);
+        let table = FrameTable::new(&recs).unwrap();
+        let mut buddy = BuddyAllocator::new(table);
+        buddy.add_free_range(Pfn(1), Pfn(4096)).unwrap();
+        let mut map = NodeMap::new();
+        map.add(Pfn(0), Pfn(1536), NodeId(0)).unwrap();
+        map.add(Pfn(1536), Pfn(4096), NodeId(1)).unwrap();
+        let frames = BuddyFrames::new(buddy, map);
+        let on1 = frames
+            .alloc(9, MigrateType::Movable, Some(NodeId(1)))
+            .unwrap();
+        assert_eq!(frames.node_of(on1), Some(NodeId(1)));
+        assert!(on1.is_aligned(9));
+        let mut small = Vec::new();
+        while let Ok(p) = frames.alloc(0, MigrateType::Movable, Some(NodeId(0))) {
+            assert_eq!(frames.node_of(p), Some(NodeId(0)));
+            small.push(p);
+        }
+        assert_eq!(small.len(), 1535);
+        assert_eq!(
+            frames.alloc(0, MigrateType::Movable, Some(NodeId(7))),
+            Err(AllocError::OutOfMemory)
+        );
+        let usage = frames.usage();
+        assert_eq!(
+            usage[0],
+            NodeUsage {
+                node: NodeId(0),
+                frames: 1536,
+                free: 0,
+                used: 1535,
+                reserved: 1
+            }
+        );
+        assert_eq!((usage[1].used, usage[1].free), (512, 2048));
+        for p in small {
+            frames.free(p, 0).unwrap();
+        }
+        frames.free(on1, 9).unwrap();
+        assert_eq!(frames.lock().free_frames(), 4095);
+        assert_eq!(
+            frames.alloc(MAX_ORDER + 1, MigrateType::Movable, None),
+            Err(AllocError::InvalidOrder)
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! Virtual memory areas: the anonymous regions of an address space's user half, kept
+//! sorted by start address in a `BTreeMap`, and the checks every user range goes through.
+//!
+//! A [`Vma`] is `[start, end)`, 4 KiB aligned and non-empty, with [`VmaFlags`]: the
+//! huge-page policy, whether its frames may move, whether it is writable, an optional
+//! preferred NUMA node, and an optional [`SharedBacking`] (a window into a
+//! [`SharedRegion`] that other address spaces may map too). VMAs never overlap. Unmapping
+//! or protecting part of a VMA splits it; adjacent VMAs are not merged.
+
+use crate::addr::PAGE_SIZE;
+use crate::aspace::{SharedRegion, SpaceError};
+use crate::numa::NodeId;
+use crate::paging::{LOWER_HALF_END, UPPER_HALF_START};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// When faults may map huge pages in a VMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HugePolicy {
+    /// Only 4 KiB pages.
+    Never,
+    /// 1 GiB, else 2 MiB, else 4 KiB, whichever fits the VMA and the allocator at fault
+    /// time.
+    Always,
+    /// 4 KiB at fault time; huge pages when asked for explicitly
+    /// ([`Mm::populate`](crate::aspace::Mm::populate), and later promotion/collapse).
+    OnRequest,
+}
+
+/// Whether the frames of a VMA may be moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mobility {
+    /// Allocated as movable memory: migration and exchange may move them.
+    Movable,
+    /// Allocated as unmovable memory and flagged `PINNED`: never moved.
+    Pinned,
+}
+
+/// A window into a shared anonymous region: the VMA's first byte is the region's byte
+/// `offset`.
+#[derive(Clone, Debug)]
+pub struct SharedBacking {
+    /// The region.
+    pub region: Arc<SharedRegion>,
+    /// Offset of the VMA's start in the region (4 KiB aligned).
+    pub offset: u64,
+}
+
+/// The attributes of a VMA.
+#[derive(Clone, Debug)]
+pub struct VmaFlags {
+    /// Huge-page policy.
+    pub huge: HugePolicy,
+    /// Movable or pinned frames.
+    pub mobility: Mobility,
+    /// Whether user code may write.
+    pub writable: bool,
+    /// Backing shared with other mappings of the same region, or `None` for private
+    /// anonymous memory.
+    pub shared: Option<SharedBacking>,
+    /// Node to allocate frames on first (falling back to any node).
+    pub node: Option<NodeId>,
+}
+
+impl VmaFlags {
+    /// Private, movable memory with the given huge-page policy and write permission.
+    pub fn private(huge: HugePolicy, writable: bool) -> VmaFlags {
+        VmaFlags {
+            huge,
+            mobility: Mobility::Movable,
+            writable,
+            shared: None,
+            node: None,
+        }
+    }
+
+    /// The same flags with the shared backing moved `delta` bytes further.
+    fn advanced(&self, delta: u64) -> VmaFlags {
+        let mut flags = self.clone();
+        if let Some(shared) = &mut flags.shared {
+            shared.offset += delta;
+        }
+        flags
+    }
+
+    /// Whether two VMAs with these flags, the second starting `delta` bytes after the
+    /// first, describe one continuous mapping (same attributes, same region, contiguous
+    /// offsets).
+    pub fn continues(&self, next: &VmaFlags, delta: u64) -> bool {
+        let shared = match (&self.shared, &next.shared) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.region, &b.region) && a.offset + delta == b.offset,
+            _ => false,
+        };
+        shared
+            && self.huge == next.huge
+            && self.mobility == next.mobility
+            && self.writable == next.writable
+            && self.node == next.node
+    }
+}
+
+/// One anonymous region `[start, end)` of an address space.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Attributes.
+    pub flags: VmaFlags,
+}
+
+impl Vma {
+    /// Whether `va` lies inside.
+    pub fn contains(&self, va: u64) -> bool {
+        self.start <= va && va < self.end
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the VMA is empty (never true for a VMA in a set).
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Offset in the shared region of the byte at `va` (inside the VMA), if shared.
+    pub fn region_offset(&self, va: u64) -> Option<u64> {
+        self.flags
+            .shared
+            .as_ref()
+            .map(|s| s.offset + (va - self.start))
+    }
+}
+
+/// Check a user range given as start and length: non-empty, 4 KiB aligned, canonical
+/// and entirely in the lower (user) half. Returns `[start, end)`.
+pub fn check_user_range(start: u64, len: u64) -> Result<(u64, u64), SpaceError> {
+    if len == 0 {
+        return Err(SpaceError::ZeroLength);
+    }
+    if !start.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(SpaceError::Unaligned);
+    }
+    check_user_addr(start)?;
+    match start.checked_add(len) {
+        Some(end) if end <= LOWER_HALF_END => Ok((start, end)),
+        _ => Err(SpaceError::NonCanonical),
+    }
+}
+
+/// Check that `va` is a canonical user-half address.
+pub fn check_user_addr(va: u64) -> Result<(), SpaceError> {
+    if va >= UPPER_HALF_START {
+        Err(SpaceError::KernelHalf)
+    } else if va >= LOWER_HALF_END {
+        Err(SpaceError::NonCanonical)
+    } else {
+        Ok(())
+    }
+}
+
+/// The VMAs of one address space, sorted and non-overlapping.
+#[derive(Default, Debug)]
+pub struct VmaSet {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl VmaSet {
+    /// No VMA.
+    pub const fn new() -> VmaSet {
+        VmaSet {
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is no VMA.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The VMAs in address order.
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.map.values()
+    }
+
+    /// The VMA containing `va`.
+    pub fn find(&self, va: u64) -> Option<&Vma> {
+        self.map
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.contains(va))
+    }
+
+    /// The VMAs overlapping `[start, end)`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self
+            .map
+            .range(..start)
+            .next_back()
+            .filter(|(_, v)| v.end > start)
+            .map(|(_, v)| v);
+        first
+            .into_iter()
+            .chain(self.map.range(start..end).map(|(_, v)| v))
+    }
+
+    /// Whether `[start, end)` is entirely covered by VMAs (no gap).
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for v in self.overlapping(start, end) {
+            if v.start > at {
+                return false;
+            }
+            at = v.end;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
+
+    /// Add `vma` (non-empty, checked range); refused if it overlaps a VMA.
+    pub fn insert(&mut self, vma: Vma) -> Result<(), SpaceError> {
+        if vma.is_empty() {
+            return Err(SpaceError::ZeroLength);
+        }
+        if self.overlapping(vma.start, vma.end).next().is_some() {
+            return Err(SpaceError::Overlap);
+        }
+        self.map.insert(vma.start, vma);
+        Ok(())
+    }
+
+    /// Make `at` a VMA boundary: split the VMA strictly containing it in two.
+    fn split_at(&mut self, at: u64) {
+        let Some(v) = self.map.range_mut(..at).next_back().map(|(_, v)| v) else {
+            return;
+        };
+        if v.end <= at {
+            return;
+        }
+        let right = Vma {
+            start: at,
+            end: v.end,
+            flags: v.flags.advanced(at - v.start),
+        };
+        v.end = at;
+        self.map.insert(at, right);
+    }
+
+    /// Remove `[start, end)` from the set, splitting the VMAs at its ends; returns the
+    /// removed pieces in order.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<Vma> {
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.map.range(start..end).map(|(&k, _)| k).collect();
+        keys.into_iter()
+            .filter_map(|k| self.map.remove(&k))
+            .collect()
+    }
+
+    /// Set the write permission of `[start, end)`, splitting the VMAs whose permission
+    /// changes at the range's ends. Gaps are skipped.
+    pub fn set_writable(&mut self, start: u64, end: u64, writable: bool) {
+        let changing: Vec<(u64, u64)> = self
+            .overlapping(start, end)
+            .filter(|v| v.flags.writable != writable)
+            .map(|v| (v.start.max(start), v.end.min(end)))
+            .collect();
+        for (s, e) in changing {
+            self.split_at(s);
+            self.split_at(e);
+            if let Some(v) = self.map.get_mut(&s) {
+                v.flags.writable = writable;
+            }
+        }
+    }
+
+    /// Remove every VMA.
+    pub fn clear(&mut self) -> Vec<Vma> {
+        core::mem::take(&mut self.map).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(writable: bool) -> VmaFlags {
+        VmaFlags::private(HugePolicy::Never, writable)
+    }
+
+    fn vma(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            flags: flags(true),
+        }
+    }
+
+    fn spans(set: &VmaSet) -> Vec<(u64, u64, bool)> {
+        set.iter()
+            .map(|v| (v.start, v.end, v.flags.writable))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        assert_eq!(check_user_range(0x1000, 0), Err(SpaceError::ZeroLength));
+        assert_eq!(check_user_range(0x1001, 0x1000), Err(SpaceError::Unaligned));
+        assert_eq!(check_user_range(0x1000, 0x1001), Err(SpaceError::Unaligned));
+        assert_eq!(
+            check_user_range(LOWER_HALF_END - 0x1000, 0x2000),
+            Err(SpaceError::NonCanonical)
+        );
+        assert_eq!(
+            check_user_range(LOWER_HALF_END, 0x1000),
+            Err(SpaceError::NonCanonical)
+        );
+        assert_eq!(
+            check_user_range(UPPER_HALF_START, 0x1000),
+            Err(SpaceError::KernelHalf)
+        );
+        assert_eq!(
+            check_user_range(u64::MAX - 0xfff, 0x1000),
+            Err(SpaceError::KernelHalf)
+        );
+        assert_eq!(
+            check_user_range(0x1000, u64::MAX - 0xfff),
+            Err(SpaceError::NonCanonical)
+        );
+        assert_eq!(
+            check_user_range(LOWER_HALF_END - 0x1000, 0x1000),
+            Ok((LOWER_HALF_END - 0x1000, LOWER_HALF_END))
+        );
+        assert_eq!(check_user_addr(0), Ok(()));
+    }
+
+    #[test]
+    fn insert_find_and_overlap() {
+        let mut set = VmaSet::new();
+        set.insert(vma(0x10000, 0x20000)).unwrap();
+        set.insert(vma(0x30000, 0x40000)).unwrap();
+        for (s, e) in [
+            (0x1f000, 0x21000),
+            (0x0, 0x11000),
+            (0x18000, 0x19000),
+            (0x0, 0x50000),
+        ] {
+            assert_eq!(set.insert(vma(s, e)), Err(SpaceError::Overlap));
+        }
+        assert_eq!(set.insert(vma(0x5000, 0x5000)), Err(SpaceError::ZeroLength));
+        set.insert(vma(0x20000, 0x30000)).unwrap();
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.find(0x1ffff).unwrap().start, 0x10000);
+        assert_eq!(set.find(0x20000).unwrap().start, 0x20000);
+        assert!(set.find(0x40000).is_none());
+        assert!(set.find(0xffff).is_none());
+        assert!(set.covers(0x10000, 0x40000));
+        assert!(!set.covers(0x10000, 0x41000));
+        assert!(!set.covers(0xf000, 0x11000));
+    }
+
+    #[test]
+    fn remove_range_splits_and_keeps_shared_offsets() {
+        let region = SharedRegion::new(0x40000).unwrap();
+        let mut set = VmaSet::new();
+        let mut f = flags(true);
+        f.shared = Some(SharedBacking {
+            region: region.clone(),
+            offset: 0x1000,
+        });
+        set.insert(Vma {
+            start: 0x10000,
+            end: 0x30000,
+            flags: f,
+        })
+        .unwrap();
+        let removed = set.remove_range(0x18000, 0x20000);
+        assert_eq!(removed.len(), 1);
+        assert_eq!((removed[0].start, removed[0].end), (0x18000, 0x20000));
+        assert_eq!(removed[0].region_offset(0x18000), Some(0x9000));
+        let left: Vec<_> = set
+            .iter()
+            .map(|v| (v.start, v.end, v.region_offset(v.start)))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                (0x10000, 0x18000, Some(0x1000)),
+                (0x20000, 0x30000, Some(0x11000))
+            ]
+        );
+        assert!(set.remove_range(0x40000, 0x50000).is_empty());
+        assert_eq!(set.clear().len(), 2);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn set_writable_splits_only_where_it_changes() {
+        let mut set = VmaSet::new();
+        set.insert(vma(0x10000, 0x20000)).unwrap();
+        set.insert(Vma {
+            start: 0x20000,
+            end: 0x30000,
+            flags: flags(false),
+        })
+        .unwrap();
+        set.set_writable(0x18000, 0x28000, false);
+        assert_eq!(
+            spans(&set),
+            [
+                (0x10000, 0x18000, true),
+                (0x18000, 0x20000, false),
+                (0x20000, 0x30000, false)
+            ]
+        );
+        set.set_writable(0x1c000, 0x24000, true);
+        assert_eq!(
+            spans(&set),
+            [
+                (0x10000, 0x18000, true),
+                (0x18000, 0x1c000, false),
+                (0x1c000, 0x20000, true),
+                (0x20000, 0x24000, true),
+                (0x24000, 0x30000, false)
+            ]
+        );
+        assert!(set.iter().next().unwrap().flags.continues(&flags(true), 0));
+    }
+}
