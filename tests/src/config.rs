@@ -145,6 +145,9 @@ pub struct QemuConfig {
     pub images: PathBuf,
     /// Echo the serial console to this process's stdout as it arrives.
     pub stream: bool,
+    /// Further QEMU arguments, appended as given (e.g. `-accel tcg,thread=single`,
+    /// `-numa` nodes).
+    pub extra_args: Vec<String>,
 }
 
 impl QemuConfig {
@@ -160,6 +163,7 @@ impl QemuConfig {
             timeout: DEFAULT_TIMEOUT,
             images: default_images_dir(),
             stream: false,
+            extra_args: Vec::new(),
         }
     }
 

@@ -121,6 +121,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             config: QemuConfig::new(),
             command: "qemu-system-x86_64 ...".to_owned(),
+            line_times: Vec::new(),
         }
     }
 

@@ -12,6 +12,8 @@
 //! terminal escape sequences: OVMF clears the screen and moves the cursor before the
 //! kernel starts); [`parse`] reads the clean text into a [`Report`].
 
+use std::ops::Range;
+
 /// Removes `\r` and ANSI/VT100 escape sequences from a byte stream, chunk by chunk (a
 /// sequence may be split across chunks).
 #[derive(Clone, Debug, Default)]
@@ -81,6 +83,9 @@ pub struct TestOutcome {
     pub name: String,
     /// How it ended.
     pub result: TestResult,
+    /// Output lines (0-based) from its `test <name> ...` line to the line with its
+    /// result, for timing it (see [`crate::RunResult::test_durations`]).
+    pub lines: Range<usize>,
 }
 
 /// The kernel's `N passed, N failed` line.
@@ -126,6 +131,8 @@ pub struct Report {
     /// A test that started and never printed its result (it hung, or the kernel died in
     /// it).
     pub running: Option<String>,
+    /// The output line (0-based) where `running` started.
+    pub running_since_line: usize,
     /// The last summary line, if any.
     pub summary: Option<Summary>,
     /// Every `BENCH` line, in order.
@@ -166,7 +173,7 @@ impl Report {
 /// Read the kernel's (clean) output: test lines, the summary and BENCH lines.
 pub fn parse(output: &str) -> Report {
     let mut report = Report::default();
-    for raw_line in output.lines() {
+    for (index, raw_line) in output.lines().enumerate() {
         let line = raw_line.trim();
         if let Some((name, rest)) = test_line(line) {
             // A test that never printed its result before the next one began: the
@@ -176,12 +183,21 @@ pub fn parse(output: &str) -> Report {
                 Some(result) => report.tests.push(TestOutcome {
                     name: name.to_owned(),
                     result,
+                    lines: index..index + 1,
                 }),
-                None => report.running = Some(name.to_owned()),
+                None => {
+                    report.running = Some(name.to_owned());
+                    report.running_since_line = index;
+                }
             }
         } else if let Some(result) = report.running.as_ref().and(result_word(line)) {
             if let Some(name) = report.running.take() {
-                report.tests.push(TestOutcome { name, result });
+                let lines = report.running_since_line..index + 1;
+                report.tests.push(TestOutcome {
+                    name,
+                    result,
+                    lines,
+                });
             }
         } else if let Some(summary) = summary_line(line) {
             report.summary = Some(summary);
@@ -258,11 +274,13 @@ fn summary_line(line: &str) -> Option<Summary> {
 mod tests {
     use super::*;
 
-    fn ok(name: &str) -> TestOutcome {
-        TestOutcome {
-            name: name.into(),
-            result: TestResult::Ok,
-        }
+    /// A passed test, compared by name and result (not lines).
+    fn ok(name: &str) -> (String, TestResult) {
+        (name.into(), TestResult::Ok)
+    }
+
+    fn outcome(test: &TestOutcome) -> (String, TestResult) {
+        (test.name.clone(), test.result.clone())
     }
 
     #[test]
@@ -290,7 +308,7 @@ mod tests {
              test paging::bare ... FAILED\n\
              2 passed, 1 failed\n",
         );
-        assert_eq!(report.tests[0], ok("buddy::alloc_free"));
+        assert_eq!(outcome(&report.tests[0]), ok("buddy::alloc_free"));
         assert_eq!(
             report.test("paging::map_twice"),
             Some(&TestResult::Failed("expected AlreadyMapped, got Ok".into()))
@@ -323,7 +341,9 @@ mod tests {
              test smp::ipi ... [WARN  cpu0] slow\n\
              FAILED: timeout waiting for cpu3\n",
         );
-        assert_eq!(report.tests[0], ok("smp::shootdown"));
+        assert_eq!(outcome(&report.tests[0]), ok("smp::shootdown"));
+        assert_eq!(report.tests[0].lines, 0..3);
+        assert_eq!(report.tests[1].lines, 3..5);
         assert_eq!(
             report.test("smp::ipi"),
             Some(&TestResult::Failed("timeout waiting for cpu3".into()))
@@ -335,7 +355,9 @@ mod tests {
     fn partial_line_is_the_running_test() {
         let report = parse("test buddy::alloc_free ... ok\ntest buddy::huge ... ");
         assert_eq!(report.running.as_deref(), Some("buddy::huge"));
-        assert_eq!(report.tests, [ok("buddy::alloc_free")]);
+        assert_eq!(report.tests.len(), 1);
+        assert_eq!(outcome(&report.tests[0]), ok("buddy::alloc_free"));
+        assert_eq!(report.running_since_line, 1);
         assert_eq!(report.summary, None);
 
         let report = parse("test buddy::huge ... [INFO  cpu0] allocating 1 GiB\n");
@@ -358,12 +380,12 @@ mod tests {
              test mem::huge ... (order 18) FAILED: no block\n\
              test mem::after ... ok\n",
         );
-        assert_eq!(report.tests[0], ok("mem::every_frame"));
+        assert_eq!(outcome(&report.tests[0]), ok("mem::every_frame"));
         assert_eq!(
             report.test("mem::huge"),
             Some(&TestResult::Failed("no block".into()))
         );
-        assert_eq!(report.tests[2], ok("mem::after"));
+        assert_eq!(outcome(&report.tests[2]), ok("mem::after"));
         assert_eq!(report.running, None);
     }
 

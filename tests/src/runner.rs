@@ -80,6 +80,9 @@ pub struct RunResult {
     pub config: QemuConfig,
     /// The QEMU command line, for reproducing by hand.
     pub command: String,
+    /// For each complete line of `output`, when its newline arrived (since QEMU
+    /// started).
+    pub line_times: Vec<Duration>,
 }
 
 impl RunResult {
@@ -100,6 +103,24 @@ impl RunResult {
             RunStatus::TimedOut { last_test } => Some(last_test.as_deref().unwrap_or("boot")),
             _ => None,
         }
+    }
+
+    /// How long each finished test took: from the end of the line before its `test`
+    /// line to the end of its result line, as precise as the serial chunks arrive.
+    pub fn test_durations(&self) -> Vec<(String, Duration)> {
+        let at = |line: usize| self.line_times.get(line).copied().unwrap_or(self.elapsed);
+        self.report()
+            .tests
+            .into_iter()
+            .map(|test| {
+                let start = match test.lines.start {
+                    0 => Duration::ZERO,
+                    line => at(line - 1),
+                };
+                let end = at(test.lines.end.saturating_sub(1));
+                (test.name, end.saturating_sub(start))
+            })
+            .collect()
     }
 
     /// The last non-empty line of output, if any.
@@ -216,6 +237,7 @@ pub fn qemu_args(config: &QemuConfig, ovmf: Option<(&Path, &Path)>) -> Vec<OsStr
     if config.gdb {
         args.extend(["-s".into(), "-S".into()]);
     }
+    args.extend(config.extra_args.iter().map(OsString::from));
     args
 }
 
@@ -292,11 +314,18 @@ impl Drop for SlotGuard {
     }
 }
 
+/// Where a reader puts what it reads.
+struct Sink {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    /// Arrival time of each newline, measured from the instant given, when timing lines.
+    line_times: Option<(Arc<Mutex<Vec<Duration>>>, Instant)>,
+}
+
 /// Copy `source` into `sink` (through a [`SerialFilter`] when `filter`), echoing each
 /// chunk as it arrives when `echo` gives a writer.
 fn spawn_reader(
     mut source: impl Read + Send + 'static,
-    sink: Arc<Mutex<Vec<u8>>>,
+    sink: Sink,
     filter: bool,
     echo: Option<fn() -> Box<dyn Write>>,
 ) -> JoinHandle<()> {
@@ -321,7 +350,16 @@ fn spawn_reader(
                 // A closed stdout (e.g. `| head`) must not stop the capture.
                 let _ = out.write_all(&clean).and_then(|()| out.flush());
             }
-            sink.lock()
+            if let Some((times, started)) = &sink.line_times {
+                let now = started.elapsed();
+                let newlines = clean.iter().filter(|&&b| b == b'\n').count();
+                times
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(std::iter::repeat_n(now, newlines));
+            }
+            sink.bytes
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend_from_slice(&clean);
         }
@@ -386,19 +424,28 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
     })?;
 
     let output = Arc::new(Mutex::new(Vec::new()));
+    let line_times = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let readers = [
         child.stdout.take().map(|out| {
             let echo = config
                 .stream
                 .then_some(stdout_sink as fn() -> Box<dyn Write>);
-            spawn_reader(out, Arc::clone(&output), true, echo)
+            let sink = Sink {
+                bytes: Arc::clone(&output),
+                line_times: Some((Arc::clone(&line_times), started)),
+            };
+            spawn_reader(out, sink, true, echo)
         }),
         child.stderr.take().map(|err| {
             let echo = config
                 .stream
                 .then_some(stderr_sink as fn() -> Box<dyn Write>);
-            spawn_reader(err, Arc::clone(&stderr), false, echo)
+            let sink = Sink {
+                bytes: Arc::clone(&stderr),
+                line_times: None,
+            };
+            spawn_reader(err, sink, false, echo)
         }),
     ];
 
@@ -416,6 +463,8 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
         String::from_utf8_lossy(&bytes).into_owned()
     };
     let output = take(&output);
+    let line_times =
+        std::mem::take(&mut *line_times.lock().unwrap_or_else(PoisonError::into_inner));
     if let RunStatus::TimedOut { last_test } = &mut status {
         *last_test = output::parse(&output).running;
     }
@@ -426,6 +475,7 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
         elapsed,
         config: config.clone(),
         command: command_line,
+        line_times,
     })
 }
 
@@ -524,7 +574,24 @@ mod tests {
             elapsed: Duration::from_secs(3),
             config: QemuConfig::new().timeout(Duration::from_secs(60)),
             command: String::new(),
+            line_times: Vec::new(),
         }
+    }
+
+    #[test]
+    fn test_durations_from_line_times() {
+        let mut run = result(
+            RunStatus::Passed,
+            "[INFO  cpu0] booting\ntest a::fast ... ok\ntest a::slow ... [INFO  cpu1] x\nok\n",
+        );
+        run.line_times = [1, 2, 5, 9].map(Duration::from_secs).to_vec();
+        assert_eq!(
+            run.test_durations(),
+            [
+                ("a::fast".to_owned(), Duration::from_secs(1)),
+                ("a::slow".to_owned(), Duration::from_secs(7)),
+            ]
+        );
     }
 
     #[test]

@@ -69,19 +69,47 @@ fn boot(config: &QemuConfig) -> RunResult {
     }
 }
 
-/// What every demonstration run must show. Extend as the kernel reports more.
-fn check_demo(run: &RunResult) {
+/// What every demonstration run must show: the options, our own page tables loaded,
+/// every CPU up, the memory map, the allocator's free areas with usable memory close to
+/// the guest's size, and the page-table layout with a W^X kernel image.
+fn check_demo(run: &RunResult, smp: u32, mem_mib: u64) {
     assert_passed(run);
     assert_line(run, "the kernel options (mode=demo)", |l| {
         l.contains("kernel options") && l.contains("mode=demo")
+    });
+    assert_contains(run, "on our own page tables");
+    assert_line(run, "every CPU online", |l| {
+        l.contains(&format!("CPUs: {smp} online"))
+    });
+    assert_contains(run, "memory map (");
+    assert_contains(run, "free areas per order");
+    assert_line(run, "free memory close to the guest size", |l| {
+        l.strip_prefix("free frames: ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|frames| frames * 4 / 1024 > mem_mib * 3 / 4)
+    });
+    assert_contains(run, "kernel page tables (root");
+    assert_line(run, "kernel text mapped read+execute", |l| {
+        l.contains("r-x") && l.contains("kernel image")
+    });
+    assert_line(run, "kernel data mapped read+write, no execute", |l| {
+        l.contains("rw-") && l.contains("kernel image")
+    });
+    assert_line(run, "the linear map uses huge pages", |l| {
+        l.contains("physical memory map") && (l.contains("Size1G") || l.contains("Size2M"))
     });
     assert_not_contains(run, "KERNEL PANIC");
     assert_not_contains(run, "[ERROR");
 }
 
 fn demo(firmware: Firmware, smp: u32, mem: &str) {
+    let mem_mib = match mem.strip_suffix('G') {
+        Some(g) => g.parse::<u64>().unwrap_or(0) * 1024,
+        None => mem.trim_end_matches('M').parse::<u64>().unwrap_or(0),
+    };
     if let Some(config) = config(firmware, smp, mem, "mode=demo") {
-        check_demo(&boot(&config));
+        check_demo(&boot(&config), smp, mem_mib);
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! qemu-run [--uefi] [--smp N] [--mem SIZE] [--gdb] [--opts "mode=test seed=3"]
-//!          [--timeout SECS] [--images DIR] [--quiet]
+//!          [--timeout SECS] [--images DIR] [--qemu-arg ARG]... [--quiet]
 //! ```
 //!
 //! Exit status: 0 the kernel reported success; 1 it did not (failure, crash, QEMU
@@ -12,13 +12,16 @@
 
 use boot_tests::{
     default_images_dir, install_interrupt_handler, run, Error, Firmware, MemSize, QemuConfig,
-    RunStatus, DEFAULT_TIMEOUT,
+    RunResult, RunStatus, DEFAULT_TIMEOUT,
 };
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// How many of the slowest tests the closing line names.
+const SLOWEST_SHOWN: usize = 5;
 
 const USAGE: &str = "\
 usage: qemu-run [options]
@@ -28,6 +31,7 @@ usage: qemu-run [options]
   --opts TEXT       kernel options, e.g. \"mode=test seed=3 filter=buddy\"
   --timeout SECS    kill QEMU after SECS seconds (default 600)
   --images DIR      directory with bios.img and uefi.img (default $MMK_IMAGES or <repo>/target/images)
+  --qemu-arg ARG    pass ARG to QEMU as it is (repeatable), e.g. --qemu-arg -accel --qemu-arg tcg,thread=single
   --gdb             start halted with a GDB stub on :1234 (no timeout)
   --quiet           do not stream the serial console
   -h, --help        this text
@@ -112,6 +116,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             }
             "--mem" => config.mem = value("--mem")?.parse::<MemSize>()?,
             "--opts" => config.options = value("--opts")?,
+            "--qemu-arg" => config.extra_args.push(value("--qemu-arg")?),
             "--images" => config.images = PathBuf::from(value("--images")?),
             "--timeout" => {
                 let text = value("--timeout")?;
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
         println!();
     }
     let _ = std::io::stdout().flush();
+    print_slowest_tests(&result);
     match &result.status {
         RunStatus::Passed => {
             eprintln!("qemu-run: {}: {}", config.label(), result.describe());
@@ -195,6 +201,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The few slowest tests, so the time budget of a test run is easy to watch.
+fn print_slowest_tests(result: &RunResult) {
+    let mut durations = result.test_durations();
+    if durations.is_empty() {
+        return;
+    }
+    durations.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+    let slowest: Vec<String> = durations
+        .iter()
+        .take(SLOWEST_SHOWN)
+        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+        .collect();
+    eprintln!("qemu-run: slowest tests: {}", slowest.join(", "));
 }
 
 #[cfg(test)]
