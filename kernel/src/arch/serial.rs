@@ -6,7 +6,7 @@
 use core::fmt::Write;
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
-use uart_16550::{Config, Uart16550Tty};
+use uart_16550::{BaudRate, Config, Uart16550Tty};
 
 const COM1: u16 = 0x3f8;
 
@@ -21,7 +21,12 @@ static LOGGER: Logger = Logger;
 pub fn init() {
     // SAFETY: COM1 at 0x3f8 is the standard PC serial port and this is the only place
     // that creates a driver for it; the driver is kept behind CONSOLE's lock.
-    let uart = unsafe { Uart16550Tty::new_port(COM1, Config::default()) }.ok();
+    let config = Config {
+        baud_rate: BaudRate::Baud115200,
+        ..Config::default()
+    };
+    // SAFETY: as above.
+    let uart = unsafe { Uart16550Tty::new_port(COM1, config) }.ok();
     *CONSOLE.lock() = uart;
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
