@@ -19,7 +19,6 @@ use crate::vma::check_user_range;
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::Ordering;
 use spin::{Mutex, MutexGuard};
 
 /// A NUMA node (the SRAT's proximity domain).
@@ -307,27 +306,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if !self.frames.node_exists(node) {
             return Err(SpaceError::NoSuchNode);
         }
-        let heads = loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
-            let st = space.state.lock();
-            if st.dead {
-                return Err(SpaceError::SpaceDestroyed);
-            }
-            if !st.vmas.covers(start, end) {
-                return Err(SpaceError::NotMapped);
-            }
-            if st.migration_in(start, end) {
-                drop(st);
-                self.wait_epoch(epoch);
-                continue;
-            }
+        let heads = {
+            let st = self.lock_settled(space, start, end, true)?;
             let mut heads = BTreeSet::new();
             for (_, t) in st.pt.walk(start, end) {
                 if let Some(head) = self.head_of(Pfn::containing(t.leaf_base_pa)) {
                     heads.insert(head);
                 }
             }
-            break heads;
+            heads
         };
         let mut report = MoveReport::default();
         let mut batch = Vec::new();

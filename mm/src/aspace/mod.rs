@@ -467,33 +467,49 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     ) -> Result<(), SpaceError> {
         self.check_space(space)?;
         let (start, end) = check_user_range(start, len)?;
+        let mut st = self.lock_settled(space, start, end, false)?;
+        let mut flush = Flush::new();
+        let result = self.unmap_locked(space.id, &mut st, start, end, &mut flush);
+        let removed = match result {
+            Ok(refs) => {
+                let vmas = st.vmas.remove_range(start, end);
+                st.generation += 1;
+                Ok((refs, vmas))
+            }
+            Err(e) => Err(e),
+        };
+        drop(st);
+        self.shootdown(space, flush);
+        let (refs, vmas) = removed?;
+        self.put_refs(&refs);
+        drop(vmas);
+        Ok(())
+    }
+
+    /// Lock `space` once no migration entry lies in `[start, end)`, waiting for those in
+    /// flight without the lock held. Fails if the space is destroyed or, when `covered`,
+    /// if its VMAs do not cover the whole range.
+    pub(crate) fn lock_settled<'s>(
+        &self,
+        space: &'s AddressSpace<'m, M>,
+        start: u64,
+        end: u64,
+        covered: bool,
+    ) -> Result<spin::MutexGuard<'s, SpaceState<'m, M>>, SpaceError> {
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
-            let mut st = space.state.lock();
+            let st = space.state.lock();
             if st.dead {
                 return Err(SpaceError::SpaceDestroyed);
             }
-            if st.migration_in(start, end) {
-                drop(st);
-                self.wait_epoch(epoch);
-                continue;
+            if covered && !st.vmas.covers(start, end) {
+                return Err(SpaceError::NotMapped);
             }
-            let mut flush = Flush::new();
-            let result = self.unmap_locked(space.id, &mut st, start, end, &mut flush);
-            let removed = match result {
-                Ok(refs) => {
-                    let vmas = st.vmas.remove_range(start, end);
-                    st.generation += 1;
-                    Ok((refs, vmas))
-                }
-                Err(e) => Err(e),
-            };
+            if !st.migration_in(start, end) {
+                return Ok(st);
+            }
             drop(st);
-            self.shootdown(space, flush);
-            let (refs, vmas) = removed?;
-            self.put_refs(&refs);
-            drop(vmas);
-            return Ok(());
+            self.wait_epoch(epoch);
         }
     }
 
@@ -527,43 +543,29 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     ) -> Result<(), SpaceError> {
         self.check_space(space)?;
         let (start, end) = check_user_range(start, len)?;
-        loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
-            let mut st = space.state.lock();
-            if st.dead {
-                return Err(SpaceError::SpaceDestroyed);
-            }
-            if !st.vmas.covers(start, end) {
-                return Err(SpaceError::NotMapped);
-            }
-            if st.migration_in(start, end) {
-                drop(st);
-                self.wait_epoch(epoch);
-                continue;
-            }
-            let mut flush = Flush::new();
-            let mut result = self.split_boundaries(space.id, &mut st, start, end, &mut flush);
-            if result.is_ok() {
-                let mut tables = Tables::new(self.frames);
-                result = st
-                    .pt
-                    .protect_range(
-                        start,
-                        end,
-                        user_leaf_flags(writable),
-                        &mut tables,
-                        &mut flush,
-                    )
-                    .map_err(SpaceError::PageTable);
-            }
-            if result.is_ok() {
-                st.vmas.set_writable(start, end, writable);
-                st.generation += 1;
-            }
-            drop(st);
-            self.shootdown(space, flush);
-            return result;
+        let mut st = self.lock_settled(space, start, end, true)?;
+        let mut flush = Flush::new();
+        let mut result = self.split_boundaries(space.id, &mut st, start, end, &mut flush);
+        if result.is_ok() {
+            let mut tables = Tables::new(self.frames);
+            result = st
+                .pt
+                .protect_range(
+                    start,
+                    end,
+                    user_leaf_flags(writable),
+                    &mut tables,
+                    &mut flush,
+                )
+                .map_err(SpaceError::PageTable);
         }
+        if result.is_ok() {
+            st.vmas.set_writable(start, end, writable);
+            st.generation += 1;
+        }
+        drop(st);
+        self.shootdown(space, flush);
+        result
     }
 
     /// Tear the address space down: unmap everything, free its page tables and its root,
