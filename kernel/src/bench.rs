@@ -123,4 +123,5 @@ pub fn buddy(seed: u64) {
 pub fn run(seed: u64) {
     buddy(seed);
     crate::tlb::bench::run();
+    crate::vm::bench::run();
 }

@@ -1,7 +1,8 @@
 //! The kernel binary: the thin layer that puts the `mm` library on x86_64 hardware.
 //!
 //! Boot order: serial console and logging, GDT/TSS and IDT, then memory (frame table,
-//! buddy allocator, our own page tables, heap), then whatever the kernel options ask for:
+//! buddy allocator, our own page tables, heap), the other CPUs, address spaces and the
+//! NUMA topology, then whatever the kernel options ask for:
 //! the demonstration (default), the in-kernel tests, or the benchmarks.
 #![no_std]
 #![no_main]
@@ -17,6 +18,7 @@ mod mem;
 mod options;
 mod percpu;
 mod tlb;
+mod vm;
 
 use arch::ExitStatus;
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -63,6 +65,9 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     if let Err(e) = arch::smp::init(mem::boot_memory().rsdp) {
         log::error!("CPU bring-up: {e}");
     }
+    if let Err(e) = vm::init(mem::boot_memory().rsdp) {
+        panic!("address-space setup failed: {e:?}");
+    }
     let opts = Options::load();
     match opts.mode() {
         Mode::Demo => demo(),
@@ -80,6 +85,8 @@ fn demo() -> ! {
     mem::report::memory_map();
     mem::report::free_areas();
     mem::report::page_tables();
+    sprintln!("NUMA nodes (free / used / reserved):");
+    vm::numa::report_usage();
     arch::exit(ExitStatus::Success)
 }
 

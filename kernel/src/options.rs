@@ -3,8 +3,8 @@
 //! On real hardware there are none and the demonstration runs.
 //!
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
-//! `filter=TEXT` (tests whose name contains TEXT), `skip=TEXT` (leave out tests whose name
-//! contains TEXT), `seed=N`.
+//! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
+//! contains A or B), `seed=N`.
 
 use crate::arch::fw_cfg;
 
@@ -69,7 +69,8 @@ impl Options {
         self.get("filter")
     }
 
-    /// Tests whose name contains this text are skipped (counted as skipped).
+    /// Tests whose name contains one of these comma-separated texts are skipped (counted
+    /// as skipped).
     pub fn skip(&self) -> Option<&str> {
         self.get("skip")
     }

@@ -2,9 +2,10 @@
 //!
 //! Each handler prints what happened (for a page fault: the address, the error code and
 //! the instruction pointer) and ends the run as a failure, except a breakpoint (which
-//! continues) and a page fault raised by a fault probe (see [`super::probe`]), which
-//! returns to the probe's fixup. A double fault whose address lies in a stack's guard
-//! page is reported as a kernel stack overflow.
+//! continues), a page fault the address space loaded on the CPU resolves (see
+//! [`crate::vm::handle_page_fault`]: the access is retried) and a page fault raised by a
+//! fault probe (see [`super::probe`]), which returns to the probe's fixup. A double fault
+//! whose address lies in a stack's guard page is reported as a kernel stack overflow.
 
 use super::gdt::{DOUBLE_FAULT_IST, MACHINE_CHECK_IST, NMI_IST};
 use super::{guard, probe};
@@ -102,6 +103,12 @@ extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) ->
 
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let addr = Cr2::read_raw();
+    let interruptible = frame
+        .cpu_flags
+        .contains(x86_64::registers::rflags::RFlags::INTERRUPT_FLAG);
+    if crate::vm::handle_page_fault(addr, code, interruptible) {
+        return;
+    }
     if probe::fixup(&mut frame, addr) {
         return;
     }

@@ -10,6 +10,7 @@ pub mod idt;
 pub mod probe;
 pub mod serial;
 pub mod smp;
+pub mod srat;
 pub mod timer;
 
 use x86_64::instructions::port::Port;

@@ -92,6 +92,7 @@ const SUITES: &[&[KernelTest]] = &[
     crate::mem::tests::TESTS,
     crate::arch::smp::tests::TESTS,
     crate::tlb::tests::TESTS,
+    crate::vm::tests::TESTS,
 ];
 
 /// Name of the running test (for the panic handler); null when none.
@@ -105,14 +106,15 @@ pub fn current_test() -> Option<&'static str> {
     (!p.is_null()).then(|| unsafe { *p })
 }
 
-/// Run every test whose name contains `filter` and not `skip`, print the summary and end
+/// Run every test whose name contains `filter` and none of the comma-separated texts of
+/// `skip`, print the summary and end
 /// the run.
 pub fn run(filter: Option<&str>, skip: Option<&str>, seed: u64) -> ! {
     let ctx = TestContext { seed };
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let tests = SUITES.iter().flat_map(|suite| suite.iter());
     for test in tests.filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
-        if skip.is_some_and(|s| test.name.contains(s)) {
+        if skip.is_some_and(|s| s.split(',').any(|s| !s.is_empty() && test.name.contains(s))) {
             skipped += 1;
             continue;
         }

@@ -77,8 +77,7 @@ pub fn init() -> Result<(), MemError> {
 /// Bytes the heap currently spans and bytes in use.
 pub fn usage() -> (usize, usize) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        HEAP.heap
-            .lock()
+        crate::tlb::lock_serving(&HEAP.heap)
             .as_ref()
             .map_or((0, 0), |h| (h.size(), h.used()))
     })
@@ -106,7 +105,9 @@ fn grow(heap: &mut Heap, at_least: usize) -> Result<(), MemError> {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         x86_64::instructions::interrupts::without_interrupts(|| {
-            let mut guard = self.heap.lock();
+            // Growing maps kernel pages and shoots them down while holding the lock:
+            // waiting for it must serve shootdowns, interrupts being off.
+            let mut guard = crate::tlb::lock_serving(&self.heap);
             let Some(heap) = guard.as_mut() else {
                 return core::ptr::null_mut();
             };
@@ -123,7 +124,8 @@ unsafe impl GlobalAlloc for KernelHeap {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         x86_64::instructions::interrupts::without_interrupts(|| {
-            if let (Some(heap), Some(ptr)) = (self.heap.lock().as_mut(), NonNull::new(ptr)) {
+            let mut guard = crate::tlb::lock_serving(&self.heap);
+            if let (Some(heap), Some(ptr)) = (guard.as_mut(), NonNull::new(ptr)) {
                 // SAFETY: the caller (GlobalAlloc contract) passes a block this heap
                 // allocated with this layout.
                 unsafe { heap.deallocate(ptr, layout) }

@@ -9,13 +9,22 @@
 //!   data and bss read+write no-execute.
 //!
 //! Kernel mappings are global (they are the same in every address space).
+//!
+//! Address spaces copy the 256 upper PML4 entries when they are created, so those entries
+//! must never change afterwards: [`preallocate_upper_half`] gives every one of them its
+//! PDPT at boot, before the first address space exists, and [`with_kernel`] links back
+//! any of these PDPTs that a change left empty and unlinked (they are never freed; see
+//! [`is_permanent_table`]). Kernel mappings made later land below these PDPTs, which
+//! every address space shares.
 
 use super::elf::{self, SegmentKind};
 use super::{frames, physmap, MemError};
 use crate::tlb::{lock_serving, KernelFlush};
+use core::sync::atomic::{AtomicU64, Ordering};
 use mm::addr::{PageSize, PAGE_SIZE};
 use mm::buddy::MigrateType;
-use mm::paging::{PageTable, TableAlloc};
+use mm::paging::{Entry, PageTable, TableAlloc};
+use mm::phys::PhysMem;
 use spin::{Mutex, Once};
 use x86_64::structures::paging::PageTableFlags as F;
 use x86_64::{PhysAddr, VirtAddr};
@@ -35,6 +44,13 @@ pub const MMIO_BASE: u64 = 0xFFFF_E000_0000_0000;
 
 /// The kernel page tables.
 static KERNEL: Once<Mutex<PageTable<'static, physmap::KernelPhys>>> = Once::new();
+
+/// Index of the first upper-half (kernel) PML4 entry.
+const FIRST_KERNEL_PML4: usize = 256;
+
+/// The PDPT of each upper-half PML4 entry (index - 256) once [`preallocate_upper_half`]
+/// has run; 0 before.
+static UPPER_PDPTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
 /// Page-table frames for kernel tables: unmovable order-0 frames.
 pub struct KernelTableAlloc;
@@ -65,10 +81,70 @@ pub fn with_kernel<R>(
         .expect("kernel page tables used before mem::init");
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut flush = KernelFlush::new();
-        let r = f(&mut lock_serving(kernel), &mut flush);
+        let mut pt = lock_serving(kernel);
+        let r = f(&mut pt, &mut flush);
+        relink_upper_half(pt.root());
+        drop(pt);
         flush.finish();
         r
     })
+}
+
+/// The word of PML4 entry `index` of the table at `root`.
+fn pml4_slot(root: PhysAddr, index: usize) -> &'static AtomicU64 {
+    physmap::PHYS.word(root + index as u64 * 8)
+}
+
+/// Give every upper-half PML4 entry of the kernel's root a PDPT (1 MiB of tables at
+/// most), so that the kernel half address spaces copy is complete and never changes.
+/// Called once at boot, before the first address space is created; returns how many
+/// PDPTs were added.
+pub fn preallocate_upper_half() -> Result<usize, MemError> {
+    with_kernel(|pt, _| {
+        let root = pt.root();
+        let mut added = 0;
+        for (i, pdpt) in UPPER_PDPTS.iter().enumerate() {
+            let slot = pml4_slot(root, FIRST_KERNEL_PML4 + i);
+            let entry = Entry::from_raw(slot.load(Ordering::Acquire));
+            let table = if entry.is_present() {
+                entry.table_addr()
+            } else {
+                let table = KernelTableAlloc
+                    .alloc_table()
+                    .ok_or(MemError::OutOfFrames)?;
+                physmap::PHYS.zero_frame(table);
+                slot.store(Entry::table(table, false).raw(), Ordering::Release);
+                added += 1;
+                table
+            };
+            pdpt.store(table.as_u64(), Ordering::Release);
+        }
+        Ok(added)
+    })
+}
+
+/// Whether `table` is one of the upper-half PDPTs every address space shares: the
+/// kernel flush sink keeps them when a change leaves them empty.
+pub fn is_permanent_table(table: PhysAddr) -> bool {
+    UPPER_PDPTS
+        .iter()
+        .any(|p| p.load(Ordering::Acquire) == table.as_u64())
+}
+
+/// Link back the permanent PDPTs that a change of the kernel tables (rooted at `root`)
+/// unlinked because they became empty. Runs under the kernel page-table lock, before
+/// anything else can map there; no translation went through them (they were empty).
+fn relink_upper_half(root: PhysAddr) {
+    for (i, pdpt) in UPPER_PDPTS.iter().enumerate() {
+        let table = pdpt.load(Ordering::Acquire);
+        let slot = pml4_slot(root, FIRST_KERNEL_PML4 + i);
+        if table != 0 && slot.load(Ordering::Acquire) == 0 {
+            slot.store(
+                Entry::table(PhysAddr::new(table), false).raw(),
+                Ordering::Release,
+            );
+        }
+    }
 }
 
 /// Physical address of the kernel's PML4.

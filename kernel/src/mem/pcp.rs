@@ -3,13 +3,16 @@
 //!
 //! A cache refills and spills in batches under one buddy-lock acquisition. Cached frames
 //! are allocated as far as the buddy allocator knows and carry the `CACHED` flag, which
-//! makes a second free of the same frame a typed error. [`drain_all`] returns every cached
-//! frame (before an audit, before comparing free areas, or when a specific frame is
-//! wanted that may be sitting in a cache).
+//! makes a second free of the same frame a typed error. A frame leaves a cache looking
+//! like a fresh allocation (one reference, no owner), whatever its last user left in its
+//! metadata; frames the buddy allocator would refuse to free (pinned, mapped) never enter
+//! one. [`drain_all`] returns every cached frame (before an audit, before comparing free
+//! areas, or when a specific frame is wanted that may be sitting in a cache).
 
 use super::frames::with_buddy;
 use super::MemError;
 use crate::percpu::{self, MAX_CPUS};
+use core::sync::atomic::Ordering;
 use mm::addr::Pfn;
 use mm::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::{FrameFlags, FrameState, FrameTable};
@@ -80,6 +83,10 @@ pub fn alloc(table: FrameTable<'static>, mt: MigrateType) -> Result<Pfn, MemErro
         c.len -= 1;
         let pfn = c.frames[c.len];
         if let Some(meta) = table.get(pfn) {
+            // Handed out as the buddy allocator hands out a fresh block: one reference,
+            // no owner (a cached frame keeps what its last user left).
+            meta.refcount.store(1, Ordering::Release);
+            meta.owner.store(0, Ordering::Release);
             meta.remove_flags(FrameFlags::CACHED);
         }
         Ok(pfn)
@@ -101,7 +108,8 @@ pub fn free(table: FrameTable<'static>, pfn: Pfn) -> Result<(), MemError> {
         && !meta
             .flags()
             .intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
-        && meta.mapcount.load(core::sync::atomic::Ordering::Acquire) == 0;
+        && meta.mapcount.load(Ordering::Acquire) == 0
+        && meta.pincount.load(Ordering::Acquire) == 0;
     if !cacheable {
         return with_buddy(|b| b.free(pfn, 0)).map_err(MemError::Free);
     }

@@ -176,6 +176,11 @@ impl FlushSink for KernelFlush {
     }
 
     fn defer_free_table(&mut self, table: PhysAddr) {
+        // Shared by every address space: never freed, and linked back (to the same
+        // entry value) by `with_kernel` before the lock is dropped.
+        if crate::mem::kernel_space::is_permanent_table(table) {
+            return;
+        }
         if self.n_tables == MAX_DEFERRED_TABLES {
             self.finish();
         }
