@@ -446,8 +446,13 @@ fn step<'a, M: PhysMem>(
         }
         Op::Unmap { s, at, len } => {
             let (start, len) = target_range(cfg, model, s, at, len);
-            mm.unmap(&spaces[s], start, len).unwrap();
-            model.remove(s, start, start + len);
+            match mm.unmap(&spaces[s], start, len) {
+                Ok(()) => model.remove(s, start, start + len),
+                // Splitting a huge leaf at a boundary needs page-table frames the arena
+                // may no longer have: a typed refusal, checked against the model below.
+                Err(SpaceError::OutOfMemory) => {}
+                Err(e) => prop_assert!(false, "unmap failed: {:?}", e),
+            }
             prop_assert!(!freed_before_shootdown(&env.log.take()));
         }
         Op::Protect {
