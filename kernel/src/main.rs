@@ -80,13 +80,15 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     }
 }
 
-/// The demonstration: what the kernel built, then a clean exit.
+/// The demonstration: what the kernel built, a huge page migrated under a concurrent
+/// writer, then a clean exit.
 fn demo() -> ! {
     mem::report::memory_map();
     mem::report::free_areas();
     mem::report::page_tables();
     sprintln!("NUMA nodes (free / used / reserved):");
     vm::numa::report_usage();
+    vm::demo::run();
     arch::exit(ExitStatus::Success)
 }
 

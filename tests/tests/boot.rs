@@ -99,6 +99,16 @@ fn check_demo(run: &RunResult, smp: u32, mem_mib: u64) {
     assert_line(run, "the linear map uses huge pages", |l| {
         l.contains("physical memory map") && (l.contains("Size1G") || l.contains("Size2M"))
     });
+    assert_line(
+        run,
+        "a 2 MiB page migrated under a writer, contents intact",
+        |l| {
+            l.starts_with("migration demo: a Size2M page")
+                && l.contains("still Size2M")
+                && l.contains("contents intact")
+                && l.contains("reverse map audit clean")
+        },
+    );
     assert_not_contains(run, "KERNEL PANIC");
     assert_not_contains(run, "[ERROR");
 }

@@ -32,6 +32,7 @@
 //! every address space.
 
 pub mod bench;
+pub mod demo;
 pub mod numa;
 pub mod source;
 pub mod tests;
