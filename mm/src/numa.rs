@@ -12,7 +12,7 @@
 use crate::addr::{Pfn, MAX_ORDER};
 use crate::aspace::{AddressSpace, FrameSource, Mm, SpaceError};
 use crate::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
-use crate::frame::{FrameState, FrameTable};
+use crate::frame::{FrameFlags, FrameState, FrameTable};
 use crate::migrate::{Destination, MigrateError};
 use crate::phys::PhysMem;
 use crate::vma::check_user_range;
@@ -172,47 +172,7 @@ impl<'a> BuddyFrames<'a> {
     /// Free, used and reserved frames of every node.
     pub fn usage(&self) -> Vec<NodeUsage> {
         let _buddy = self.buddy.lock();
-        self.nodes
-            .nodes()
-            .into_iter()
-            .map(|node| {
-                let mut u = NodeUsage {
-                    node,
-                    frames: 0,
-                    free: 0,
-                    used: 0,
-                    reserved: 0,
-                };
-                for r in self.nodes.ranges_of(node) {
-                    u.frames += r.end.0 - r.start.0;
-                    self.count_range(r.start.0, r.end.0, &mut u);
-                }
-                u
-            })
-            .collect()
-    }
-
-    /// Add the frames of `[start, end)` to `u` by the block they are in.
-    fn count_range(&self, start: u64, end: u64, u: &mut NodeUsage) {
-        let mut i = start;
-        while i < end {
-            let Some(head) = self.table.head_of(Pfn(i)) else {
-                u.reserved += 1;
-                i += 1;
-                continue;
-            };
-            let Some(meta) = self.table.get(head) else {
-                return;
-            };
-            let block_end = (head.0 + (1u64 << meta.order())).min(end);
-            let n = block_end - i;
-            if meta.state() == FrameState::Free {
-                u.free += n;
-            } else {
-                u.used += n;
-            }
-            i = block_end;
-        }
+        node_usage(&self.nodes, self.table)
     }
 
     /// A free block of `order` inside `node`'s ranges, allocated as `mt`.
@@ -332,6 +292,51 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
         }
         Ok(report)
+    }
+}
+
+/// Free, used and reserved frames of every node of `map`, read from the frame table
+/// (the caller holds the allocator lock so blocks don't change under the walk). Frames
+/// parked in a per-CPU cache (`CACHED`) count as free.
+pub fn node_usage(map: &NodeMap, table: FrameTable<'_>) -> Vec<NodeUsage> {
+    map.nodes()
+        .into_iter()
+        .map(|node| {
+            let mut u = NodeUsage {
+                node,
+                frames: 0,
+                free: 0,
+                used: 0,
+                reserved: 0,
+            };
+            for r in map.ranges_of(node) {
+                u.frames += r.end.0 - r.start.0;
+                count_range(table, r.start.0, r.end.0, &mut u);
+            }
+            u
+        })
+        .collect()
+}
+
+/// Add the frames of `[start, end)` to `u` by the block they are in.
+fn count_range(table: FrameTable<'_>, start: u64, end: u64, u: &mut NodeUsage) {
+    let mut i = start;
+    while i < end {
+        let Some((head, meta)) = table
+            .head_of(Pfn(i))
+            .and_then(|h| table.get(h).map(|m| (h, m)))
+        else {
+            u.reserved += 1;
+            i += 1;
+            continue;
+        };
+        let block_end = (head.0 + (1u64 << meta.order())).min(end);
+        if meta.state() == FrameState::Free || meta.flags().contains(FrameFlags::CACHED) {
+            u.free += block_end - i;
+        } else {
+            u.used += block_end - i;
+        }
+        i = block_end;
     }
 }
 

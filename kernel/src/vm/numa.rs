@@ -15,7 +15,6 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use mm::addr::{Pfn, MAX_ORDER, PAGE_SIZE};
 use mm::buddy::{AllocError, MigrateType};
-use mm::frame::{FrameFlags, FrameState};
 use mm::numa::{NodeId, NodeMap, NodeUsage};
 use spin::Once;
 use x86_64::PhysAddr;
@@ -161,45 +160,7 @@ pub fn usage() -> Vec<NodeUsage> {
         return Vec::new();
     };
     let table = frames::table();
-    frames::with_buddy(|_| {
-        t.map
-            .nodes()
-            .into_iter()
-            .map(|node| {
-                let mut u = NodeUsage {
-                    node,
-                    frames: 0,
-                    free: 0,
-                    used: 0,
-                    reserved: 0,
-                };
-                for r in t.map.ranges_of(node) {
-                    u.frames += r.end.0 - r.start.0;
-                    let mut i = r.start.0;
-                    while i < r.end.0 {
-                        let Some((head, meta)) = table
-                            .head_of(Pfn(i))
-                            .and_then(|h| table.get(h).map(|m| (h, m)))
-                        else {
-                            u.reserved += 1;
-                            i += 1;
-                            continue;
-                        };
-                        let end = (head.0 + (1u64 << meta.order())).min(r.end.0);
-                        let free = meta.state() == FrameState::Free
-                            || meta.flags().contains(FrameFlags::CACHED);
-                        if free {
-                            u.free += end - i;
-                        } else {
-                            u.used += end - i;
-                        }
-                        i = end;
-                    }
-                }
-                u
-            })
-            .collect()
-    })
+    frames::with_buddy(|_| mm::numa::node_usage(&t.map, table))
 }
 
 fn mib(frames: u64) -> u64 {
