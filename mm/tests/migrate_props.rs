@@ -638,6 +638,10 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
             .unwrap();
         mm.map_anon(&a, base + 2 * M2, M2, shared(w * M2)).unwrap();
         mm.map_anon(&b, base + 2 * M2, M2, shared(w * M2)).unwrap();
+        // Fault everything in first: the migrator may finish before a writer's first
+        // access, and the region must hold all three blocks whatever the interleaving.
+        mm.populate(&a, base, K4).unwrap();
+        mm.populate(&a, base + M2, 2 * M2).unwrap();
     }
     let done = AtomicBool::new(false);
     let moved = AtomicUsize::new(0);
