@@ -174,35 +174,6 @@ impl<'a> BuddyFrames<'a> {
         let _buddy = self.buddy.lock();
         node_usage(&self.nodes, self.table)
     }
-
-    /// A free block of `order` inside `node`'s ranges, allocated as `mt`.
-    fn alloc_on(
-        &self,
-        buddy: &mut BuddyAllocator<'a>,
-        node: NodeId,
-        order: u8,
-        mt: MigrateType,
-    ) -> Result<Pfn, AllocError> {
-        let size = 1u64 << order;
-        let align = |x: u64| x.next_multiple_of(size);
-        for r in self.nodes.ranges_of(node) {
-            let mut i = align(r.start.0);
-            while i + size <= r.end.0 {
-                match buddy.free_block_containing(Pfn(i)) {
-                    Some((_, k)) if k >= order => return buddy.alloc_at(Pfn(i), order, mt),
-                    Some((head, k)) => i = align(head.0 + (1u64 << k)),
-                    None => {
-                        let block_end = self
-                            .table
-                            .head_of(Pfn(i))
-                            .and_then(|h| self.table.get(h).map(|m| h.0 + (1u64 << m.order())));
-                        i = align(block_end.unwrap_or(i + 1).max(i + 1));
-                    }
-                }
-            }
-        }
-        Err(AllocError::OutOfMemory)
-    }
 }
 
 impl FrameSource for BuddyFrames<'_> {
@@ -213,7 +184,7 @@ impl FrameSource for BuddyFrames<'_> {
         let mut buddy = self.buddy.lock();
         match node {
             None => buddy.alloc(order, mt),
-            Some(node) => self.alloc_on(&mut buddy, node, order, mt),
+            Some(node) => alloc_on_node(&self.nodes, &mut buddy, node, order, mt),
         }
     }
 
@@ -338,6 +309,37 @@ fn count_range(table: FrameTable<'_>, start: u64, end: u64, u: &mut NodeUsage) {
         }
         i = block_end;
     }
+}
+
+/// A free block of `2^order` frames inside `node`'s ranges of `map`, allocated from
+/// `buddy` as `mt`: a scan from block head to block head, for migration targets rather
+/// than the hot path.
+pub fn alloc_on_node(
+    map: &NodeMap,
+    buddy: &mut BuddyAllocator<'_>,
+    node: NodeId,
+    order: u8,
+    mt: MigrateType,
+) -> Result<Pfn, AllocError> {
+    let table = buddy.table();
+    let size = 1u64 << order;
+    let align = |x: u64| x.next_multiple_of(size);
+    for r in map.ranges_of(node) {
+        let mut i = align(r.start.0);
+        while i + size <= r.end.0 {
+            match buddy.free_block_containing(Pfn(i)) {
+                Some((_, k)) if k >= order => return buddy.alloc_at(Pfn(i), order, mt),
+                Some((head, k)) => i = align(head.0 + (1u64 << k)),
+                None => {
+                    let block_end = table
+                        .head_of(Pfn(i))
+                        .and_then(|h| table.get(h).map(|m| h.0 + (1u64 << m.order())));
+                    i = align(block_end.unwrap_or(i + 1).max(i + 1));
+                }
+            }
+        }
+    }
+    Err(AllocError::OutOfMemory)
 }
 
 #[cfg(test)]

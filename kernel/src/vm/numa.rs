@@ -130,27 +130,7 @@ pub fn alloc_on(node: NodeId, order: u8, mt: MigrateType) -> Result<Pfn, AllocEr
             _ => AllocError::OutOfMemory,
         });
     }
-    let size = 1u64 << order;
-    let align = |x: u64| x.next_multiple_of(size);
-    let table = frames::table();
-    frames::with_buddy(|buddy| {
-        for r in t.map.ranges_of(node) {
-            let mut i = align(r.start.0);
-            while i + size <= r.end.0 {
-                match buddy.free_block_containing(Pfn(i)) {
-                    Some((_, k)) if k >= order => return buddy.alloc_at(Pfn(i), order, mt),
-                    Some((head, k)) => i = align(head.0 + (1u64 << k)),
-                    None => {
-                        let block_end = table
-                            .head_of(Pfn(i))
-                            .and_then(|h| table.get(h).map(|m| h.0 + (1u64 << m.order())));
-                        i = align(block_end.unwrap_or(i + 1).max(i + 1));
-                    }
-                }
-            }
-        }
-        Err(AllocError::OutOfMemory)
-    })
+    frames::with_buddy(|buddy| mm::numa::alloc_on_node(&t.map, buddy, node, order, mt))
 }
 
 /// Free, used and reserved frames of every node now (frames in the per-CPU caches count
