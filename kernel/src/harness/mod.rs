@@ -3,17 +3,26 @@
 //! Each module lists its tests in a `TESTS: &[KernelTest]` slice; [`SUITES`] collects
 //! them. The runner prints `test <module::name> ... ` before a test runs (so a hang
 //! leaves the name of the culprit on the console, and the host-side runner reports it)
-//! and `ok` or `FAILED: why` after, then `N passed, N failed`, and ends the run with the
-//! matching QEMU exit status. A panic inside a test is reported as that test's failure.
+//! and `ok`, `skipped: why` or `FAILED: why` after, then `N passed, N failed, N skipped`,
+//! and ends the run with the matching QEMU exit status. A panic inside a test is reported
+//! as that test's failure. A test that cannot check what it claims in this configuration
+//! (one CPU, no free 1 GiB block, one NUMA node) returns [`skip!`]'s error instead of
+//! passing.
 
 use crate::arch::{self, ExitStatus};
 use crate::{sprint, sprintln};
 use alloc::string::String;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// Why a test failed.
+/// Why a test did not pass.
 #[derive(Debug)]
 pub enum TestError {
+    /// The test cannot check what it claims in this configuration; not a failure, never a
+    /// pass.
+    Skipped {
+        /// Why (e.g. "needs 2 CPUs").
+        reason: String,
+    },
     /// A checked condition did not hold.
     Check {
         /// What was expected, with the values seen.
@@ -33,6 +42,7 @@ impl core::fmt::Display for TestError {
                 file,
                 line,
             } => write!(f, "{message} ({file}:{line})"),
+            TestError::Skipped { reason } => write!(f, "{reason}"),
         }
     }
 }
@@ -68,6 +78,16 @@ macro_rules! check {
                 line: line!(),
             });
         }
+    };
+}
+
+/// Skip the test with a formatted reason: it cannot check what it claims here.
+#[macro_export]
+macro_rules! skip {
+    ($($fmt:tt)+) => {
+        return Err($crate::harness::TestError::Skipped {
+            reason: alloc::format!($($fmt)+),
+        })
     };
 }
 
@@ -126,6 +146,10 @@ pub fn run(filter: Option<&str>, skip: Option<&str>, seed: u64) -> ! {
             Ok(()) => {
                 passed += 1;
                 sprintln!("ok");
+            }
+            Err(TestError::Skipped { reason }) => {
+                skipped += 1;
+                sprintln!("skipped: {reason}");
             }
             Err(e) => {
                 failed += 1;
