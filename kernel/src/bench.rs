@@ -13,8 +13,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use buddy_system_allocator::FrameAllocator;
 use core::arch::x86_64::_rdtsc;
-use mm::addr::{Pfn, MAX_ORDER};
-use mm::buddy::MigrateType;
+use mm::base::addr::{Pfn, MAX_ORDER};
+use mm::frame::buddy::MigrateType;
 use spin::Mutex;
 
 /// Repetitions per figure; the median is reported.

@@ -17,7 +17,7 @@ use spin::Mutex;
 use x86_64::registers::model_specific::{GsBase, KernelGsBase};
 use x86_64::VirtAddr;
 
-pub use mm::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
+pub use mm::base::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
 
 /// A closure queued for a CPU (see [`crate::arch::smp::run_on`]).
 pub type Work = Box<dyn FnOnce() + Send>;

@@ -8,9 +8,9 @@
 //! figure is the median over several alternating repetitions.
 
 use buddy_system_allocator::FrameAllocator;
-use mm::addr::{Pfn, MAX_ORDER};
-use mm::buddy::{BuddyAllocator, MigrateType};
-use mm::frame::{FrameMeta, FrameTable};
+use mm::base::addr::{Pfn, MAX_ORDER};
+use mm::frame::buddy::{BuddyAllocator, MigrateType};
+use mm::frame::meta::{FrameMeta, FrameTable};
 use std::hint::black_box;
 use std::time::Instant;
 

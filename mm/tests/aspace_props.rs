@@ -22,14 +22,16 @@
 //! many cases), and 3 GiB of sparse memory with an 8 GiB window (1G pages, fewer cases).
 #![cfg(feature = "std")]
 
-use mm::addr::Pfn;
 use mm::aspace::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
-use mm::aspace::{AddressSpace, FrameSource, SharedRegion, SpaceError};
-use mm::fault::{FaultError, FaultOutcome};
-use mm::migrate::{Destination, MigrateError};
-use mm::numa::NodeId;
-use mm::phys::{Arena, PhysMem};
-use mm::vma::{HugePolicy, SharedBacking, VmaFlags};
+use mm::aspace::{AddressSpace, SpaceError};
+use mm::backend::phys::{Arena, PhysMem};
+use mm::backend::source::FrameSource;
+use mm::base::addr::Pfn;
+use mm::frame::node::NodeId;
+use mm::mapping::region::SharedRegion;
+use mm::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
+use mm::ops::fault::{FaultError, FaultOutcome};
+use mm::ops::migrate::{Destination, MigrateError};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

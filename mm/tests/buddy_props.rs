@@ -1,9 +1,9 @@
 //! Property tests of the buddy allocator against a simple model: a bitmap of managed and
 //! allocated frames and the set of allocated blocks, with `audit()` after every step.
 
-use mm::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
-use mm::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
-use mm::frame::{FrameMeta, FrameTable};
+use mm::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
+use mm::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
+use mm::frame::meta::{FrameMeta, FrameTable};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};

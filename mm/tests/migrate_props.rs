@@ -6,19 +6,23 @@
 //! "TLB" lives for one access, so a shootdown waits for accesses in flight.
 #![cfg(feature = "std")]
 
-use mm::addr::{PageSize, Pfn};
 use mm::aspace::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
-use mm::aspace::{AddressSpace, FrameSource, Mm, SharedRegion, SpaceError, TlbShootdown};
-use mm::buddy::BuddyAllocator;
-use mm::cpuset::AtomicCpuSet;
-use mm::fault::FaultOutcome;
-use mm::frame::FrameTable;
-use mm::migrate::{Destination, MigrateError};
-use mm::numa::{BuddyFrames, NodeId, NodeMap};
+use mm::aspace::{AddressSpace, Mm, SpaceError};
+use mm::backend::phys::{Arena, PhysMem};
+use mm::backend::source::BuddyFrames;
+use mm::backend::source::FrameSource;
+use mm::backend::tlb::TlbShootdown;
+use mm::base::addr::{PageSize, Pfn};
+use mm::base::cpuset::AtomicCpuSet;
+use mm::frame::buddy::BuddyAllocator;
+use mm::frame::meta::FrameTable;
+use mm::frame::node::{NodeId, NodeMap};
+use mm::mapping::region::SharedRegion;
+use mm::mapping::vma::{HugePolicy, Mobility, SharedBacking, VmaFlags};
+use mm::ops::fault::FaultOutcome;
+use mm::ops::migrate::{Destination, MigrateError};
 use mm::paging::testing::leaf_word;
 use mm::paging::Entry;
-use mm::phys::{Arena, PhysMem};
-use mm::vma::{HugePolicy, Mobility, SharedBacking, VmaFlags};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::VirtAddr;
@@ -90,7 +94,7 @@ fn check<'a, M: PhysMem>(
 struct State {
     leaves: Vec<Vec<(VirtAddr, mm::paging::Translation)>>,
     free: usize,
-    rmap: Vec<mm::rmap::RmapEntry>,
+    rmap: Vec<mm::mapping::rmap::RmapEntry>,
 }
 
 fn state<'a, M: PhysMem>(env: &Env<'a, M>, spaces: &[&AddressSpace<'a, M>], head: Pfn) -> State {

@@ -16,13 +16,13 @@
 //! - every leaf that changed or vanished was reported to the flush sink, and every table
 //!   handed to the sink is unreachable (it is then given back to the allocator).
 
-use mm::addr::PageSize;
+use mm::backend::phys::Arena;
+use mm::base::addr::PageSize;
 use mm::paging::testing::{leaf_word, ListTableAlloc, RecordingSink};
 use mm::paging::{
     MapError, PageTable, ProtectError, RangeError, SplitError, Translation, UnmapError,
     UnmappedLeaf, LEAF_PAT, LOWER_HALF_END,
 };
-use mm::phys::Arena;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;

@@ -7,10 +7,10 @@
 //! interrupt between instructions. The property: no thread ever reaches a freed frame
 //! through its TLB, every request is served, and nothing hangs.
 
-use mm::addr::PageSize;
-use mm::shootdown::{
+use mm::backend::shootdown::{
     CpuSet, FlushBatch, Mailboxes, ShootdownError, TlbArch, FULL_FLUSH_THRESHOLD, MAX_CPUS,
 };
+use mm::base::addr::PageSize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

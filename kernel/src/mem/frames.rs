@@ -6,9 +6,9 @@
 
 use super::physmap;
 use super::MemError;
-use mm::addr::{Pfn, PAGE_SIZE};
-use mm::buddy::{BuddyAllocator, MigrateType};
-use mm::frame::{FrameMeta, FrameTable};
+use mm::base::addr::{Pfn, PAGE_SIZE};
+use mm::frame::buddy::{BuddyAllocator, MigrateType};
+use mm::frame::meta::{FrameMeta, FrameTable};
 use spin::{Mutex, Once};
 use x86_64::PhysAddr;
 
@@ -100,7 +100,7 @@ pub fn alloc(order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
 pub fn alloc_zeroed(order: u8, mt: MigrateType) -> Result<PhysAddr, MemError> {
     let pfn = alloc(order, mt)?;
     for i in 0..1u64 << order {
-        mm::phys::PhysMem::zero_frame(&physmap::PHYS, pfn.add(i).addr());
+        mm::backend::phys::PhysMem::zero_frame(&physmap::PHYS, pfn.add(i).addr());
     }
     Ok(pfn.addr())
 }
@@ -118,7 +118,7 @@ pub fn free(pa: PhysAddr, order: u8) -> Result<(), MemError> {
 /// cache is drained back first.
 pub fn alloc_at(pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
     match with_buddy(|b| b.alloc_at(pfn, order, mt)) {
-        Err(mm::buddy::AllocError::NotFree) => {
+        Err(mm::frame::buddy::AllocError::NotFree) => {
             super::pcp::drain_all(table())?;
             with_buddy(|b| b.alloc_at(pfn, order, mt)).map_err(MemError::Alloc)
         }
@@ -127,7 +127,7 @@ pub fn alloc_at(pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
 }
 
 /// Empty every per-CPU frame cache, then audit the buddy allocator.
-pub fn drain_and_audit() -> Result<mm::buddy::AuditReport, MemError> {
+pub fn drain_and_audit() -> Result<mm::frame::buddy::AuditReport, MemError> {
     super::pcp::drain_all(table())?;
     with_buddy(|b| b.audit()).map_err(MemError::Audit)
 }

@@ -10,8 +10,8 @@ use super::{frames, MemError};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use linked_list_allocator::Heap;
-use mm::addr::{PageSize, PAGE_SIZE};
-use mm::buddy::MigrateType;
+use mm::base::addr::{PageSize, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
 use spin::Mutex;
 use x86_64::structures::paging::PageTableFlags as F;
 

@@ -21,10 +21,10 @@ use super::elf::{self, SegmentKind};
 use super::{frames, physmap, MemError};
 use crate::tlb::{lock_serving, KernelFlush};
 use core::sync::atomic::{AtomicU64, Ordering};
-use mm::addr::{PageSize, PAGE_SIZE};
-use mm::buddy::MigrateType;
+use mm::backend::phys::PhysMem;
+use mm::base::addr::{PageSize, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
 use mm::paging::{Entry, PageTable, TableAlloc};
-use mm::phys::PhysMem;
 use spin::{Mutex, Once};
 use x86_64::structures::paging::PageTableFlags as F;
 use x86_64::{PhysAddr, VirtAddr};
@@ -59,7 +59,7 @@ impl TableAlloc for KernelTableAlloc {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
         let pfn = frames::alloc(0, MigrateType::Unmovable).ok()?;
         if let Some(meta) = frames::table().get(pfn) {
-            meta.insert_flags(mm::frame::FrameFlags::PAGETABLE);
+            meta.insert_flags(mm::frame::meta::FrameFlags::PAGETABLE);
         }
         Some(pfn.addr())
     }
@@ -254,8 +254,8 @@ fn map_stack(
     let bottom = guard + PAGE_SIZE;
     for i in 0..STACK_PAGES {
         let frame = frames::alloc_zeroed(0, MigrateType::Unmovable)?;
-        if let Some(meta) = frames::table().get(mm::addr::Pfn::containing(frame)) {
-            meta.insert_flags(mm::frame::FrameFlags::PINNED);
+        if let Some(meta) = frames::table().get(mm::base::addr::Pfn::containing(frame)) {
+            meta.insert_flags(mm::frame::meta::FrameFlags::PINNED);
         }
         pt.map(
             bottom + i * PAGE_SIZE,

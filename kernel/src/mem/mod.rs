@@ -27,9 +27,9 @@ pub enum MemError {
     /// The memory map has overlapping or malformed usable ranges.
     BadMemoryMap,
     /// The frame allocator refused.
-    Alloc(mm::buddy::AllocError),
+    Alloc(mm::frame::buddy::AllocError),
     /// The frame allocator refused a free.
-    Free(mm::buddy::FreeError),
+    Free(mm::frame::buddy::FreeError),
     /// A page-table operation failed.
     Map(mm::paging::MapError),
     /// No frame left for a page table.
@@ -43,11 +43,11 @@ pub enum MemError {
     /// More memory-map regions than the kernel keeps.
     TooManyRegions,
     /// The allocator audit found a broken invariant.
-    Audit(mm::buddy::AuditError),
+    Audit(mm::frame::buddy::AuditError),
 }
 
-impl From<mm::buddy::AllocError> for MemError {
-    fn from(e: mm::buddy::AllocError) -> Self {
+impl From<mm::frame::buddy::AllocError> for MemError {
+    fn from(e: mm::frame::buddy::AllocError) -> Self {
         MemError::Alloc(e)
     }
 }

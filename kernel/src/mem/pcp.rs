@@ -13,9 +13,9 @@ use super::frames::with_buddy;
 use super::MemError;
 use crate::percpu::{self, MAX_CPUS};
 use core::sync::atomic::Ordering;
-use mm::addr::Pfn;
-use mm::buddy::{AllocError, FreeError, MigrateType};
-use mm::frame::{FrameFlags, FrameState, FrameTable};
+use mm::base::addr::Pfn;
+use mm::frame::buddy::{AllocError, FreeError, MigrateType};
+use mm::frame::meta::{FrameFlags, FrameState, FrameTable};
 use spin::Mutex;
 
 /// Frames a cache holds at most.

@@ -3,7 +3,7 @@
 //! largest pages that fit. [`KernelPhys`] gives the `mm` library access through it.
 
 use crate::PHYS_MAP_BASE;
-use mm::phys::PhysMem;
+use mm::backend::phys::PhysMem;
 use x86_64::{PhysAddr, VirtAddr};
 
 /// Physical memory as the kernel reaches it.

@@ -3,7 +3,7 @@
 
 use super::{boot_memory, frames, heap, kernel_space};
 use crate::sprintln;
-use mm::addr::{PageSize, MAX_ORDER};
+use mm::base::addr::{PageSize, MAX_ORDER};
 use x86_64::structures::paging::PageTableFlags as F;
 
 fn mib(bytes: u64) -> u64 {
@@ -29,7 +29,7 @@ pub fn memory_map() {
         "usable: {} MiB; frame table: {} frames x {} B = {} KiB at {:#x}",
         mib(usable),
         ft.frames,
-        core::mem::size_of::<mm::frame::FrameMeta>(),
+        core::mem::size_of::<mm::frame::meta::FrameMeta>(),
         ft.bytes >> 10,
         ft.start
     );

@@ -6,8 +6,8 @@ use crate::arch::probe;
 use crate::harness::{KernelTest, TestContext, TestResult};
 use crate::{check, check_eq};
 use alloc::vec::Vec;
-use mm::addr::{PageSize, Pfn, PAGE_SIZE};
-use mm::buddy::{AllocError, FreeError, MigrateType};
+use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::paging::{MapError, UnmapError};
 use x86_64::structures::paging::PageTableFlags as F;
 use x86_64::PhysAddr;
@@ -494,7 +494,7 @@ fn empty_tables_freed(_: &TestContext) -> TestResult {
     check_eq!(frames::free(frame, 0), Ok(()));
     check_eq!(available(), before);
     let pdpt = kernel_space::with_kernel(|pt, _| {
-        mm::phys::PhysMem::word(&physmap::PHYS, pt.root() + ((va >> 39) & 511) * 8)
+        mm::backend::phys::PhysMem::word(&physmap::PHYS, pt.root() + ((va >> 39) & 511) * 8)
             .load(core::sync::atomic::Ordering::Acquire)
     });
     check!(

@@ -15,9 +15,9 @@ use crate::mem::kernel_space::{self, KernelTableAlloc};
 use crate::percpu::{self, CpuSet};
 use crate::sprintln;
 use core::arch::x86_64::_rdtsc;
-use mm::addr::{PageSize, PAGE_SIZE};
-use mm::buddy::MigrateType;
-use mm::shootdown::FlushBatch;
+use mm::backend::shootdown::FlushBatch;
+use mm::base::addr::{PageSize, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
 use x86_64::structures::paging::PageTableFlags as F;
 
 const BENCH_VA: u64 = 0xFFFF_A200_0000_0000;
@@ -109,7 +109,7 @@ fn threshold() -> Option<u64> {
     let threshold = chosen.unwrap_or(WORKING_SET);
     sprintln!(
         "BENCH {{\"name\":\"tlb.threshold\",\"value\":{threshold},\"unit\":\"pages\",\"in_use\":{}}}",
-        mm::shootdown::FULL_FLUSH_THRESHOLD
+        mm::backend::shootdown::FULL_FLUSH_THRESHOLD
     );
     Some(threshold)
 }

@@ -15,9 +15,9 @@ use crate::{check, check_eq};
 use alloc::sync::Arc;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use mm::addr::{PageSize, PAGE_SIZE};
-use mm::buddy::MigrateType;
-use mm::shootdown::{FlushBatch, ShootdownError};
+use mm::backend::shootdown::{FlushBatch, ShootdownError};
+use mm::base::addr::{PageSize, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
 use x86_64::structures::paging::PageTableFlags as F;
 
 /// Virtual window of these tests (unused by anything else).
@@ -116,7 +116,11 @@ fn no_stale_translation(ctx: &TestContext) -> TestResult {
         let leaf = kernel_space::with_kernel(|pt, f| pt.unmap(va, PageSize::Size4K, f));
         check!(leaf.is_ok());
         check_eq!(frames::free(frame, 0), Ok(()));
-        let again = frames::alloc_at(mm::addr::Pfn::containing(frame), 0, MigrateType::Movable);
+        let again = frames::alloc_at(
+            mm::base::addr::Pfn::containing(frame),
+            0,
+            MigrateType::Movable,
+        );
         check!(again.is_ok(), "frame could not be taken back: {again:?}");
         // SAFETY: the frame is ours again.
         check!(unsafe { probe::write_u64(physmap::virt(frame).as_u64(), new) });

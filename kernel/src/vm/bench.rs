@@ -31,11 +31,11 @@ use crate::mem::{frames, physmap};
 use crate::sprintln;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use mm::addr::{PageSize, Pfn, PAGE_SIZE};
-use mm::aspace::FrameSource;
-use mm::buddy::MigrateType;
-use mm::migrate::Destination;
-use mm::vma::{HugePolicy, VmaFlags};
+use mm::backend::source::FrameSource;
+use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
+use mm::mapping::vma::{HugePolicy, VmaFlags};
+use mm::ops::migrate::Destination;
 use x86_64::PhysAddr;
 
 /// Where the benchmark maps its pages (1 GiB aligned, user half).

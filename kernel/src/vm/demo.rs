@@ -8,10 +8,10 @@ use crate::sprintln;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
-use mm::addr::{PageSize, Pfn};
-use mm::aspace::FrameSource;
-use mm::migrate::Destination;
-use mm::vma::{HugePolicy, VmaFlags};
+use mm::backend::source::FrameSource;
+use mm::base::addr::{PageSize, Pfn};
+use mm::mapping::vma::{HugePolicy, VmaFlags};
+use mm::ops::migrate::Destination;
 
 const VA: u64 = 0x4000_0000;
 const LEN: u64 = 2 << 20;

@@ -4,7 +4,7 @@
 //!
 //! Every node's frames are served by the one buddy allocator; an allocation on a node
 //! looks for a free block inside the node's ranges (skipping whole blocks) and takes it
-//! with `alloc_at`, as [`mm::numa`] describes. Allocations without a node take the
+//! with `alloc_at`, as [`mm::ops::numa`] describes. Allocations without a node take the
 //! allocator's fast path and may land on any node.
 
 use crate::arch::{smp, srat};
@@ -13,9 +13,9 @@ use crate::sprintln;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use mm::addr::{Pfn, MAX_ORDER, PAGE_SIZE};
-use mm::buddy::{AllocError, MigrateType};
-use mm::numa::{NodeId, NodeMap, NodeUsage};
+use mm::base::addr::{Pfn, MAX_ORDER, PAGE_SIZE};
+use mm::frame::buddy::{AllocError, MigrateType};
+use mm::frame::node::{NodeId, NodeMap, NodeUsage};
 use spin::Once;
 use x86_64::PhysAddr;
 
@@ -130,7 +130,7 @@ pub fn alloc_on(node: NodeId, order: u8, mt: MigrateType) -> Result<Pfn, AllocEr
             _ => AllocError::OutOfMemory,
         });
     }
-    frames::with_buddy(|buddy| mm::numa::alloc_on_node(&t.map, buddy, node, order, mt))
+    frames::with_buddy(|buddy| mm::frame::node::alloc_on_node(&t.map, buddy, node, order, mt))
 }
 
 /// Free, used and reserved frames of every node now (frames in the per-CPU caches count
@@ -140,7 +140,7 @@ pub fn usage() -> Vec<NodeUsage> {
         return Vec::new();
     };
     let table = frames::table();
-    frames::with_buddy(|_| mm::numa::node_usage(&t.map, table))
+    frames::with_buddy(|_| mm::frame::node::node_usage(&t.map, table))
 }
 
 fn mib(frames: u64) -> u64 {

@@ -6,11 +6,12 @@
 use super::numa;
 use crate::mem::{frames, MemError};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use mm::addr::Pfn;
-use mm::aspace::{FrameSource, PinError};
-use mm::buddy::{AllocError, FreeError, MigrateType};
-use mm::frame::FrameTable;
-use mm::numa::NodeId;
+use mm::aspace::PinError;
+use mm::backend::source::FrameSource;
+use mm::base::addr::Pfn;
+use mm::frame::buddy::{AllocError, FreeError, MigrateType};
+use mm::frame::meta::FrameTable;
+use mm::frame::node::NodeId;
 use spin::{Mutex, Once};
 
 /// Faults injected into the allocations that go through [`KernelFrames`]; allocations

@@ -4,12 +4,13 @@
 //! It expects a quiet system (no operation in flight): an unmap between its table change
 //! and its shootdown, or a migration, holds references the audit would report.
 
-use super::{shared, user_leaf_flags, Mm};
-use crate::addr::{PageSize, Pfn};
-use crate::frame::FrameState;
+use super::{user_leaf_flags, Mm};
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, Pfn};
+use crate::frame::meta::FrameState;
+use crate::mapping::region;
+use crate::mapping::rmap::{RmapEntry, SpaceId, OWNER_MANAGED, OWNER_MIGRATING};
 use crate::paging::LOWER_HALF_END;
-use crate::phys::PhysMem;
-use crate::rmap::{RmapEntry, SpaceId, OWNER_MANAGED, OWNER_MIGRATING};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
@@ -177,7 +178,7 @@ impl<M: PhysMem> Mm<'_, M> {
                 .upgrade()
                 .ok_or(RmapAuditError::BadRegion { head: *head })?;
             let frames = region.frames.lock();
-            match shared::covering(&frames, *index) {
+            match region::covering(&frames, *index) {
                 Some((k, f)) if k == *index && f.head == *head => {}
                 _ => return Err(RmapAuditError::BadRegion { head: *head }),
             }

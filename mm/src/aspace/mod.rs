@@ -6,10 +6,10 @@
 //! [`Mm`] is the memory manager of one machine. It borrows the physical memory
 //! ([`PhysMem`]), the frame allocator ([`FrameSource`]) and the TLB shootdown
 //! ([`TlbShootdown`]) the kernel implements, owns the registry of address spaces and the
-//! reverse map ([`crate::rmap`]), and carries every operation: `map_anon`, `unmap`,
-//! `protect`, `handle_fault` and `populate` ([`crate::fault`]), `pin`/`unpin`,
-//! `migrate_one`/`migrate_batch` ([`crate::migrate`]), `move_range_to_node`
-//! ([`crate::numa`]) and [`rmap_audit`](Mm::rmap_audit).
+//! reverse map ([`crate::mapping::rmap`]), and carries every operation: `map_anon`, `unmap`,
+//! `protect`, `handle_fault` and `populate` ([`crate::ops::fault`]), `pin`/`unpin`,
+//! `migrate_one`/`migrate_batch` ([`crate::ops::migrate`]), `move_range_to_node`
+//! ([`crate::ops::numa`]) and [`rmap_audit`](Mm::rmap_audit).
 //!
 //! An [`AddressSpace`] has its own PML4 (the kernel half copied from the kernel's root
 //! when it is created), an id, the [`AtomicCpuSet`] of the CPUs that have it loaded, and one
@@ -45,33 +45,32 @@
 //! An operation that removes leaves takes them off the page table and the reverse map
 //! under the locks, drops the locks, shoots the TLBs down, frees the unlinked page
 //! tables and only then drops the references the leaves held; a frame is freed when its
-//! reference count reaches zero (see [`crate::rmap`]), so never while a CPU may still
+//! reference count reaches zero (see [`crate::mapping::rmap`]), so never while a CPU may still
 //! hold a translation to it.
 
 mod audit;
-pub(crate) mod shared;
+
 mod sink;
 #[cfg(any(test, feature = "std"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
 
+use crate::mapping::region::SharedRegion;
 pub use audit::{RmapAuditError, RmapAuditReport};
-pub use shared::{RegionFrame, SharedRegion};
 
 pub(crate) use sink::{Flush, Tables};
 
-use crate::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::buddy::{AllocError, FreeError, MigrateType};
-use crate::cpuset::AtomicCpuSet;
-use crate::fault::FaultError;
-use crate::frame::{FrameMeta, FrameState, FrameTable};
-use crate::migrate::MigrationEntry;
-use crate::numa::NodeId;
+use crate::backend::phys::PhysMem;
+use crate::backend::source::FrameSource;
+use crate::backend::tlb::TlbShootdown;
+use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::base::cpuset::AtomicCpuSet;
+use crate::frame::meta::{FrameMeta, FrameState};
+use crate::mapping::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
+use crate::mapping::vma::{check_user_range, Vma, VmaError, VmaFlags, VmaSet};
+use crate::ops::migrate::MigrationEntry;
 use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
-use crate::phys::PhysMem;
-use crate::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
-use crate::vma::{check_user_range, Vma, VmaFlags, VmaSet};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -81,48 +80,12 @@ use spin::Mutex;
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
-pub use crate::rmap::SpaceId;
+pub use crate::mapping::rmap::SpaceId;
 
 /// Past this many leaves a shootdown asks for a full flush instead of ranges: the
 /// kernel's measured threshold, so that the ranges fit one
-/// [`FlushBatch`](crate::shootdown::FlushBatch).
-pub const SHOOTDOWN_RANGE_LIMIT: usize = crate::shootdown::FULL_FLUSH_THRESHOLD;
-
-/// Where frames come from: the kernel's buddy allocator(s) and frame table.
-///
-/// Implementations lock internally (every method takes `&self`) and must be callable
-/// from any CPU. [`crate::numa::BuddyFrames`] is one over a [`BuddyAllocator`](crate::buddy::BuddyAllocator).
-pub trait FrameSource: Sync {
-    /// A block of `2^order` frames of type `mt`, on `node` if given (strictly: an
-    /// allocation that cannot be served there fails).
-    fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError>;
-    /// Exactly the block of `2^order` frames at `pfn`, if it is free.
-    fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError>;
-    /// Free the block of `2^order` frames headed at `pfn`.
-    fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError>;
-    /// The metadata of every frame.
-    fn frame_table(&self) -> FrameTable<'_>;
-    /// The NUMA node of `pfn`, if known.
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        let _ = pfn;
-        None
-    }
-    /// Whether `node` exists.
-    fn node_exists(&self, node: NodeId) -> bool {
-        let _ = node;
-        false
-    }
-}
-
-/// Synchronous TLB shootdown, implemented by the kernel with IPIs.
-pub trait TlbShootdown: Sync {
-    /// Invalidate `ranges` (or everything of the address space, when `full`) on every CPU
-    /// in `cpus` (the current CPU included if it is in the mask), and return only after
-    /// every one of them has flushed. `ranges` are user-half leaves of the address space
-    /// the mask belongs to; page-table frames unlinked by the change are freed after this
-    /// returns, so the flush must cover paging-structure caches too (`invlpg` does).
-    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool);
-}
+/// [`FlushBatch`](crate::backend::shootdown::FlushBatch).
+pub const SHOOTDOWN_RANGE_LIMIT: usize = crate::backend::shootdown::FULL_FLUSH_THRESHOLD;
 
 /// Why an address-space operation refused. Every error leaves the address space, the
 /// reverse map and the allocator as they were (an operation that split huge leaves before
@@ -157,8 +120,11 @@ pub enum SpaceError {
     NoSuchNode,
     /// The page-table layer refused a range operation.
     PageTable(RangeError),
-    /// Pre-faulting a page failed.
-    Fault(FaultError),
+    /// A write to a read-only VMA.
+    ReadOnly,
+    /// A page-table slot holds a non-present entry that is neither empty nor a software
+    /// entry this crate writes.
+    BadEntry,
 }
 
 /// Why [`Mm::pin`] or [`Mm::unpin`] refused.
@@ -172,6 +138,18 @@ pub enum PinError {
     Migrating,
     /// `unpin` of a frame with no pin.
     NotPinned,
+}
+
+impl From<VmaError> for SpaceError {
+    fn from(e: VmaError) -> SpaceError {
+        match e {
+            VmaError::ZeroLength => SpaceError::ZeroLength,
+            VmaError::Unaligned => SpaceError::Unaligned,
+            VmaError::NonCanonical => SpaceError::NonCanonical,
+            VmaError::KernelHalf => SpaceError::KernelHalf,
+            VmaError::Overlap => SpaceError::Overlap,
+        }
+    }
 }
 
 impl fmt::Display for SpaceError {
@@ -191,7 +169,8 @@ impl fmt::Display for SpaceError {
             SpaceError::RegionInUse => f.write_str("shared region still referenced"),
             SpaceError::NoSuchNode => f.write_str("no such NUMA node"),
             SpaceError::PageTable(e) => write!(f, "page table: {e}"),
-            SpaceError::Fault(e) => write!(f, "fault: {e}"),
+            SpaceError::ReadOnly => f.write_str("write to a read-only VMA"),
+            SpaceError::BadEntry => f.write_str("corrupt page-table entry"),
         }
     }
 }

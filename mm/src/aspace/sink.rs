@@ -3,10 +3,10 @@
 //! shootdown per operation covers it.
 
 use super::{FrameSource, SHOOTDOWN_RANGE_LIMIT};
-use crate::addr::{PageSize, Pfn};
-use crate::buddy::MigrateType;
-use crate::flush::FlushSink;
-use crate::frame::FrameFlags;
+use crate::backend::flush::FlushSink;
+use crate::base::addr::{PageSize, Pfn};
+use crate::frame::buddy::MigrateType;
+use crate::frame::meta::FrameFlags;
 use crate::paging::TableAlloc;
 use alloc::vec::Vec;
 use x86_64::{PhysAddr, VirtAddr};

@@ -4,12 +4,13 @@
 //! calls, and [`with_env`], which builds a whole machine around an [`Mm`].
 
 use super::{FrameSource, Mm, TlbShootdown};
-use crate::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
-use crate::cpuset::{AtomicCpuSet, CpuSet};
-use crate::frame::FrameTable;
-use crate::numa::{BuddyFrames, NodeId, NodeMap};
-use crate::phys::PhysMem;
+use crate::backend::phys::PhysMem;
+use crate::backend::source::BuddyFrames;
+use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::base::cpuset::{AtomicCpuSet, CpuSet};
+use crate::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
+use crate::frame::meta::FrameTable;
+use crate::frame::node::{NodeId, NodeMap};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::boxed::Box;
 use std::collections::HashMap;

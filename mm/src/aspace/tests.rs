@@ -2,9 +2,9 @@
 
 use super::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
 use super::*;
-use crate::fault::{FaultError, FaultOutcome};
-use crate::phys::Arena;
-use crate::vma::{HugePolicy, Mobility, SharedBacking};
+use crate::backend::phys::Arena;
+use crate::mapping::vma::{HugePolicy, Mobility, SharedBacking};
+use crate::ops::fault::{FaultError, FaultOutcome};
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -148,7 +148,7 @@ fn map_anon_rejects_bad_input_and_changes_nothing() {
                 0x80_0000,
                 K4,
                 VmaFlags {
-                    node: Some(crate::numa::NodeId(9)),
+                    node: Some(crate::frame::node::NodeId(9)),
                     ..private(HugePolicy::Never)
                 },
                 SpaceError::NoSuchNode,
@@ -627,8 +627,12 @@ fn pinned_vmas_get_unmovable_pinned_frames() {
         mapped(env, &s, 0x10_0000, true);
         let pfn = Pfn::containing(s.translate(0x10_0000).unwrap().pa);
         let meta = env.mm.meta(pfn).unwrap();
-        assert!(meta.flags().contains(crate::frame::FrameFlags::PINNED));
-        assert!(!meta.flags().contains(crate::frame::FrameFlags::MOVABLE));
+        assert!(meta
+            .flags()
+            .contains(crate::frame::meta::FrameFlags::PINNED));
+        assert!(!meta
+            .flags()
+            .contains(crate::frame::meta::FrameFlags::MOVABLE));
         env.audit();
     });
 }
@@ -673,11 +677,11 @@ fn new_spaces_share_the_kernel_half() {
     let frames = 256;
     let mem = Arena::new(frames);
     let log = testing::EventLog::default();
-    let records = crate::frame::FrameTable::boxed_records(frames as usize);
-    let table = crate::frame::FrameTable::new(&records).unwrap();
-    let mut buddy = crate::buddy::BuddyAllocator::new(table);
+    let records = crate::frame::meta::FrameTable::boxed_records(frames as usize);
+    let table = crate::frame::meta::FrameTable::new(&records).unwrap();
+    let mut buddy = crate::frame::buddy::BuddyAllocator::new(table);
     buddy.add_free_range(Pfn(2), Pfn(frames)).unwrap();
-    let src = crate::numa::BuddyFrames::new(buddy, crate::numa::NodeMap::new());
+    let src = crate::backend::source::BuddyFrames::new(buddy, crate::frame::node::NodeMap::new());
     let tlb = testing::TestTlb::new(&log);
     // Frame 1 plays the kernel's PML4, with an entry in each half.
     let kernel = PhysAddr::new(K4);

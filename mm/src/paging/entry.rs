@@ -8,7 +8,7 @@
 //! [`Entry::leaf_flags`] translate between the two, so splitting a huge leaf into smaller
 //! ones (or merging them later) keeps the memory type instead of corrupting the address.
 
-use crate::addr::PageSize;
+use crate::base::addr::PageSize;
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::PhysAddr;
 

@@ -43,9 +43,9 @@ pub use error::{MapError, ProtectError, RangeError, SplitError, UnmapError};
 pub use raw::RawError;
 pub use walk::Walk;
 
-use crate::addr::PageSize;
-use crate::flush::FlushSink;
-use crate::phys::PhysMem;
+use crate::backend::flush::FlushSink;
+use crate::backend::phys::PhysMem;
+use crate::base::addr::PageSize;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
@@ -261,7 +261,7 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
         while tables.len < n {
             match alloc.alloc_table() {
                 Some(frame) => {
-                    debug_assert!(frame.is_aligned(crate::addr::PAGE_SIZE));
+                    debug_assert!(frame.is_aligned(crate::base::addr::PAGE_SIZE));
                     self.mem.zero_frame(frame);
                     tables.frames[tables.len] = frame;
                     tables.len += 1;

@@ -9,9 +9,9 @@ use super::{
     entry_span, index, is_canonical, unmapped, vaddr, valid_leaf_flags, Entry, PageTable,
     RangeError, TableAlloc, UnmappedLeaf, ENTRIES, LOWER_HALF_END, UPPER_HALF_START,
 };
-use crate::addr::{PageSize, PAGE_SIZE};
-use crate::flush::FlushSink;
-use crate::phys::PhysMem;
+use crate::backend::flush::FlushSink;
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, PAGE_SIZE};
 use core::sync::atomic::Ordering;
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::PhysAddr;

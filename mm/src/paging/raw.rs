@@ -1,5 +1,5 @@
 //! Raw access to leaf-level slots, for software (non-present) entries such as the
-//! migration entries of [`crate::migrate`].
+//! migration entries of [`crate::ops::migrate`].
 //!
 //! The rest of this module only deals with present leaves and unused slots; a slot that
 //! holds a non-present entry with other bits set is left alone by `map` (it is not
@@ -7,13 +7,13 @@
 //! not present), and keeps its table alive (the table is not empty). These functions let
 //! the layer that owns such entries read them and swap them in and out atomically.
 //!
-//! Changing an entry here reports nothing to a [`FlushSink`](crate::flush::FlushSink):
+//! Changing an entry here reports nothing to a [`FlushSink`](crate::backend::flush::FlushSink):
 //! the caller invalidates the TLBs itself (a present leaf replaced by a non-present entry
 //! must be shot down before its frame is reused; a non-present entry replaced by a leaf
 //! needs no flush, since the TLB never caches non-present translations).
 
 use super::{index, is_canonical, Entry, PageTable};
-use crate::phys::PhysMem;
+use crate::backend::phys::PhysMem;
 use core::sync::atomic::Ordering;
 
 /// Why [`PageTable::compare_exchange_leaf`] did not swap the entry.
@@ -97,9 +97,9 @@ impl<M: PhysMem> PageTable<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::PageSize;
+    use crate::backend::phys::Arena;
+    use crate::base::addr::PageSize;
     use crate::paging::testing::{ListTableAlloc, RecordingSink};
-    use crate::phys::Arena;
     use x86_64::structures::paging::PageTableFlags as F;
     use x86_64::PhysAddr;
 

@@ -3,9 +3,9 @@
 //! what it was told.
 
 use super::{index, Entry, TableAlloc};
-use crate::addr::{PageSize, PAGE_SIZE};
-use crate::flush::FlushSink;
-use crate::phys::PhysMem;
+use crate::backend::flush::FlushSink;
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, PAGE_SIZE};
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 use x86_64::{PhysAddr, VirtAddr};

@@ -2,7 +2,7 @@
 
 use super::testing::{leaf_word, ListTableAlloc, RecordingSink};
 use super::*;
-use crate::phys::Arena;
+use crate::backend::phys::Arena;
 use std::vec::Vec;
 
 const K4: u64 = 4096;

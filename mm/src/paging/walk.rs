@@ -3,7 +3,7 @@
 use super::{
     entry_span, translation, vaddr, PageTable, Translation, LOWER_HALF_END, UPPER_HALF_START,
 };
-use crate::phys::PhysMem;
+use crate::backend::phys::PhysMem;
 use x86_64::VirtAddr;
 
 /// Iterator over the leaves overlapping a virtual range, in address order, as

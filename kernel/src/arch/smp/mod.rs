@@ -396,5 +396,5 @@ where
 /// The guard page under CPU `cpu`'s kernel stack (application processors only).
 pub fn stack_guard(cpu: u32) -> Option<VirtAddr> {
     let top = percpu::get(cpu)?.stack_top()?;
-    Some(top - (mem::kernel_space::STACK_PAGES + 1) * mm::addr::PAGE_SIZE)
+    Some(top - (mem::kernel_space::STACK_PAGES + 1) * mm::base::addr::PAGE_SIZE)
 }

@@ -305,7 +305,7 @@ fn ap_stack_guard_faults(_: &TestContext) -> TestResult {
             "the guard page of CPU {cpu} is not registered"
         );
         check!(
-            probe::read_u64(addr + mm::addr::PAGE_SIZE).is_some(),
+            probe::read_u64(addr + mm::base::addr::PAGE_SIZE).is_some(),
             "the lowest stack page of CPU {cpu} is not mapped"
         );
         let on_cpu =

@@ -13,8 +13,8 @@
 
 use crate::mem::{frames, physmap, MemError};
 use core::mem::offset_of;
-use mm::addr::{Pfn, PAGE_SIZE};
-use mm::buddy::MigrateType;
+use mm::base::addr::{Pfn, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
 use x86_64::registers::control::{Cr0, Cr4};
 use x86_64::registers::model_specific::Efer;
 use x86_64::{PhysAddr, VirtAddr};

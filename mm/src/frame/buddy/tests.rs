@@ -1,7 +1,7 @@
 //! Unit tests of the buddy allocator: every error path leaves the state unchanged.
 
 use super::*;
-use crate::frame::FrameMeta;
+use crate::frame::meta::FrameMeta;
 use std::boxed::Box;
 use std::vec::Vec;
 

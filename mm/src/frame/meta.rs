@@ -13,7 +13,7 @@
 //! allocating and freeing a block O(MAX_ORDER) however large the block is, at the price of
 //! an O(order) head lookup.
 
-use crate::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
+use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
 use core::mem::size_of;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -62,7 +62,7 @@ bitflags::bitflags! {
     /// and `PAGEBLOCK_UNMOVABLE`; the others belong to the layers above.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct FrameFlags: u16 {
-        /// The allocated block was asked for as [`MigrateType::Movable`](crate::buddy::MigrateType):
+        /// The allocated block was asked for as [`MigrateType::Movable`](crate::frame::buddy::MigrateType):
         /// its contents may be migrated or exchanged.
         const MOVABLE = 1 << 0;
         /// Must never be moved whatever its migrate type (long-term pin, kernel stack...).

@@ -2,8 +2,8 @@
 //! that checks them against each other and against the allocator's counters.
 
 use super::{list_order, BuddyAllocator, MigrateType, NR_LISTS, NR_ORDERS};
-use crate::addr::{Pfn, MAX_ORDER};
-use crate::frame::{FrameFlags, FrameState, NO_LINK};
+use crate::base::addr::{Pfn, MAX_ORDER};
+use crate::frame::meta::{FrameFlags, FrameState, NO_LINK};
 use core::sync::atomic::Ordering;
 
 /// What the audit counted.

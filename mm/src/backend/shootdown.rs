@@ -18,8 +18,8 @@
 //! because the target cannot touch user addresses while it stays in the handler; it
 //! copies the request first, since the initiator's request dies once all have acked.
 
-use crate::addr::PageSize;
-pub use crate::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
+use crate::base::addr::PageSize;
+pub use crate::base::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 

@@ -31,7 +31,7 @@
 //! reported; the other pages of the batch are unaffected.
 //!
 //! A CPU touching the page during steps 2-5 faults on the migration entry, gets
-//! [`FaultOutcome::WaitMigration`](crate::fault::FaultOutcome::WaitMigration), waits
+//! [`FaultOutcome::WaitMigration`](crate::ops::fault::FaultOutcome::WaitMigration), waits
 //! without holding any lock and retries. Unmap, protect and destroy wait the same way
 //! when their range holds a migration entry, so only the migration that installed an
 //! entry ever removes it.
@@ -55,15 +55,15 @@
 //!   PAT bit), bit 12 still the huge leaf's PAT bit, and writable, user, accessed, dirty,
 //!   the cache bits and NX are kept, so the new leaf gets the same flags.
 
-use crate::addr::{PageSize, Pfn};
 use crate::aspace::{size_of_order, AddressSpace, Flush, Mm, SpaceId};
-use crate::buddy::{AllocError, MigrateType};
-use crate::flush::FlushSink;
-use crate::frame::{FrameFlags, FrameState};
-use crate::numa::NodeId;
+use crate::backend::flush::FlushSink;
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, Pfn};
+use crate::frame::buddy::{AllocError, MigrateType};
+use crate::frame::meta::{FrameFlags, FrameState};
+use crate::frame::node::NodeId;
+use crate::mapping::rmap::{try_claim, unclaim, OWNER_MANAGED, OWNER_MIGRATING};
 use crate::paging::{Entry, RawError};
-use crate::phys::PhysMem;
-use crate::rmap::{try_claim, unclaim, OWNER_MANAGED, OWNER_MIGRATING};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -619,11 +619,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 mod tests {
     use super::*;
     use crate::aspace::testing::{read_user, with_env, write_user, Env};
-    use crate::aspace::SharedRegion;
-    use crate::fault::FaultOutcome;
-    use crate::phys::Arena;
-    use crate::rmap::{is_migrating, RmapEntry};
-    use crate::vma::{HugePolicy, SharedBacking, VmaFlags};
+    use crate::backend::phys::Arena;
+    use crate::mapping::region::SharedRegion;
+    use crate::mapping::rmap::{is_migrating, RmapEntry};
+    use crate::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
+    use crate::ops::fault::FaultOutcome;
     use core::sync::atomic::AtomicBool;
 
     const M2: u64 = 2 << 20;

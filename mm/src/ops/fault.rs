@@ -17,18 +17,18 @@
 //! drops whatever it holds, waits with [`Mm::wait_migration`] (which spins on an epoch
 //! counter, not on a lock) and returns from the fault so the access is retried.
 
-use crate::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::aspace::{
-    shared, user_leaf_flags, AddressSpace, Flush, Mm, RegionFrame, SharedRegion, SpaceError, Tables,
-};
-use crate::buddy::MigrateType;
-use crate::frame::FrameFlags;
-use crate::migrate::MigrationEntry;
-use crate::numa::NodeId;
+use crate::aspace::{user_leaf_flags, AddressSpace, Flush, Mm, SpaceError, Tables};
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::frame::buddy::MigrateType;
+use crate::frame::meta::FrameFlags;
+use crate::frame::node::NodeId;
+use crate::mapping::region;
+use crate::mapping::region::{RegionFrame, SharedRegion};
+use crate::mapping::rmap::{is_migrating, RmapEntry, OWNER_MANAGED};
+use crate::mapping::vma::{check_user_addr, check_user_range, HugePolicy, Mobility, Vma, VmaError};
+use crate::ops::migrate::MigrationEntry;
 use crate::paging::MapError;
-use crate::phys::PhysMem;
-use crate::rmap::{is_migrating, RmapEntry, OWNER_MANAGED};
-use crate::vma::{check_user_addr, check_user_range, HugePolicy, Mobility, Vma};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -86,6 +86,8 @@ pub enum FaultError {
     ForeignSpace,
     /// The slot holds a non-present entry that is not a migration entry.
     BadEntry,
+    /// Another address-space error, kept as it was.
+    Space(SpaceError),
 }
 
 impl fmt::Display for FaultError {
@@ -99,6 +101,7 @@ impl fmt::Display for FaultError {
             FaultError::SpaceDestroyed => "address space destroyed",
             FaultError::ForeignSpace => "address space of another Mm",
             FaultError::BadEntry => "corrupt page-table entry",
+            FaultError::Space(e) => return write!(f, "{e}"),
         })
     }
 }
@@ -112,7 +115,30 @@ impl From<SpaceError> for FaultError {
             SpaceError::ForeignSpace => FaultError::ForeignSpace,
             SpaceError::SpaceDestroyed => FaultError::SpaceDestroyed,
             SpaceError::OutOfMemory => FaultError::OutOfMemory,
-            _ => FaultError::NonCanonical,
+            SpaceError::NonCanonical => FaultError::NonCanonical,
+            other => FaultError::Space(other),
+        }
+    }
+}
+
+impl From<VmaError> for FaultError {
+    fn from(e: VmaError) -> FaultError {
+        FaultError::from(SpaceError::from(e))
+    }
+}
+
+impl From<FaultError> for SpaceError {
+    fn from(e: FaultError) -> SpaceError {
+        match e {
+            FaultError::NonCanonical => SpaceError::NonCanonical,
+            FaultError::KernelHalf => SpaceError::KernelHalf,
+            FaultError::NoVma => SpaceError::NotMapped,
+            FaultError::ReadOnly => SpaceError::ReadOnly,
+            FaultError::OutOfMemory => SpaceError::OutOfMemory,
+            FaultError::SpaceDestroyed => SpaceError::SpaceDestroyed,
+            FaultError::ForeignSpace => SpaceError::ForeignSpace,
+            FaultError::BadEntry => SpaceError::BadEntry,
+            FaultError::Space(e) => e,
         }
     }
 }
@@ -192,10 +218,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
                 Ok(FaultOutcome::WaitMigration(w)) => self.wait_migration(&w),
-                Err(FaultError::NoVma) => return Err(SpaceError::NotMapped),
-                Err(FaultError::OutOfMemory) => return Err(SpaceError::OutOfMemory),
-                Err(FaultError::SpaceDestroyed) => return Err(SpaceError::SpaceDestroyed),
-                Err(e) => return Err(SpaceError::Fault(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -292,7 +315,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let offset = backing.offset + (base(va, PageSize::Size4K) - vma.start);
             let frames = region.frames.lock();
             let page = offset / PAGE_SIZE;
-            if let Some((key, rf)) = shared::covering(&frames, page) {
+            if let Some((key, rf)) = region::covering(&frames, page) {
                 // The largest leaf around `va` that maps an aligned piece of the frame.
                 let leaf = |s: PageSize| {
                     let pages = s.bytes() / PAGE_SIZE;
@@ -363,7 +386,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             let free_in_region = |s: PageSize| {
                 let first = page - (va - base(va, s)) / PAGE_SIZE;
-                !shared::overlaps(&frames, first, s.bytes() / PAGE_SIZE)
+                !region::overlaps(&frames, first, s.bytes() / PAGE_SIZE)
             };
             let sizes = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
                 .into_iter()
@@ -456,7 +479,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             (r, first, r.frames.lock())
         });
         if let Some((_, first, frames)) = &region {
-            if shared::overlaps(frames, *first, size.bytes() / PAGE_SIZE) {
+            if region::overlaps(frames, *first, size.bytes() / PAGE_SIZE) {
                 drop(region);
                 drop(st);
                 return discard(Ok(None));

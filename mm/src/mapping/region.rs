@@ -6,14 +6,34 @@
 //! its pages, at the largest size that mapping's policy, alignment and the allocator
 //! allow, and every later fault maps that same frame (whole if it can, otherwise the
 //! 4 KiB piece it needs). The region holds one reference on each frame (see
-//! [`crate::rmap`]); [`Mm::release_region`](super::Mm::release_region) drops them.
+//! [`crate::mapping::rmap`]); `Mm::release_region` (in the address-space layer) drops them.
 
-use super::SpaceError;
-use crate::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::fmt;
 use spin::Mutex;
+
+/// Why [`SharedRegion::new`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegionError {
+    /// A length of zero.
+    ZeroLength,
+    /// A length not 4 KiB aligned.
+    Unaligned,
+}
+
+impl fmt::Display for RegionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegionError::ZeroLength => "zero length",
+            RegionError::Unaligned => "not 4 KiB aligned",
+        })
+    }
+}
+
+impl core::error::Error for RegionError {}
 
 /// One frame of a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,12 +61,12 @@ pub struct SharedRegion {
 
 impl SharedRegion {
     /// A region of `len` bytes (4 KiB aligned, non-zero) with no frame yet.
-    pub fn new(len: u64) -> Result<Arc<SharedRegion>, SpaceError> {
+    pub fn new(len: u64) -> Result<Arc<SharedRegion>, RegionError> {
         if len == 0 {
-            return Err(SpaceError::ZeroLength);
+            return Err(RegionError::ZeroLength);
         }
         if !len.is_multiple_of(PAGE_SIZE) {
-            return Err(SpaceError::Unaligned);
+            return Err(RegionError::Unaligned);
         }
         Ok(Arc::new(SharedRegion {
             len,
@@ -103,8 +123,8 @@ mod tests {
 
     #[test]
     fn lookup_by_offset() {
-        assert_eq!(SharedRegion::new(0).unwrap_err(), SpaceError::ZeroLength);
-        assert_eq!(SharedRegion::new(100).unwrap_err(), SpaceError::Unaligned);
+        assert_eq!(SharedRegion::new(0).unwrap_err(), RegionError::ZeroLength);
+        assert_eq!(SharedRegion::new(100).unwrap_err(), RegionError::Unaligned);
         let r = SharedRegion::new(4 << 20).unwrap();
         r.frames.lock().insert(
             512,

@@ -5,7 +5,7 @@
 //! invalidate (per page, or a full flush past a threshold; locally or by shootdown) and
 //! must release the unlinked frames only after every CPU that may cache them has flushed.
 
-use crate::addr::PageSize;
+use crate::base::addr::PageSize;
 use x86_64::{PhysAddr, VirtAddr};
 
 /// Receives the consequences of page-table changes.

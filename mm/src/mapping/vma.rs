@@ -7,13 +7,15 @@
 //! [`SharedRegion`] that other address spaces may map too). VMAs never overlap. Unmapping
 //! or protecting part of a VMA splits it; adjacent VMAs are not merged.
 
-use crate::addr::PAGE_SIZE;
-use crate::aspace::{SharedRegion, SpaceError};
-use crate::numa::NodeId;
+use crate::base::addr::PAGE_SIZE;
+
+use crate::frame::node::NodeId;
+use crate::mapping::region::SharedRegion;
 use crate::paging::{LOWER_HALF_END, UPPER_HALF_START};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::fmt;
 
 /// When faults may map huge pages in a VMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,28 +139,58 @@ impl Vma {
     }
 }
 
+/// Why a VMA-level check or change refused; the address-space layer turns each into the
+/// [`SpaceError`](crate::aspace::SpaceError) of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmaError {
+    /// A length of zero.
+    ZeroLength,
+    /// An address, length or offset not 4 KiB aligned.
+    Unaligned,
+    /// The range is not canonical (it reaches into the hole between the halves or wraps).
+    NonCanonical,
+    /// The range lies in the kernel half.
+    KernelHalf,
+    /// The range overlaps an existing VMA.
+    Overlap,
+}
+
+impl fmt::Display for VmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmaError::ZeroLength => "zero length",
+            VmaError::Unaligned => "not 4 KiB aligned",
+            VmaError::NonCanonical => "non-canonical range",
+            VmaError::KernelHalf => "range in the kernel half",
+            VmaError::Overlap => "overlaps an existing VMA",
+        })
+    }
+}
+
+impl core::error::Error for VmaError {}
+
 /// Check a user range given as start and length: non-empty, 4 KiB aligned, canonical
 /// and entirely in the lower (user) half. Returns `[start, end)`.
-pub fn check_user_range(start: u64, len: u64) -> Result<(u64, u64), SpaceError> {
+pub fn check_user_range(start: u64, len: u64) -> Result<(u64, u64), VmaError> {
     if len == 0 {
-        return Err(SpaceError::ZeroLength);
+        return Err(VmaError::ZeroLength);
     }
     if !start.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(SpaceError::Unaligned);
+        return Err(VmaError::Unaligned);
     }
     check_user_addr(start)?;
     match start.checked_add(len) {
         Some(end) if end <= LOWER_HALF_END => Ok((start, end)),
-        _ => Err(SpaceError::NonCanonical),
+        _ => Err(VmaError::NonCanonical),
     }
 }
 
 /// Check that `va` is a canonical user-half address.
-pub fn check_user_addr(va: u64) -> Result<(), SpaceError> {
+pub fn check_user_addr(va: u64) -> Result<(), VmaError> {
     if va >= UPPER_HALF_START {
-        Err(SpaceError::KernelHalf)
+        Err(VmaError::KernelHalf)
     } else if va >= LOWER_HALF_END {
-        Err(SpaceError::NonCanonical)
+        Err(VmaError::NonCanonical)
     } else {
         Ok(())
     }
@@ -231,12 +263,12 @@ impl VmaSet {
     }
 
     /// Add `vma` (non-empty, checked range); refused if it overlaps a VMA.
-    pub fn insert(&mut self, vma: Vma) -> Result<(), SpaceError> {
+    pub fn insert(&mut self, vma: Vma) -> Result<(), VmaError> {
         if vma.is_empty() {
-            return Err(SpaceError::ZeroLength);
+            return Err(VmaError::ZeroLength);
         }
         if self.overlapping(vma.start, vma.end).next().is_some() {
-            return Err(SpaceError::Overlap);
+            return Err(VmaError::Overlap);
         }
         self.map.insert(vma.start, vma);
         Ok(())
@@ -317,28 +349,28 @@ mod tests {
 
     #[test]
     fn ranges_are_checked() {
-        assert_eq!(check_user_range(0x1000, 0), Err(SpaceError::ZeroLength));
-        assert_eq!(check_user_range(0x1001, 0x1000), Err(SpaceError::Unaligned));
-        assert_eq!(check_user_range(0x1000, 0x1001), Err(SpaceError::Unaligned));
+        assert_eq!(check_user_range(0x1000, 0), Err(VmaError::ZeroLength));
+        assert_eq!(check_user_range(0x1001, 0x1000), Err(VmaError::Unaligned));
+        assert_eq!(check_user_range(0x1000, 0x1001), Err(VmaError::Unaligned));
         assert_eq!(
             check_user_range(LOWER_HALF_END - 0x1000, 0x2000),
-            Err(SpaceError::NonCanonical)
+            Err(VmaError::NonCanonical)
         );
         assert_eq!(
             check_user_range(LOWER_HALF_END, 0x1000),
-            Err(SpaceError::NonCanonical)
+            Err(VmaError::NonCanonical)
         );
         assert_eq!(
             check_user_range(UPPER_HALF_START, 0x1000),
-            Err(SpaceError::KernelHalf)
+            Err(VmaError::KernelHalf)
         );
         assert_eq!(
             check_user_range(u64::MAX - 0xfff, 0x1000),
-            Err(SpaceError::KernelHalf)
+            Err(VmaError::KernelHalf)
         );
         assert_eq!(
             check_user_range(0x1000, u64::MAX - 0xfff),
-            Err(SpaceError::NonCanonical)
+            Err(VmaError::NonCanonical)
         );
         assert_eq!(
             check_user_range(LOWER_HALF_END - 0x1000, 0x1000),
@@ -358,9 +390,9 @@ mod tests {
             (0x18000, 0x19000),
             (0x0, 0x50000),
         ] {
-            assert_eq!(set.insert(vma(s, e)), Err(SpaceError::Overlap));
+            assert_eq!(set.insert(vma(s, e)), Err(VmaError::Overlap));
         }
-        assert_eq!(set.insert(vma(0x5000, 0x5000)), Err(SpaceError::ZeroLength));
+        assert_eq!(set.insert(vma(0x5000, 0x5000)), Err(VmaError::ZeroLength));
         set.insert(vma(0x20000, 0x30000)).unwrap();
         assert_eq!(set.len(), 3);
         assert_eq!(set.find(0x1ffff).unwrap().start, 0x10000);

@@ -1,25 +1,20 @@
-//! NUMA nodes: which physical ranges belong to which node, a node-aware [`FrameSource`]
-//! over one buddy allocator, per-node usage, and moving a virtual range to a node.
+//! NUMA nodes of physical memory: which frame ranges belong to which node, per-node usage
+//! counts, and the allocation of a block inside one node's ranges.
 //!
 //! The kernel fills a [`NodeMap`] from the ACPI SRAT's memory affinity entries. One
 //! buddy allocator serves every node (its free lists are not per node, so node
-//! boundaries need no particular alignment); an allocation on a node looks for a free
-//! block inside the node's ranges and takes it with `alloc_at`. That search is a scan
-//! that skips whole blocks (free ones too small, allocated ones, reserved frames), so it
-//! costs O(blocks in the node's ranges); the common allocation without a node stays the
-//! buddy allocator's O(MAX_ORDER) path.
+//! boundaries need no particular alignment); an allocation on a node
+//! ([`alloc_on_node`]) looks for a free block inside the node's ranges and takes it with
+//! `alloc_at`. That search is a scan that skips whole blocks (free ones too small,
+//! allocated ones, reserved frames), so it costs O(blocks in the node's ranges); the
+//! common allocation without a node stays the buddy allocator's O(MAX_ORDER) path.
 
-use crate::addr::{Pfn, MAX_ORDER};
-use crate::aspace::{AddressSpace, FrameSource, Mm, SpaceError};
-use crate::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
-use crate::frame::{FrameFlags, FrameState, FrameTable};
-use crate::migrate::{Destination, MigrateError};
-use crate::phys::PhysMem;
-use crate::vma::check_user_range;
+use crate::base::addr::Pfn;
+use crate::frame::buddy::{AllocError, BuddyAllocator, MigrateType};
+use crate::frame::meta::{FrameFlags, FrameState, FrameTable};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::fmt;
-use spin::{Mutex, MutexGuard};
 
 /// A NUMA node (the SRAT's proximity domain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,130 +137,6 @@ pub struct NodeUsage {
     pub reserved: u64,
 }
 
-/// A node-aware [`FrameSource`] over one buddy allocator behind a spin lock.
-pub struct BuddyFrames<'a> {
-    buddy: Mutex<BuddyAllocator<'a>>,
-    table: FrameTable<'a>,
-    nodes: NodeMap,
-}
-
-impl<'a> BuddyFrames<'a> {
-    /// Serve frames from `buddy`, placing nodes by `nodes`.
-    pub fn new(buddy: BuddyAllocator<'a>, nodes: NodeMap) -> BuddyFrames<'a> {
-        BuddyFrames {
-            table: buddy.table(),
-            buddy: Mutex::new(buddy),
-            nodes,
-        }
-    }
-
-    /// The allocator, locked (for audits and statistics).
-    pub fn lock(&self) -> MutexGuard<'_, BuddyAllocator<'a>> {
-        self.buddy.lock()
-    }
-
-    /// The node map.
-    pub fn nodes(&self) -> &NodeMap {
-        &self.nodes
-    }
-
-    /// Free, used and reserved frames of every node.
-    pub fn usage(&self) -> Vec<NodeUsage> {
-        let _buddy = self.buddy.lock();
-        node_usage(&self.nodes, self.table)
-    }
-}
-
-impl FrameSource for BuddyFrames<'_> {
-    fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError> {
-        if order > MAX_ORDER {
-            return Err(AllocError::InvalidOrder);
-        }
-        let mut buddy = self.buddy.lock();
-        match node {
-            None => buddy.alloc(order, mt),
-            Some(node) => alloc_on_node(&self.nodes, &mut buddy, node, order, mt),
-        }
-    }
-
-    fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
-        self.buddy.lock().alloc_at(pfn, order, mt)
-    }
-
-    fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
-        self.buddy.lock().free(pfn, order)
-    }
-
-    fn frame_table(&self) -> FrameTable<'_> {
-        self.table
-    }
-
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        self.nodes.node_of(pfn)
-    }
-
-    fn node_exists(&self, node: NodeId) -> bool {
-        self.nodes.contains(node)
-    }
-}
-
-/// What [`Mm::move_range_to_node`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MoveReport {
-    /// Blocks moved: (old head, new head).
-    pub moved: Vec<(Pfn, Pfn)>,
-    /// Blocks that were on the node already.
-    pub already_there: usize,
-    /// Blocks that did not move, and why (they are exactly as before).
-    pub failed: Vec<(Pfn, MigrateError)>,
-}
-
-impl<'m, M: PhysMem> Mm<'m, M> {
-    /// Move every block mapped in `[start, start + len)` of `space` (which VMAs must
-    /// cover) to frames on `node`, whole: 2 MiB and 1 GiB mappings stay huge, and a huge
-    /// block only partly inside the range moves entirely. Blocks that cannot move (pinned,
-    /// no room on the node...) are reported, the others move.
-    pub fn move_range_to_node(
-        &self,
-        space: &AddressSpace<'m, M>,
-        start: u64,
-        len: u64,
-        node: crate::numa::NodeId,
-    ) -> Result<MoveReport, SpaceError> {
-        self.check_space(space)?;
-        let (start, end) = check_user_range(start, len)?;
-        if !self.frames.node_exists(node) {
-            return Err(SpaceError::NoSuchNode);
-        }
-        let heads = {
-            let st = self.lock_settled(space, start, end, true)?;
-            let mut heads = BTreeSet::new();
-            for (_, t) in st.pt.walk(start, end) {
-                if let Some(head) = self.head_of(Pfn::containing(t.leaf_base_pa)) {
-                    heads.insert(head);
-                }
-            }
-            heads
-        };
-        let mut report = MoveReport::default();
-        let mut batch = Vec::new();
-        for head in heads {
-            if self.frames.node_of(head) == Some(node) {
-                report.already_there += 1;
-            } else {
-                batch.push((head, Destination::Node(node)));
-            }
-        }
-        for (&(src, _), result) in batch.iter().zip(self.migrate_batch(&batch)) {
-            match result {
-                Ok(dst) => report.moved.push((src, dst)),
-                Err(e) => report.failed.push((src, e)),
-            }
-        }
-        Ok(report)
-    }
-}
-
 /// Free, used and reserved frames of every node of `map`, read from the frame table
 /// (the caller holds the allocator lock so blocks don't change under the walk). Frames
 /// parked in a per-CPU cache (`CACHED`) count as free.
@@ -345,7 +216,6 @@ pub fn alloc_on_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FrameTable;
 
     #[test]
     fn node_map_lookup_and_errors() {
@@ -373,53 +243,5 @@ mod tests {
         assert!(map.contains(NodeId(1)) && !map.contains(NodeId(2)));
         assert_eq!(map.ranges_of(NodeId(1)).count(), 2);
         assert_eq!(NodeMap::single(Pfn(3), Pfn(3)), NodeMap::new());
-    }
-
-    #[test]
-    fn allocation_on_a_node_stays_in_its_ranges() {
-        let recs = FrameTable::boxed_records(4096);
-        let table = FrameTable::new(&recs).unwrap();
-        let mut buddy = BuddyAllocator::new(table);
-        buddy.add_free_range(Pfn(1), Pfn(4096)).unwrap();
-        let mut map = NodeMap::new();
-        map.add(Pfn(0), Pfn(1536), NodeId(0)).unwrap();
-        map.add(Pfn(1536), Pfn(4096), NodeId(1)).unwrap();
-        let frames = BuddyFrames::new(buddy, map);
-        let on1 = frames
-            .alloc(9, MigrateType::Movable, Some(NodeId(1)))
-            .unwrap();
-        assert_eq!(frames.node_of(on1), Some(NodeId(1)));
-        assert!(on1.is_aligned(9));
-        let mut small = Vec::new();
-        while let Ok(p) = frames.alloc(0, MigrateType::Movable, Some(NodeId(0))) {
-            assert_eq!(frames.node_of(p), Some(NodeId(0)));
-            small.push(p);
-        }
-        assert_eq!(small.len(), 1535);
-        assert_eq!(
-            frames.alloc(0, MigrateType::Movable, Some(NodeId(7))),
-            Err(AllocError::OutOfMemory)
-        );
-        let usage = frames.usage();
-        assert_eq!(
-            usage[0],
-            NodeUsage {
-                node: NodeId(0),
-                frames: 1536,
-                free: 0,
-                used: 1535,
-                reserved: 1
-            }
-        );
-        assert_eq!((usage[1].used, usage[1].free), (512, 2048));
-        for p in small {
-            frames.free(p, 0).unwrap();
-        }
-        frames.free(on1, 9).unwrap();
-        assert_eq!(frames.lock().free_frames(), 4095);
-        assert_eq!(
-            frames.alloc(MAX_ORDER + 1, MigrateType::Movable, None),
-            Err(AllocError::InvalidOrder)
-        );
     }
 }

@@ -38,9 +38,9 @@
 //! block, on the source and on the destination, until it completes). Other code (an
 //! exchange, a DMA pin) can read them lock-free.
 
-use crate::addr::{PageSize, Pfn};
-use crate::aspace::SharedRegion;
-use crate::frame::FrameMeta;
+use crate::base::addr::{PageSize, Pfn};
+use crate::frame::meta::FrameMeta;
+use crate::mapping::region::SharedRegion;
 use alloc::collections::BTreeMap;
 use alloc::sync::Weak;
 use alloc::vec::Vec;

@@ -4,7 +4,7 @@
 //! arena whose physical address 0 is the start of a heap buffer. Both implement
 //! [`PhysMem`], so the allocator and page-table code run unchanged on either.
 
-use crate::addr::PAGE_SIZE;
+use crate::base::addr::PAGE_SIZE;
 use core::sync::atomic::AtomicU64;
 use x86_64::PhysAddr;
 

@@ -20,7 +20,7 @@
 //! The allocator is not locked: the kernel wraps it in a `spin::Mutex`. Every method that
 //! fails returns a typed error and leaves the allocator and the metadata unchanged.
 //!
-//! [`FrameMeta`]: crate::frame::FrameMeta
+//! [`FrameMeta`]: crate::frame::meta::FrameMeta
 
 mod audit;
 #[cfg(test)]
@@ -28,8 +28,8 @@ mod tests;
 
 pub use audit::{AuditError, AuditReport};
 
-use crate::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
-use crate::frame::{FrameFlags, FrameState, FrameTable, NO_LINK};
+use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
+use crate::frame::meta::{FrameFlags, FrameState, FrameTable, NO_LINK};
 use core::sync::atomic::Ordering;
 
 /// Number of buddy orders, `0..=MAX_ORDER`.
