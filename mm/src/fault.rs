@@ -23,9 +23,8 @@ use crate::aspace::{
 };
 use crate::buddy::MigrateType;
 use crate::frame::FrameFlags;
-use crate::migrate::MigrationEntry;
 use crate::numa::NodeId;
-use crate::paging::MapError;
+use crate::paging::{MapError, MigrationEntry};
 use crate::phys::PhysMem;
 use crate::rmap::{is_migrating, RmapEntry, OWNER_MANAGED};
 use crate::vma::{check_user_addr, check_user_range, HugePolicy, Mobility, Vma};

@@ -66,9 +66,10 @@ use crate::buddy::{AllocError, FreeError, MigrateType};
 use crate::cpuset::AtomicCpuSet;
 use crate::fault::FaultError;
 use crate::frame::{FrameMeta, FrameState, FrameTable};
-use crate::migrate::MigrationEntry;
 use crate::numa::NodeId;
-use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
+use crate::paging::{
+    Entry, MigrationEntry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END,
+};
 use crate::phys::PhysMem;
 use crate::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
 use crate::vma::{check_user_range, Vma, VmaFlags, VmaSet};
