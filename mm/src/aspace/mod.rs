@@ -69,7 +69,7 @@ use crate::base::cpuset::AtomicCpuSet;
 use crate::frame::meta::{FrameMeta, FrameState};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
 use crate::mapping::vma::{check_user_range, Vma, VmaError, VmaFlags, VmaSet};
-use crate::ops::migrate::MigrationEntry;
+use crate::paging::MigrationEntry;
 use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;

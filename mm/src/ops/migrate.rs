@@ -36,129 +36,25 @@
 //! when their range holds a migration entry, so only the migration that installed an
 //! entry ever removes it.
 //!
-//! # Migration entry encoding
-//!
-//! A migration entry is the leaf it replaces with the present bit cleared and three
-//! software bits set (bits 9-11 are ignored by the MMU and never set in user leaves):
-//!
-//! ```text
-//!  63 | 62..52      | 51..12 (2M: 51..21, 1G: 51..30)  | 11..10 | 9 | 8..1        | 0
-//!  NX | sw / pkey   | address of the source frame       | size   | 1 | leaf flags  | 0
-//! ```
-//!
-//! - bit 0 (present) is 0, so the MMU faults on any access;
-//! - bit 9 marks a migration entry;
-//! - bits 10-11 encode the size: 1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB (it must agree with
-//!   the level of the slot);
-//! - every other bit is the original leaf's: the address field names the source frame
-//!   (the exact 4 KiB frame the leaf mapped), bit 7 is still `HUGE_PAGE` (or the PTE's
-//!   PAT bit), bit 12 still the huge leaf's PAT bit, and writable, user, accessed, dirty,
-//!   the cache bits and NX are kept, so the new leaf gets the same flags.
+//! Migration entries themselves (their encoding) are
+//! [`paging::MigrationEntry`](crate::paging::MigrationEntry).
 
 use crate::aspace::{size_of_order, AddressSpace, Flush, Mm, SpaceId};
 use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
-use crate::base::addr::{PageSize, Pfn};
+use crate::base::addr::Pfn;
 use crate::frame::buddy::{AllocError, MigrateType};
 use crate::frame::meta::{FrameFlags, FrameState};
 use crate::frame::node::NodeId;
 use crate::mapping::rmap::{try_claim, unclaim, OWNER_MANAGED, OWNER_MIGRATING};
-use crate::paging::{Entry, RawError};
+use crate::paging::{MigrationEntry, RawError};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::Ordering;
-use x86_64::structures::paging::PageTableFlags;
-use x86_64::{PhysAddr, VirtAddr};
-
-/// Bit 9: the entry is a migration entry.
-const MIGRATION_BIT: u64 = 1 << 9;
-/// Bits 10-11: the size code.
-const SIZE_SHIFT: u32 = 10;
-/// Bits 9-11: the software bits a migration entry uses.
-const SOFT_BITS: u64 = 0b111 << 9;
-
-const fn size_code(size: PageSize) -> u64 {
-    match size {
-        PageSize::Size4K => 1,
-        PageSize::Size2M => 2,
-        PageSize::Size1G => 3,
-    }
-}
-
-/// A non-present entry standing for a leaf under migration (encoding in the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MigrationEntry(Entry);
-
-impl MigrationEntry {
-    /// The migration entry for the present leaf `leaf` of `size`; `None` if the leaf is
-    /// not present or uses the software bits 9-11.
-    pub fn from_leaf(leaf: Entry, size: PageSize) -> Option<MigrationEntry> {
-        if !leaf.is_present() || leaf.raw() & SOFT_BITS != 0 {
-            return None;
-        }
-        let raw = (leaf.raw() & !PageTableFlags::PRESENT.bits())
-            | MIGRATION_BIT
-            | (size_code(size) << SIZE_SHIFT);
-        Some(MigrationEntry(Entry::from_raw(raw)))
-    }
-
-    /// The migration entry `entry` read at page-table `level`, if it is one.
-    pub fn decode(entry: Entry, level: u8) -> Option<MigrationEntry> {
-        let raw = entry.raw();
-        if entry.is_present() || raw & MIGRATION_BIT == 0 {
-            return None;
-        }
-        let size = match (raw >> SIZE_SHIFT) & 0b11 {
-            1 => PageSize::Size4K,
-            2 => PageSize::Size2M,
-            3 => PageSize::Size1G,
-            _ => return None,
-        };
-        (size.level() == level).then_some(MigrationEntry(entry))
-    }
-
-    /// The raw entry to store.
-    pub fn entry(self) -> Entry {
-        self.0
-    }
-
-    /// The size of the leaf it stands for.
-    pub fn size(self) -> PageSize {
-        match (self.0.raw() >> SIZE_SHIFT) & 0b11 {
-            1 => PageSize::Size4K,
-            2 => PageSize::Size2M,
-            _ => PageSize::Size1G,
-        }
-    }
-
-    /// The leaf it replaced, with the accessed/dirty bits it had then.
-    pub fn original(self) -> Entry {
-        Entry::from_raw((self.0.raw() & !SOFT_BITS) | PageTableFlags::PRESENT.bits())
-    }
-
-    /// The first byte of the frame the leaf mapped.
-    pub fn source(self) -> PhysAddr {
-        self.original().leaf_addr(self.size())
-    }
-
-    /// The first frame the leaf mapped.
-    pub fn source_pfn(self) -> Pfn {
-        Pfn::containing(self.source())
-    }
-
-    /// The leaf flags it carries (see [`crate::paging::entry`]).
-    pub fn flags(self) -> PageTableFlags {
-        self.original().leaf_flags(self.size())
-    }
-
-    /// A leaf of the same size and flags mapping the frame at `pa`.
-    pub fn retarget(self, pa: PhysAddr) -> Entry {
-        Entry::leaf(pa, self.size(), self.flags())
-    }
-}
+use x86_64::VirtAddr;
 
 /// Where a migrated block goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -620,6 +516,7 @@ mod tests {
     use super::*;
     use crate::aspace::testing::{read_user, with_env, write_user, Env};
     use crate::backend::phys::Arena;
+    use crate::base::addr::PageSize;
     use crate::mapping::region::SharedRegion;
     use crate::mapping::rmap::{is_migrating, RmapEntry};
     use crate::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
@@ -755,61 +652,5 @@ mod tests {
             assert_eq!(read_user(env.mem, &a, 0x4000_0008), Some(9));
             env.audit();
         });
-    }
-
-    #[test]
-    fn migration_entries_round_trip_flags_and_sizes() {
-        let flags = PageTableFlags::WRITABLE
-            | PageTableFlags::USER_ACCESSIBLE
-            | PageTableFlags::NO_EXECUTE
-            | PageTableFlags::ACCESSED
-            | PageTableFlags::DIRTY
-            | crate::paging::LEAF_PAT;
-        for (size, pa) in [
-            (PageSize::Size4K, 0x1234_5000u64),
-            (PageSize::Size2M, 0x4020_0000),
-            (PageSize::Size1G, 0x1_4000_0000),
-        ] {
-            let leaf = Entry::leaf(PhysAddr::new(pa), size, flags);
-            let mig = MigrationEntry::from_leaf(leaf, size).unwrap();
-            let e = mig.entry();
-            assert!(!e.is_present() && !e.is_unused());
-            assert_eq!(
-                e.raw() & SOFT_BITS,
-                MIGRATION_BIT | (size_code(size) << SIZE_SHIFT)
-            );
-            assert_eq!(MigrationEntry::decode(e, size.level()), Some(mig));
-            let other = PageSize::ALL.into_iter().find(|&s| s != size).unwrap();
-            assert_eq!(MigrationEntry::decode(e, other.level()), None);
-            assert_eq!(mig.size(), size);
-            assert_eq!(mig.source().as_u64(), pa);
-            assert_eq!(mig.original(), leaf);
-            assert_eq!(mig.flags(), flags | PageTableFlags::PRESENT);
-            let moved = mig.retarget(PhysAddr::new(pa + size.bytes()));
-            assert_eq!(moved.leaf_addr(size).as_u64(), pa + size.bytes());
-            assert_eq!(moved.leaf_flags(size), leaf.leaf_flags(size));
-        }
-    }
-
-    #[test]
-    fn only_clean_present_leaves_become_migration_entries() {
-        let leaf = Entry::leaf(
-            PhysAddr::new(0x5000),
-            PageSize::Size4K,
-            PageTableFlags::BIT_9,
-        );
-        assert_eq!(MigrationEntry::from_leaf(leaf, PageSize::Size4K), None);
-        assert_eq!(
-            MigrationEntry::from_leaf(Entry::UNUSED, PageSize::Size4K),
-            None
-        );
-        assert_eq!(MigrationEntry::decode(Entry::from_raw(0x5000), 1), None);
-        assert_eq!(MigrationEntry::decode(Entry::from_raw(0x5200), 1), None);
-        let present = Entry::leaf(
-            PhysAddr::new(0x5000),
-            PageSize::Size4K,
-            PageTableFlags::empty(),
-        );
-        assert_eq!(MigrationEntry::decode(present, 1), None);
     }
 }

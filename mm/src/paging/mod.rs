@@ -31,6 +31,7 @@ pub mod entry;
 mod error;
 mod range;
 mod raw;
+mod swentry;
 mod walk;
 
 #[cfg(any(test, feature = "std"))]
@@ -41,6 +42,7 @@ mod tests;
 pub use entry::{valid_leaf_flags, Entry, ADDR_MASK, LEAF_FLAGS_MASK, LEAF_PAT};
 pub use error::{MapError, ProtectError, RangeError, SplitError, UnmapError};
 pub use raw::RawError;
+pub use swentry::MigrationEntry;
 pub use walk::Walk;
 
 use crate::backend::flush::FlushSink;

@@ -1,5 +1,5 @@
 //! Raw access to leaf-level slots, for software (non-present) entries such as the
-//! migration entries of [`crate::ops::migrate`].
+//! [`MigrationEntry`](super::MigrationEntry).
 //!
 //! The rest of this module only deals with present leaves and unused slots; a slot that
 //! holds a non-present entry with other bits set is left alone by `map` (it is not
