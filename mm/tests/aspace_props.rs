@@ -537,8 +537,8 @@ fn step<'a, M: PhysMem>(
             }
         }
         Op::Pin { s, pick } => {
-            if let Some((_, head)) = pick_leaf(env, &spaces[s], pick) {
-                prop_assert_eq!(mm.pin(head), Ok(head));
+            if let Some((va, head)) = pick_leaf(env, &spaces[s], pick) {
+                prop_assert_eq!(mm.pin(&spaces[s], va), Ok(head));
                 model.pins.push(head);
             }
         }

@@ -13,7 +13,7 @@ use mm::backend::source::BuddyFrames;
 use mm::backend::source::FrameSource;
 use mm::backend::tlb::TlbShootdown;
 use mm::base::addr::{PageSize, Pfn};
-use mm::base::cpuset::AtomicCpuSet;
+use mm::base::cpuset::CpuSet;
 use mm::frame::buddy::BuddyAllocator;
 use mm::frame::meta::FrameTable;
 use mm::frame::node::{NodeId, NodeMap};
@@ -188,14 +188,14 @@ fn every_refusal_is_typed_and_changes_nothing() {
         }
         // Allocation failure of the destination.
         let before = state(env, &[&s], huge);
-        env.frames.fail_nth(0);
+        env.frames.injector.fail_nth(0);
         assert_eq!(
             env.mm.migrate_one(huge, Destination::Any),
             Err(MigrateError::OutOfMemory)
         );
         assert_eq!(state(env, &[&s], huge), before);
         // Pinned, then unpinned.
-        env.mm.pin(huge).unwrap();
+        env.mm.pin(&s, 0x4000_0000).unwrap();
         assert_eq!(
             env.mm.migrate_one(huge, Destination::Any),
             Err(MigrateError::Pinned)
@@ -412,8 +412,8 @@ fn a_batch_reports_page_by_page_and_loses_nothing() {
         let free = env.free_frames();
         // Allocation 1 (page 1's destination) fails; page 3 gets pinned by a "device"
         // just before allocation 2, after its batch started but before its turn.
-        env.frames.fail_nth(1);
-        env.frames.pin_at_nth(2, heads[3]);
+        env.frames.injector.fail_nth(1);
+        env.frames.injector.pin_at_nth(2, &s, pages[3].0);
         let batch: Vec<_> = heads.iter().map(|&h| (h, Destination::Any)).collect();
         let results = env.mm.migrate_batch(&batch);
         assert!(
@@ -550,10 +550,10 @@ struct EmuTlb {
 }
 
 impl TlbShootdown for EmuTlb {
-    fn shootdown(&self, cpus: &AtomicCpuSet, _: &[(VirtAddr, PageSize)], _: bool) {
+    fn shootdown(&self, cpus: CpuSet, _: &[(VirtAddr, PageSize)], _: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        for cpu in cpus.load().iter().map(|c| c as usize).filter(|&c| c < 4) {
+        for cpu in cpus.iter().map(|c| c as usize).filter(|&c| c < 4) {
             let s = self.seq[cpu].load(Ordering::SeqCst);
             if s % 2 == 1 {
                 while self.seq[cpu].load(Ordering::SeqCst) == s {

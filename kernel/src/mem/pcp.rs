@@ -12,7 +12,6 @@
 use super::frames::with_buddy;
 use super::MemError;
 use crate::percpu::{self, MAX_CPUS};
-use core::sync::atomic::Ordering;
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::{FrameFlags, FrameState, FrameTable};
@@ -85,8 +84,7 @@ pub fn alloc(table: FrameTable<'static>, mt: MigrateType) -> Result<Pfn, MemErro
         if let Some(meta) = table.get(pfn) {
             // Handed out as the buddy allocator hands out a fresh block: one reference,
             // no owner (a cached frame keeps what its last user left).
-            meta.refcount.store(1, Ordering::Release);
-            meta.owner.store(0, Ordering::Release);
+            meta.reset_allocated();
             meta.remove_flags(FrameFlags::CACHED);
         }
         Ok(pfn)
@@ -108,8 +106,8 @@ pub fn free(table: FrameTable<'static>, pfn: Pfn) -> Result<(), MemError> {
         && !meta
             .flags()
             .intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
-        && meta.mapcount.load(Ordering::Acquire) == 0
-        && meta.pincount.load(Ordering::Acquire) == 0;
+        && meta.mapcount() == 0
+        && meta.pincount() == 0;
     if !cacheable {
         return with_buddy(|b| b.free(pfn, 0)).map_err(MemError::Free);
     }

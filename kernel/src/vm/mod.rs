@@ -46,7 +46,7 @@ use mm::aspace::{AddressSpace, Mm, SpaceError};
 use mm::backend::shootdown::FlushBatch;
 use mm::backend::tlb::TlbShootdown;
 use mm::base::addr::PageSize;
-use mm::base::cpuset::AtomicCpuSet;
+use mm::base::cpuset::CpuSet;
 use mm::ops::fault::FaultOutcome;
 use mm::paging::LOWER_HALF_END;
 use spin::{Mutex, Once};
@@ -64,7 +64,7 @@ pub type Space = AddressSpace<'static, physmap::KernelPhys>;
 pub struct SpaceShootdown;
 
 impl TlbShootdown for SpaceShootdown {
-    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
+    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
         let mut batch = FlushBatch::new();
         if full {
             batch.set_full(false);
@@ -74,7 +74,7 @@ impl TlbShootdown for SpaceShootdown {
             }
         }
         // Only online CPUs ever activate an address space, so every target is online.
-        if let Err(e) = tlb::shootdown(cpus.load(), &batch) {
+        if let Err(e) = tlb::shootdown(cpus, &batch) {
             log::error!("address-space shootdown failed: {e:?}");
         }
     }

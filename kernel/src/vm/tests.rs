@@ -863,12 +863,12 @@ fn injected_failures(_: &TestContext) -> TestResult {
         .iter()
         .map(|&i| (heads[i], Destination::Any))
         .collect();
-    frames_src.fail_nth(4);
-    frames_src.pin_at_nth(5, heads[6]);
+    frames_src.injector.fail_nth(4);
+    frames_src.injector.pin_at_nth(5, &s, pages[6].0);
     let free_before = available();
     let results = mm.migrate_batch(&requests);
-    let injected_pin = frames_src.injected_pin();
-    frames_src.disarm();
+    let injected_pin = frames_src.injector.injected_pin();
+    frames_src.injector.disarm();
     check_eq!(injected_pin, Some(Ok(heads[6])));
     let mut moved = Vec::new();
     for (k, (&i, r)) in order.iter().zip(&results).enumerate() {
@@ -1147,9 +1147,10 @@ fn bad_input(_: &TestContext) -> TestResult {
         migrate(hs, Destination::Node(nowhere)),
         Err(MigrateError::NoSuchNode)
     );
-    refused!(mm.pin(free_frame), Err(PinError::NotInUse));
+    refused!(mm.pin(&s, unmapped), Err(PinError::NotMapped));
+    refused!(mm.unpin(free_frame), Err(PinError::NotInUse));
     refused!(mm.unpin(hs), Err(PinError::NotPinned));
-    refused!(mm.pin(Pfn(table_len + 7)), Err(PinError::OutOfRange));
+    refused!(mm.unpin(Pfn(table_len + 7)), Err(PinError::OutOfRange));
     // Faults the address space cannot resolve: no VMA, a write to read-only memory.
     refused!(read(unmapped), None);
     refused!(write(unmapped, 1), false);

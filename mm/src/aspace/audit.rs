@@ -9,12 +9,11 @@ use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, Pfn};
 use crate::frame::meta::FrameState;
 use crate::mapping::region;
-use crate::mapping::rmap::{RmapEntry, SpaceId, OWNER_MANAGED, OWNER_MIGRATING};
+use crate::mapping::rmap::{RmapEntry, SpaceId};
 use crate::paging::LOWER_HALF_END;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::Ordering;
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::VirtAddr;
 
@@ -34,6 +33,12 @@ pub struct RmapAuditReport {
 /// The first inconsistency the audit met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RmapAuditError {
+    /// Counter operations failed where no caller could take the error (see
+    /// [`CountError`](crate::frame::refs::CountError)): the accounting is broken.
+    CountErrors {
+        /// How many.
+        count: u64,
+    },
     /// A leaf has no reverse-map entry (or one with another size or offset).
     MissingRmap {
         /// The address space.
@@ -107,6 +112,12 @@ impl<M: PhysMem> Mm<'_, M> {
     /// the shared regions and the frame metadata (map counts, reference counts, owner
     /// bits). Call it when no operation is in flight.
     pub fn rmap_audit(&self) -> Result<RmapAuditReport, RmapAuditError> {
+        let count = self
+            .count_errors
+            .load(core::sync::atomic::Ordering::Acquire);
+        if count != 0 {
+            return Err(RmapAuditError::CountErrors { count });
+        }
         let mut leaves: BTreeMap<Key, (PageSize, u64)> = BTreeMap::new();
         let spaces = self.spaces();
         for space in &spaces {
@@ -194,19 +205,18 @@ impl<M: PhysMem> Mm<'_, M> {
             let Some(meta) = table.get(Pfn(i)) else {
                 break;
             };
-            let owner = meta.owner.load(Ordering::Acquire);
             let maps = per_head.get(&i).copied().unwrap_or(0);
             let holder = held.contains(&i);
             let used = maps > 0 || holder;
-            let managed = meta.state() == FrameState::Allocated && owner & OWNER_MANAGED != 0;
+            let managed = meta.state() == FrameState::Allocated && meta.is_managed();
             if !used && !managed {
                 continue;
             }
-            let pins = meta.pincount.load(Ordering::Acquire);
-            if !managed || (!used && pins == 0) || owner & OWNER_MIGRATING != 0 {
+            let pins = meta.pincount();
+            if !managed || (!used && pins == 0) || meta.is_claimed() {
                 return Err(RmapAuditError::BadOwner { head: Pfn(i) });
             }
-            let mapcount = meta.mapcount.load(Ordering::Acquire);
+            let mapcount = meta.mapcount();
             if mapcount != maps {
                 return Err(RmapAuditError::Mapcount {
                     head: Pfn(i),
@@ -215,7 +225,7 @@ impl<M: PhysMem> Mm<'_, M> {
                 });
             }
             let expected = maps + u32::from(holder) + pins;
-            let refcount = meta.refcount.load(Ordering::Acquire);
+            let refcount = meta.refcount();
             if refcount != expected {
                 return Err(RmapAuditError::Refcount {
                     head: Pfn(i),

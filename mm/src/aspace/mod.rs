@@ -49,6 +49,7 @@
 //! hold a translation to it.
 
 mod audit;
+pub mod inject;
 
 mod sink;
 #[cfg(any(test, feature = "std"))]
@@ -65,10 +66,11 @@ use crate::backend::phys::PhysMem;
 use crate::backend::source::FrameSource;
 use crate::backend::tlb::TlbShootdown;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::base::cpuset::AtomicCpuSet;
+use crate::base::cpuset::{AtomicCpuSet, CpuSet};
 use crate::frame::meta::{FrameMeta, FrameState};
-use crate::mapping::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
-use crate::mapping::vma::{check_user_range, Vma, VmaError, VmaFlags, VmaSet};
+use crate::frame::refs::{CountError, Released};
+use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
+use crate::mapping::vma::{check_user_addr, check_user_range, Vma, VmaError, VmaFlags, VmaSet};
 use crate::paging::MigrationEntry;
 use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
 use alloc::collections::BTreeMap;
@@ -118,6 +120,9 @@ pub enum SpaceError {
     RegionInUse,
     /// The NUMA node does not exist.
     NoSuchNode,
+    /// A frame counter would overflow (or, if this crate's accounting were broken, drop
+    /// below zero).
+    Count(CountError),
     /// The page-table layer refused a range operation.
     PageTable(RangeError),
     /// A write to a read-only VMA.
@@ -138,6 +143,12 @@ pub enum PinError {
     Migrating,
     /// `unpin` of a frame with no pin.
     NotPinned,
+    /// Nothing is mapped at the address.
+    NotMapped,
+    /// The pin count would overflow.
+    Count(CountError),
+    /// The address or the address space was refused.
+    Space(SpaceError),
 }
 
 impl From<VmaError> for SpaceError {
@@ -168,6 +179,7 @@ impl fmt::Display for SpaceError {
             SpaceError::RegionBounds => f.write_str("window outside the shared region"),
             SpaceError::RegionInUse => f.write_str("shared region still referenced"),
             SpaceError::NoSuchNode => f.write_str("no such NUMA node"),
+            SpaceError::Count(e) => write!(f, "{e}"),
             SpaceError::PageTable(e) => write!(f, "page table: {e}"),
             SpaceError::ReadOnly => f.write_str("write to a read-only VMA"),
             SpaceError::BadEntry => f.write_str("corrupt page-table entry"),
@@ -182,6 +194,9 @@ impl fmt::Display for PinError {
             PinError::NotInUse => "not a mapped user frame",
             PinError::Migrating => "frame under migration",
             PinError::NotPinned => "frame not pinned",
+            PinError::NotMapped => "nothing mapped at the address",
+            PinError::Count(e) => return write!(f, "{e}"),
+            PinError::Space(e) => return write!(f, "{e}"),
         })
     }
 }
@@ -279,6 +294,10 @@ pub struct Mm<'m, M: PhysMem> {
     next_space: AtomicU64,
     /// Bumped whenever a migration completes (or is rolled back); waiters spin on it.
     pub(crate) epoch: AtomicU64,
+    /// Counter operations that failed where no caller could take the error (a drop
+    /// below zero would mean broken accounting); [`rmap_audit`](Self::rmap_audit)
+    /// reports them.
+    pub(crate) count_errors: AtomicU64,
 }
 
 /// The leaf flags of a user mapping.
@@ -322,6 +341,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             rmap: Mutex::new(Rmap::default()),
             next_space: AtomicU64::new(1),
             epoch: AtomicU64::new(0),
+            count_errors: AtomicU64::new(0),
         }
     }
 
@@ -654,8 +674,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     },
                 );
             }
-            meta.mapcount.fetch_add(511, Ordering::AcqRel);
-            meta.refcount.fetch_add(511, Ordering::AcqRel);
+            if let Err(e) = meta.add_mappings(511) {
+                // Put the one entry back: the split leaves map what it mapped.
+                for i in 0..512u64 {
+                    rmap.remove(head, id, va + i * child.bytes());
+                }
+                rmap.insert(head, old);
+                return Err(SpaceError::Count(e));
+            }
         }
         Ok(())
     }
@@ -671,7 +697,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             };
             if rmap.remove(head, id, leaf.va.as_u64()).is_some() {
                 if let Some(meta) = self.meta(head) {
-                    meta.mapcount.fetch_sub(1, Ordering::AcqRel);
+                    self.count_result(meta.remove_mapping());
                 }
                 heads.push(head);
             }
@@ -686,8 +712,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let _rmap = self.rmap.lock();
             for &head in heads {
                 if let Some(meta) = self.meta(head) {
-                    if meta.refcount.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        meta.owner.store(0, Ordering::Release);
+                    if self.count_result(meta.put_ref()) == Some(Released::Last) {
                         dead.push((head, meta.order()));
                     }
                 }
@@ -702,60 +727,109 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// Shoot down what `flush` collected on the CPUs of `space`, then free the page-table
     /// frames it unlinked.
     pub(crate) fn shootdown(&self, space: &AddressSpace<'m, M>, flush: Flush) {
+        self.shootdown_cpus(space.cpus.load(), flush);
+    }
+
+    /// Shoot down what `flush` collected on `cpus` (the CPUs that have any of the address
+    /// spaces it covers loaded: one request per CPU however many spaces), then free the
+    /// page-table frames it unlinked.
+    pub(crate) fn shootdown_cpus(&self, cpus: CpuSet, flush: Flush) {
         if flush.is_empty() {
             return;
         }
-        self.tlb.shootdown(&space.cpus, &flush.ranges, flush.full);
+        self.tlb.shootdown(cpus, &flush.ranges, flush.full);
         for table in flush.tables {
             let freed = self.frames.free(Pfn::containing(table), 0);
-            debug_assert!(freed.is_ok(), "freeing table {table:?}: {freed:?}");
+            if freed.is_err() {
+                self.count_errors.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 
     /// Record a new mapping of the managed block `head` (under the reverse-map lock the
     /// caller holds): one more reference and map count.
-    pub(crate) fn add_mapping(rmap: &mut Rmap, meta: &FrameMeta, head: Pfn, entry: RmapEntry) {
+    pub(crate) fn add_mapping(
+        rmap: &mut Rmap,
+        meta: &FrameMeta,
+        head: Pfn,
+        entry: RmapEntry,
+    ) -> Result<(), CountError> {
         if rmap.insert(head, entry) {
-            meta.mapcount.fetch_add(1, Ordering::AcqRel);
-            meta.refcount.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = meta.add_mappings(1) {
+                rmap.remove(head, entry.space, entry.va.as_u64());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep the value of a counter operation that cannot fail unless this crate's
+    /// accounting is broken; a failure is counted for [`rmap_audit`](Self::rmap_audit) to
+    /// report instead of being lost.
+    pub(crate) fn count_result<T>(&self, r: Result<T, CountError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.count_errors.fetch_add(1, Ordering::AcqRel);
+                None
+            }
         }
     }
 
-    /// Pin the block containing `pfn` (as a device doing DMA would): it is neither moved
-    /// nor freed until [`unpin`](Self::unpin). Returns the block's head.
-    pub fn pin(&self, pfn: Pfn) -> Result<Pfn, PinError> {
-        let table = self.frames.frame_table();
-        table.get(pfn).ok_or(PinError::OutOfRange)?;
+    /// Pin the block that `va` of `space` maps (as a device doing DMA would): it is
+    /// neither moved nor freed until [`unpin`](Self::unpin). Returns the block's head.
+    ///
+    /// The head is found under the address space's lock, from the present leaf at `va`,
+    /// and checked against the reverse map under its lock, so the block pinned is the one
+    /// mapped there at that moment (a block cannot be freed or merged while this space
+    /// maps it and the lock is held).
+    pub fn pin(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<Pfn, PinError> {
+        self.check_space(space).map_err(PinError::Space)?;
+        check_user_addr(va).map_err(|e| PinError::Space(e.into()))?;
+        let st = space.state.lock();
+        if st.dead {
+            return Err(PinError::Space(SpaceError::SpaceDestroyed));
+        }
+        let Some(t) = st.pt.query(va) else {
+            let migrating = st
+                .migrating
+                .range(..=va)
+                .next_back()
+                .is_some_and(|(&start, &(size, _))| va < start + size.bytes());
+            return Err(if migrating {
+                PinError::Migrating
+            } else {
+                PinError::NotMapped
+            });
+        };
+        let pfn = Pfn::containing(t.leaf_base_pa);
+        let rmap = self.rmap.lock();
         let head = self.head_of(pfn).ok_or(PinError::NotInUse)?;
         let meta = self.meta(head).ok_or(PinError::NotInUse)?;
-        let _rmap = self.rmap.lock();
-        let owner = meta.owner.load(Ordering::Acquire);
-        if owner & OWNER_MANAGED == 0 {
+        let leaf_va = va & !(t.size.bytes() - 1);
+        if !meta.is_managed() || rmap.get(head, space.id, leaf_va).is_none() {
             return Err(PinError::NotInUse);
         }
-        if owner & OWNER_MIGRATING != 0 {
+        if meta.is_claimed() {
             return Err(PinError::Migrating);
         }
-        meta.pincount.fetch_add(1, Ordering::AcqRel);
-        meta.refcount.fetch_add(1, Ordering::AcqRel);
+        meta.pin().map_err(PinError::Count)?;
         Ok(head)
     }
 
-    /// Drop one pin of the block containing `pfn`; frees it if that was its last use.
-    pub fn unpin(&self, pfn: Pfn) -> Result<(), PinError> {
+    /// Drop one pin of the block headed at `head` (as [`pin`](Self::pin) returned it);
+    /// frees it if that was its last use.
+    pub fn unpin(&self, head: Pfn) -> Result<(), PinError> {
         let table = self.frames.frame_table();
-        table.get(pfn).ok_or(PinError::OutOfRange)?;
-        let head = self.head_of(pfn).ok_or(PinError::NotInUse)?;
-        let meta = self.meta(head).ok_or(PinError::NotInUse)?;
+        let meta = table.get(head).ok_or(PinError::OutOfRange)?;
         {
             let _rmap = self.rmap.lock();
-            if meta.owner.load(Ordering::Acquire) & OWNER_MANAGED == 0 {
+            // Under the lock: a pinned block is neither freed nor merged, so a head that
+            // still is one here is the block that was pinned.
+            if self.head_of(head) != Some(head) || !meta.is_managed() {
                 return Err(PinError::NotInUse);
             }
-            if meta.pincount.load(Ordering::Acquire) == 0 {
-                return Err(PinError::NotPinned);
-            }
-            meta.pincount.fetch_sub(1, Ordering::AcqRel);
+            meta.unpin().map_err(|_| PinError::NotPinned)?;
         }
         self.put_refs(&[head]);
         Ok(())
@@ -799,7 +873,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         region: &Arc<SharedRegion>,
         index: u64,
     ) {
-        meta.owner.store(OWNER_MANAGED, Ordering::Release);
+        meta.make_managed();
         rmap.set_holder(
             head,
             Holder {

@@ -3,11 +3,12 @@
 //! written), a [`FrameSource`] with fault injection, a [`TlbShootdown`] that records its
 //! calls, and [`with_env`], which builds a whole machine around an [`Mm`].
 
+use super::inject::Injector;
 use super::{FrameSource, Mm, TlbShootdown};
 use crate::backend::phys::PhysMem;
 use crate::backend::source::BuddyFrames;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::base::cpuset::{AtomicCpuSet, CpuSet};
+use crate::base::cpuset::CpuSet;
 use crate::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
 use crate::frame::meta::FrameTable;
 use crate::frame::node::{NodeId, NodeMap};
@@ -159,26 +160,23 @@ impl<'a> TestTlb<'a> {
 }
 
 impl TlbShootdown for TestTlb<'_> {
-    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
+    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
         self.calls.fetch_add(1, Ordering::AcqRel);
         self.log.push(Event::Shootdown {
-            cpus: cpus.load(),
+            cpus,
             ranges: ranges.to_vec(),
             full,
         });
     }
 }
 
-/// A [`FrameSource`] over [`BuddyFrames`] with fault injection: fail the n-th
-/// allocation from now, fail every allocation of some orders, or pin a frame (through the
-/// `Mm`) when the n-th allocation happens, as a device would in the middle of a batch.
+/// A [`FrameSource`] over [`BuddyFrames`] with fault injection ([`Injector`]), whose
+/// frees are recorded in the event log.
 pub struct TestFrames<'a, M: PhysMem> {
     inner: BuddyFrames<'a>,
     log: &'a EventLog,
-    allocs: AtomicUsize,
-    fail_at: AtomicUsize,
-    fail_orders: AtomicU64,
-    pin_at: Mutex<Option<(usize, Pfn)>>,
+    /// The faults to inject.
+    pub injector: Injector<'a, M>,
     mm: OnceLock<&'a Mm<'a, M>>,
 }
 
@@ -188,10 +186,7 @@ impl<'a, M: PhysMem> TestFrames<'a, M> {
         TestFrames {
             inner,
             log,
-            allocs: AtomicUsize::new(0),
-            fail_at: AtomicUsize::new(usize::MAX),
-            fail_orders: AtomicU64::new(0),
-            pin_at: Mutex::new(None),
+            injector: Injector::new(),
             mm: OnceLock::new(),
         }
     }
@@ -201,52 +196,14 @@ impl<'a, M: PhysMem> TestFrames<'a, M> {
         &self.inner
     }
 
-    /// Make the `n`-th allocation from now (0: the next one) fail with `OutOfMemory`.
-    pub fn fail_nth(&self, n: usize) {
-        self.fail_at
-            .store(self.allocs.load(Ordering::Acquire) + n, Ordering::Release);
-    }
-
-    /// Make every allocation of an order in `orders` fail (empty: none).
-    pub fn fail_orders(&self, orders: &[u8]) {
-        let mask = orders.iter().fold(0u64, |m, &o| m | 1 << o);
-        self.fail_orders.store(mask, Ordering::Release);
-    }
-
-    /// Pin `pfn` through the `Mm` just before the `n`-th allocation from now.
-    pub fn pin_at_nth(&self, n: usize, pfn: Pfn) {
-        let at = self.allocs.load(Ordering::Acquire) + n;
-        *self.pin_at.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, pfn));
-    }
-
-    /// Allocations attempted so far.
-    pub fn allocations(&self) -> usize {
-        self.allocs.load(Ordering::Acquire)
-    }
-
-    /// Attach the `Mm` that `pin_at_nth` pins through.
+    /// Attach the `Mm` that injected pins go through.
     pub fn attach(&self, mm: &'a Mm<'a, M>) {
         // A second attach keeps the first `Mm`: there is only one per machine.
         let _ = self.mm.set(mm);
     }
 
-    /// Count an allocation; whether it must fail.
     fn inject(&self, order: u8) -> bool {
-        let n = self.allocs.fetch_add(1, Ordering::AcqRel);
-        let pin = {
-            let mut pin_at = self.pin_at.lock().unwrap_or_else(|e| e.into_inner());
-            match *pin_at {
-                Some((at, pfn)) if at == n => pin_at.take().map(|_| pfn),
-                _ => None,
-            }
-        };
-        if let (Some(pfn), Some(mm)) = (pin, self.mm.get()) {
-            // The pin may be refused (e.g. the frame is already claimed); the test sees
-            // that in the batch's results.
-            let _ = mm.pin(pfn);
-        }
-        n == self.fail_at.load(Ordering::Acquire)
-            || self.fail_orders.load(Ordering::Acquire) & (1 << order) != 0
+        self.injector.on_alloc(order, self.mm.get().copied())
     }
 }
 

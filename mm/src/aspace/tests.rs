@@ -79,11 +79,7 @@ fn head_meta<'a, M: PhysMem>(
     let t = space.translate(va).unwrap();
     let head = env.mm.head_of(Pfn::containing(t.pa)).unwrap();
     let meta = env.mm.meta(head).unwrap();
-    (
-        head,
-        meta.mapcount.load(Ordering::Acquire),
-        meta.refcount.load(Ordering::Acquire),
-    )
+    (head, meta.mapcount(), meta.refcount())
 }
 
 #[test]
@@ -267,12 +263,12 @@ fn faults_map_2m_when_the_policy_range_and_allocator_allow() {
         assert!(head.is_aligned(9));
         assert_eq!((mapcount, refcount), (1, 1));
         // No 2 MiB block: the fault falls back to 4 KiB.
-        env.frames.fail_orders(&[9]);
+        env.frames.injector.fail_orders(&[9]);
         assert_eq!(
             mapped(env, &s, 0x4000_0000, true),
             (0x4000_0000, PageSize::Size4K)
         );
-        env.frames.fail_orders(&[]);
+        env.frames.injector.fail_orders(&[]);
         // A 4 KiB page in the first 2 MiB: the next fault there stays 4 KiB.
         assert_eq!(
             mapped(env, &s, 0x4010_0000, true),
@@ -297,14 +293,14 @@ fn faults_map_1g_on_sparse_memory_and_fall_back_in_order() {
         assert!(head.is_aligned(18));
         assert!(write_user(env.mem, &s, 2 * G1 + G1 - 8, 0xfeed));
         assert_eq!(read_user(env.mem, &s, 2 * G1 + G1 - 8), Some(0xfeed));
-        env.frames.fail_orders(&[18]);
+        env.frames.injector.fail_orders(&[18]);
         assert_eq!(
             mapped(env, &s, 3 * G1 + M2, false),
             (3 * G1 + M2, PageSize::Size2M)
         );
-        env.frames.fail_orders(&[18, 9]);
+        env.frames.injector.fail_orders(&[18, 9]);
         assert_eq!(mapped(env, &s, 3 * G1, false), (3 * G1, PageSize::Size4K));
-        env.frames.fail_orders(&[]);
+        env.frames.injector.fail_orders(&[]);
         assert!(
             env.mem.backed_frames() < 64,
             "zeroing must not back untouched frames"
@@ -336,15 +332,15 @@ fn fault_errors_are_typed_and_change_nothing() {
             assert_eq!(env.mm.handle_fault(&s, va, write), Err(err));
             assert_eq!(snapshot(env, &s), before);
         }
-        env.frames.fail_orders(&[0]);
+        env.frames.injector.fail_orders(&[0]);
         assert_eq!(
             env.mm.handle_fault(&s, 0x10_0000, false),
             Err(FaultError::OutOfMemory)
         );
         assert_eq!(snapshot(env, &s), before);
-        env.frames.fail_orders(&[]);
+        env.frames.injector.fail_orders(&[]);
         // The page-table allocation fails after the data frame was taken: it goes back.
-        env.frames.fail_nth(1);
+        env.frames.injector.fail_nth(1);
         assert_eq!(
             env.mm.handle_fault(&s, 0x10_0000, false),
             Err(FaultError::OutOfMemory)
@@ -397,7 +393,7 @@ fn partial_unmap_splits_a_huge_leaf_and_frees_after_the_last_mapping() {
         assert_eq!(s.leaves().len(), 510);
         assert_eq!(read_user(env.mem, &s, 0x4010_0000), Some(77));
         let meta = env.mm.meta(head).unwrap();
-        assert_eq!(meta.mapcount.load(Ordering::Acquire), 510);
+        assert_eq!(meta.mapcount(), 510);
         assert_eq!(env.mm.rmap_of(head).len(), 510);
         assert_eq!(
             s.vmas()
@@ -535,10 +531,7 @@ fn a_shared_region_maps_one_frame_in_two_spaces() {
         env.audit();
         assert_eq!(env.mm.release_region(&region), Err(SpaceError::RegionInUse));
         env.mm.unmap(&a, 0x4000_0000, 2 * M2).unwrap();
-        assert_eq!(
-            env.mm.meta(head).unwrap().refcount.load(Ordering::Acquire),
-            2
-        );
+        assert_eq!(env.mm.meta(head).unwrap().refcount(), 2);
         env.audit();
         env.mm.destroy_space(&b).unwrap();
         env.audit();
@@ -592,13 +585,21 @@ fn pins_keep_frames_and_errors_are_typed() {
             .unwrap();
         mapped(env, &s, 0x10_0000, true);
         let pfn = Pfn::containing(s.translate(0x10_0000).unwrap().pa);
-        assert_eq!(env.mm.pin(Pfn(FRAMES)), Err(PinError::OutOfRange));
-        assert_eq!(env.mm.pin(Pfn(0)), Err(PinError::NotInUse));
+        assert_eq!(env.mm.pin(&s, 0x20_0000), Err(PinError::NotMapped));
+        assert_eq!(
+            env.mm.pin(&s, 0xFFFF_8000_0000_0000),
+            Err(PinError::Space(SpaceError::KernelHalf))
+        );
+        let other = Mm::new(env.mem, env.frames, env.tlb, None);
+        assert_eq!(
+            other.pin(&s, 0x10_0000),
+            Err(PinError::Space(SpaceError::ForeignSpace))
+        );
         let table_pfn = Pfn::containing(s.root());
-        assert_eq!(env.mm.pin(table_pfn), Err(PinError::NotInUse));
+        assert_eq!(env.mm.unpin(table_pfn), Err(PinError::NotInUse));
         assert_eq!(env.mm.unpin(pfn), Err(PinError::NotPinned));
         assert_eq!(env.mm.unpin(Pfn(FRAMES)), Err(PinError::OutOfRange));
-        assert_eq!(env.mm.pin(pfn), Ok(pfn));
+        assert_eq!(env.mm.pin(&s, 0x10_0000), Ok(pfn));
         env.audit();
         let free = env.free_frames();
         env.mm.unmap(&s, 0x10_0000, K4).unwrap();

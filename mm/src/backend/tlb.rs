@@ -1,7 +1,7 @@
 //! The TLB shootdown the address-space layer asks the kernel for.
 
 use crate::base::addr::PageSize;
-use crate::base::cpuset::AtomicCpuSet;
+use crate::base::cpuset::CpuSet;
 use x86_64::VirtAddr;
 
 /// Synchronous TLB shootdown, implemented by the kernel with IPIs.
@@ -11,5 +11,5 @@ pub trait TlbShootdown: Sync {
     /// every one of them has flushed. `ranges` are user-half leaves of the address space
     /// the mask belongs to; page-table frames unlinked by the change are freed after this
     /// returns, so the flush must cover paging-structure caches too (`invlpg` does).
-    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool);
+    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool);
 }

@@ -93,15 +93,17 @@ pub struct FrameMeta {
     order: AtomicU8,
     flags: AtomicU16,
     /// References to the frame (to the head, for a compound block); 1 after allocation.
-    pub refcount: AtomicU32,
-    /// Page-table entries mapping the frame.
-    pub mapcount: AtomicU32,
-    /// Short-term pins (DMA); a pinned frame is neither moved nor freed.
-    pub pincount: AtomicU32,
+    /// Changed only by [`super::refs`].
+    pub(super) refcount: AtomicU32,
+    /// Page-table entries mapping the frame. Changed only by [`super::refs`].
+    pub(super) mapcount: AtomicU32,
+    /// Short-term pins (DMA); a pinned frame is neither moved nor freed. Changed only by
+    /// [`super::refs`].
+    pub(super) pincount: AtomicU32,
     next: AtomicU32,
     prev: AtomicU32,
-    /// Reserved for the reverse map: who owns the frame's mappings.
-    pub owner: AtomicU64,
+    /// Who owns the frame's mappings (bits of [`super::refs`]). Changed only there.
+    pub(super) owner: AtomicU64,
 }
 
 const _: () = assert!(size_of::<FrameMeta>() == 32);
@@ -120,6 +122,26 @@ impl FrameMeta {
             prev: AtomicU32::new(NO_LINK),
             owner: AtomicU64::new(0),
         }
+    }
+
+    /// References to the block (see [`super::refs`]).
+    pub fn refcount(&self) -> u32 {
+        self.refcount.load(Ordering::Acquire)
+    }
+
+    /// Page-table entries mapping the block.
+    pub fn mapcount(&self) -> u32 {
+        self.mapcount.load(Ordering::Acquire)
+    }
+
+    /// Pins of the block.
+    pub fn pincount(&self) -> u32 {
+        self.pincount.load(Ordering::Acquire)
+    }
+
+    /// The owner word (bits of [`super::refs`]).
+    pub fn owner(&self) -> u64 {
+        self.owner.load(Ordering::Acquire)
     }
 
     /// The frame's state. Acquire: a reader that sees a head also sees its order.

@@ -4,3 +4,4 @@
 pub mod buddy;
 pub mod meta;
 pub mod node;
+pub mod refs;

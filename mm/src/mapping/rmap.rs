@@ -39,20 +39,12 @@
 //! exchange, a DMA pin) can read them lock-free.
 
 use crate::base::addr::{PageSize, Pfn};
-use crate::frame::meta::FrameMeta;
 use crate::mapping::region::SharedRegion;
 use alloc::collections::BTreeMap;
 use alloc::sync::Weak;
 use alloc::vec::Vec;
 use core::ops::Bound;
-use core::sync::atomic::Ordering;
 use x86_64::VirtAddr;
-
-/// The owner-word bit of a managed frame (mapped into user address spaces or held by a
-/// shared region).
-pub const OWNER_MANAGED: u64 = 1 << 0;
-/// The owner-word bit of a frame under migration (as source or destination).
-pub const OWNER_MIGRATING: u64 = 1 << 1;
 
 /// Identifies an address space within its [`Mm`](crate::aspace::Mm).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,37 +61,6 @@ pub struct RmapEntry {
     pub size: PageSize,
     /// Index, in 4 KiB frames, of the first frame the leaf maps, from the block's head.
     pub offset: u64,
-}
-
-/// Whether the head `meta` is a managed frame.
-pub fn is_managed(meta: &FrameMeta) -> bool {
-    meta.owner.load(Ordering::Acquire) & OWNER_MANAGED != 0
-}
-
-/// Whether the head `meta` is under migration.
-pub fn is_migrating(meta: &FrameMeta) -> bool {
-    meta.owner.load(Ordering::Acquire) & OWNER_MIGRATING != 0
-}
-
-/// Claim the managed head `meta` for a migration: set [`OWNER_MIGRATING`] with a
-/// compare-exchange. `false` if it is not managed or already claimed.
-pub(crate) fn try_claim(meta: &FrameMeta) -> bool {
-    let owner = meta.owner.load(Ordering::Acquire);
-    owner & (OWNER_MANAGED | OWNER_MIGRATING) == OWNER_MANAGED
-        && meta
-            .owner
-            .compare_exchange(
-                owner,
-                owner | OWNER_MIGRATING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-}
-
-/// Release the migration claim on `meta`.
-pub(crate) fn unclaim(meta: &FrameMeta) {
-    meta.owner.fetch_and(!OWNER_MIGRATING, Ordering::AcqRel);
 }
 
 /// Who holds a frame besides its mappings.
@@ -143,6 +104,12 @@ impl Rmap {
     pub fn remove(&mut self, head: Pfn, space: SpaceId, va: u64) -> Option<RmapEntry> {
         let key = (head.0, space, va);
         self.maps.remove(&key).map(|v| key_entry(&key, &v))
+    }
+
+    /// The mapping of `head` at `va` in `space`, if recorded.
+    pub fn get(&self, head: Pfn, space: SpaceId, va: u64) -> Option<RmapEntry> {
+        let key = (head.0, space, va);
+        self.maps.get(&key).map(|v| key_entry(&key, v))
     }
 
     fn range_of(&self, head: Pfn) -> impl Iterator<Item = RmapEntry> + '_ {
@@ -233,18 +200,5 @@ mod tests {
         assert_eq!(r.remove(Pfn(512), SpaceId(2), 0x40_1000), None);
         assert_eq!(r.all().count(), 3);
         assert_eq!(r.entries_in(Pfn(513), SpaceId(u64::MAX)), []);
-    }
-
-    #[test]
-    fn owner_bits_claim_once() {
-        let m = FrameMeta::new();
-        assert!(!try_claim(&m), "unmanaged frames cannot be claimed");
-        m.owner.store(OWNER_MANAGED, Ordering::Relaxed);
-        assert!(is_managed(&m) && !is_migrating(&m));
-        assert!(try_claim(&m));
-        assert!(is_migrating(&m));
-        assert!(!try_claim(&m));
-        unclaim(&m);
-        assert!(!is_migrating(&m) && is_managed(&m));
     }
 }

@@ -25,7 +25,7 @@ use crate::frame::meta::FrameFlags;
 use crate::frame::node::NodeId;
 use crate::mapping::region;
 use crate::mapping::region::{RegionFrame, SharedRegion};
-use crate::mapping::rmap::{is_migrating, RmapEntry, OWNER_MANAGED};
+use crate::mapping::rmap::RmapEntry;
 use crate::mapping::vma::{check_user_addr, check_user_range, HugePolicy, Mobility, Vma, VmaError};
 use crate::paging::MapError;
 use crate::paging::MigrationEntry;
@@ -228,7 +228,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// reason enough to retry the access).
     pub fn migration_done(&self, wait: &MigrationWait) -> bool {
         self.epoch.load(Ordering::Acquire) != wait.epoch
-            || self.meta(wait.frame).is_none_or(|m| !is_migrating(m))
+            || self.meta(wait.frame).is_none_or(|m| !m.is_claimed())
     }
 
     /// Spin until the migration `wait` names has completed. Call it holding no lock, with
@@ -336,7 +336,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 let meta = self.meta(rf.head).ok_or(FaultError::BadEntry)?;
                 {
                     let mut rmap = self.rmap.lock();
-                    if is_migrating(meta) {
+                    if meta.is_claimed() {
                         return Ok(Step::Done(FaultOutcome::WaitMigration(MigrationWait {
                             epoch,
                             frame: rf.head,
@@ -352,7 +352,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                             size,
                             offset: first_page - key,
                         },
-                    );
+                    )
+                    .map_err(|e| FaultError::Space(SpaceError::Count(e)))?;
                 }
                 drop(frames);
                 let mut flush = Flush::new();
@@ -368,7 +369,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     {
                         let mut rmap = self.rmap.lock();
                         rmap.remove(rf.head, space.id(), leaf_va);
-                        meta.mapcount.fetch_sub(1, Ordering::AcqRel);
+                        self.count_result(meta.remove_mapping());
                     }
                     drop(st);
                     self.put_refs(&[rf.head]);
@@ -521,13 +522,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 frames.insert(first, RegionFrame { head, size });
                 let mut rmap = self.rmap.lock();
                 Self::adopt_region_frame(&mut rmap, meta, head, r, first);
-                Self::add_mapping(&mut rmap, meta, head, entry);
+                // A fresh block: its one mapping cannot overflow the counts.
+                self.count_result(Self::add_mapping(&mut rmap, meta, head, entry));
             }
             None => {
                 let mut rmap = self.rmap.lock();
-                meta.owner.store(OWNER_MANAGED, Ordering::Release);
+                meta.make_managed_mapped();
                 rmap.insert(head, entry);
-                meta.mapcount.store(1, Ordering::Release);
             }
         }
         drop(st);

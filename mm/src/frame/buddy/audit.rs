@@ -4,7 +4,6 @@
 use super::{list_order, BuddyAllocator, MigrateType, NR_LISTS, NR_ORDERS};
 use crate::base::addr::{Pfn, MAX_ORDER};
 use crate::frame::meta::{FrameFlags, FrameState, NO_LINK};
-use core::sync::atomic::Ordering;
 
 /// What the audit counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,9 +228,7 @@ impl BuddyAllocator<'_> {
         let size = 1usize << order;
         let in_use = |t: &usize| {
             let m = self.table.at(*t);
-            m.refcount.load(Ordering::Relaxed) != 0
-                || m.mapcount.load(Ordering::Relaxed) != 0
-                || m.pincount.load(Ordering::Relaxed) != 0
+            m.refcount() != 0 || m.mapcount() != 0 || m.pincount() != 0
         };
         if let Some(t) = (head..head + size).find(in_use) {
             return Err(AuditError::FreeFrameInUse { pfn: Pfn(t as u64) });

@@ -30,7 +30,6 @@ pub use audit::{AuditError, AuditReport};
 
 use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
 use crate::frame::meta::{FrameFlags, FrameState, FrameTable, NO_LINK};
-use core::sync::atomic::Ordering;
 
 /// Number of buddy orders, `0..=MAX_ORDER`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
@@ -200,10 +199,7 @@ impl<'a> BuddyAllocator<'a> {
         }
         for i in s..e {
             let m = self.table.at(i);
-            m.refcount.store(0, Ordering::Relaxed);
-            m.mapcount.store(0, Ordering::Relaxed);
-            m.pincount.store(0, Ordering::Relaxed);
-            m.owner.store(0, Ordering::Relaxed);
+            m.reset_free();
             m.remove_flags(!FrameFlags::PAGEBLOCK_UNMOVABLE);
             m.set_state(FrameState::Tail, 0);
         }
@@ -458,8 +454,7 @@ impl<'a> BuddyAllocator<'a> {
 
     fn mark_allocated(&mut self, head: usize, order: u8, mt: MigrateType) {
         let m = self.table.at(head);
-        m.refcount.store(1, Ordering::Relaxed);
-        m.owner.store(0, Ordering::Relaxed);
+        m.reset_allocated();
         m.remove_flags(FrameFlags::FREED | FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
         let mut flags = FrameFlags::empty();
         flags.set(FrameFlags::MOVABLE, mt == MigrateType::Movable);
@@ -484,12 +479,8 @@ impl<'a> BuddyAllocator<'a> {
             FrameState::Allocated if m.order() != order => Err(FreeError::WrongOrder {
                 allocated: m.order(),
             }),
-            FrameState::Allocated if m.pincount.load(Ordering::Acquire) != 0 => {
-                Err(FreeError::Pinned)
-            }
-            FrameState::Allocated if m.mapcount.load(Ordering::Acquire) != 0 => {
-                Err(FreeError::Mapped)
-            }
+            FrameState::Allocated if m.pincount() != 0 => Err(FreeError::Pinned),
+            FrameState::Allocated if m.mapcount() != 0 => Err(FreeError::Mapped),
             FrameState::Allocated => Ok(i),
         }
     }
@@ -511,8 +502,7 @@ impl<'a> BuddyAllocator<'a> {
             MigrateType::Unmovable
         };
         self.allocated[mt.index()] -= 1 << order;
-        m.refcount.store(0, Ordering::Relaxed);
-        m.owner.store(0, Ordering::Relaxed);
+        m.reset_free();
         m.remove_flags(!FrameFlags::PAGEBLOCK_UNMOVABLE);
         m.insert_flags(FrameFlags::FREED);
         self.merge_and_push(head, order);

@@ -44,12 +44,12 @@ fn snapshot(b: &BuddyAllocator<'_>) -> Snapshot {
                 m.state(),
                 m.order(),
                 m.flags().bits(),
-                m.refcount.load(Ordering::Relaxed),
-                m.mapcount.load(Ordering::Relaxed),
-                m.pincount.load(Ordering::Relaxed),
+                m.refcount(),
+                m.mapcount(),
+                m.pincount(),
                 m.next(),
                 m.prev(),
-                m.owner.load(Ordering::Relaxed),
+                m.owner(),
             )
         })
         .collect();
@@ -138,7 +138,7 @@ fn alloc_sets_metadata_and_free_restores() {
     let head = t.get(p).unwrap();
     assert_eq!(head.state(), FrameState::Allocated);
     assert_eq!(head.order(), 3);
-    assert_eq!(head.refcount.load(Ordering::Relaxed), 1);
+    assert_eq!(head.refcount(), 1);
     assert!(head
         .flags()
         .contains(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD));
@@ -214,16 +214,20 @@ fn pinned_or_mapped_blocks_are_not_freed() {
     let mut b = buddy(&recs, &[(0, 16)]);
     let p = b.alloc(1, M).unwrap();
     let head = b.table().get(p).unwrap();
-    head.pincount.store(1, Ordering::Relaxed);
+    head.pin().unwrap();
     let before = snapshot(&b);
     assert_eq!(b.free(p, 1), Err(FreeError::Pinned));
     assert_unchanged(&b, &before, "rejected call");
-    head.pincount.store(0, Ordering::Relaxed);
-    head.mapcount.store(2, Ordering::Relaxed);
+    head.unpin().unwrap();
+    let _ = head.put_ref().unwrap();
+    head.add_mappings(2).unwrap();
     let before = snapshot(&b);
     assert_eq!(b.free(p, 1), Err(FreeError::Mapped));
     assert_unchanged(&b, &before, "rejected call");
-    head.mapcount.store(0, Ordering::Relaxed);
+    for _ in 0..2 {
+        head.remove_mapping().unwrap();
+        let _ = head.put_ref().unwrap();
+    }
     b.free(p, 1).unwrap();
     b.audit().unwrap();
 }
@@ -424,9 +428,9 @@ fn audit_reports_corruption() {
         })
     );
     t.at(5).set_state(FrameState::Tail, 0);
-    t.at(7).refcount.store(1, Ordering::Relaxed);
+    t.at(7).get_ref().unwrap();
     assert_eq!(b.audit(), Err(AuditError::FreeFrameInUse { pfn: Pfn(7) }));
-    t.at(7).refcount.store(0, Ordering::Relaxed);
+    let _ = t.at(7).put_ref().unwrap();
     b.audit().unwrap();
 }
 
@@ -440,10 +444,7 @@ fn audit_reports_unmerged_buddies_and_lost_blocks() {
     b.table()
         .at(p.0 as usize)
         .remove_flags(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
-    b.table()
-        .at(p.0 as usize)
-        .refcount
-        .store(0, Ordering::Relaxed);
+    let _ = b.table().at(p.0 as usize).put_ref().unwrap();
     assert!(matches!(
         b.audit(),
         Err(AuditError::Unmerged { order: 1, .. })
