@@ -3,11 +3,13 @@
 //! flags and accessed/dirty bits; batches with injected allocation failures and a pin in
 //! the middle report page by page and lose nothing; NUMA moves keep huge pages huge; and
 //! a threaded stress test runs writers against a migrator over an emulated MMU whose
-//! "TLB" lives for one access, so a shootdown waits for accesses in flight.
+//! "TLB" lives for one access, so a shootdown waits for accesses in flight, while another
+//! CPU maps, protects, unmaps and destroys address spaces and releases shared regions
+//! whose pages the migrator moves too, and pins and unpins the writers' pages.
 #![cfg(feature = "std")]
 
 use mm::aspace::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
-use mm::aspace::{AddressSpace, Mm, SpaceError};
+use mm::aspace::{AddressSpace, Mm, PinError, SpaceError};
 use mm::backend::phys::{Arena, PhysMem};
 use mm::backend::source::BuddyFrames;
 use mm::backend::source::FrameSource;
@@ -24,6 +26,7 @@ use mm::ops::migrate::{Destination, MigrateError};
 use mm::paging::testing::leaf_word;
 use mm::paging::Entry;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::VirtAddr;
 
@@ -607,6 +610,70 @@ impl<'a, M: PhysMem> EmuCpu<'_, 'a, M> {
     }
 }
 
+/// Pages the churning CPU has mapped now: (address space, address).
+type Published<'a> = Mutex<Vec<(Arc<AddressSpace<'a, Arena>>, u64)>>;
+
+/// One round of the churning CPU: a fresh address space with private 4 KiB and 2 MiB
+/// pages and a window of a fresh shared region (mapped twice), filled and checked through
+/// the emulated MMU while the migrator may move any of it; then part protected read-only,
+/// part unmapped, the rest destroyed with the space, and the region released.
+fn churn<'a>(
+    cpu: &EmuCpu<'_, 'a, Arena>,
+    published: &Published<'a>,
+    round: u64,
+) {
+    let mm = cpu.mm;
+    let c = mm.new_space().unwrap();
+    let region = SharedRegion::new(M2).unwrap();
+    let base = 0x10_0000_0000u64;
+    let small = base;
+    let huge = base + 0x4000_0000;
+    let (win_a, win_b) = (base + 0x8000_0000, base + 0xC000_0000);
+    let window = |r: &Arc<SharedRegion>| VmaFlags {
+        shared: Some(SharedBacking {
+            region: r.clone(),
+            offset: 0,
+        }),
+        ..private(HugePolicy::Always)
+    };
+    mm.map_anon(&c, small, 4 * K4, private(HugePolicy::Never))
+        .unwrap();
+    mm.map_anon(&c, huge, M2, private(HugePolicy::Always))
+        .unwrap();
+    mm.map_anon(&c, win_a, M2, window(&region)).unwrap();
+    mm.map_anon(&c, win_b, M2, window(&region)).unwrap();
+    c.cpus().insert(3);
+    *published.lock().unwrap() = vec![
+        (c.clone(), small),
+        (c.clone(), small + K4),
+        (c.clone(), huge),
+        (c.clone(), win_a),
+    ];
+    let vas = [small, small + 3 * K4 + 8, huge + M2 / 2, win_a + 16];
+    for (k, &va) in vas.iter().enumerate() {
+        cpu.access(&c, va, true, |w| {
+            w.store(round * 10 + k as u64, Ordering::Release)
+        });
+    }
+    for (k, &va) in vas.iter().enumerate() {
+        let got = cpu.access(&c, va, false, |w| w.load(Ordering::Acquire));
+        assert_eq!(got, round * 10 + k as u64, "churn lost a write at {va:#x}");
+    }
+    let through_b = cpu.access(&c, win_b + 16, false, |w| w.load(Ordering::Acquire));
+    assert_eq!(
+        through_b,
+        round * 10 + 3,
+        "the region's two windows disagree"
+    );
+    mm.protect(&c, small, 2 * K4, false).unwrap();
+    mm.unmap(&c, small + 2 * K4, 2 * K4).unwrap();
+    mm.unmap(&c, win_b, M2).unwrap();
+    c.cpus().remove(3);
+    published.lock().unwrap().clear();
+    mm.destroy_space(&c).unwrap();
+    assert_eq!(mm.release_region(&region), Ok(1));
+}
+
 #[test]
 fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
     const STRESS_FRAMES: u64 = 16384;
@@ -650,6 +717,10 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
     let done = AtomicBool::new(false);
     let moved = AtomicUsize::new(0);
     let writes = AtomicUsize::new(0);
+    // What the churning CPU has mapped now, for the migrator to move as well.
+    let churned: Published<'_> = Mutex::new(Vec::new());
+    let churn_rounds = AtomicUsize::new(0);
+    let pins = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for w in 0..3usize {
             let (mm, mem, tlb, a, b, done, writes) = (&mm, &mem, &tlb, &a, &b, &done, &writes);
@@ -697,7 +768,39 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
                 b.cpus().remove(w as u32);
             });
         }
-        let (mm, a, done, moved) = (&mm, &a, &done, &moved);
+        let churner = (&mm, &mem, &tlb, &a, &done, &churned, &churn_rounds, &pins);
+        scope.spawn(move || {
+            let (mm, mem, tlb, a, done, churned, churn_rounds, pins) = churner;
+            let cpu = EmuCpu {
+                mm,
+                mem,
+                tlb,
+                cpu: 3,
+            };
+            let mut round = 0u64;
+            while !done.load(Ordering::Acquire) {
+                round += 1;
+                churn(&cpu, churned, round);
+                churn_rounds.fetch_add(1, Ordering::Relaxed);
+                // Pin and unpin a writer's page while it may be migrating.
+                let va = 0x4000_0000 + (round % 3) * 0x1000_0000 + (round % 2) * M2;
+                match mm.pin(a, va) {
+                    Ok(head) => {
+                        let t = a.translate(va).expect("a pinned page stays mapped");
+                        assert_eq!(
+                            mm.frames().frame_table().head_of(Pfn::containing(t.pa)),
+                            Some(head),
+                            "the pinned block is the one mapped at {va:#x}"
+                        );
+                        mm.unpin(head).unwrap();
+                        pins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(PinError::Migrating) => {}
+                    Err(e) => panic!("pin {va:#x}: {e:?}"),
+                }
+            }
+        });
+        let (mm, a, done, moved, churned) = (&mm, &a, &done, &moved, &churned);
         scope.spawn(move || {
             let vas: Vec<u64> = (0..3u64)
                 .flat_map(|w| {
@@ -709,6 +812,24 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
             while moved.load(Ordering::Relaxed) < MIGRATIONS {
                 let va = vas[i % vas.len()];
                 i += 1;
+                // Every other batch also moves a page that the churning CPU is mapping,
+                // protecting, unmapping or destroying meanwhile (its result is whatever
+                // the race gives; only the writers' pages count).
+                if i % 2 == 0 {
+                    let pick = {
+                        let list = churned.lock().unwrap();
+                        (!list.is_empty()).then(|| list[i % list.len()].clone())
+                    };
+                    if let Some((space, cva)) = pick {
+                        if let Some(t) = space.translate(cva) {
+                            if let Some(h) =
+                                mm.frames().frame_table().head_of(Pfn::containing(t.pa))
+                            {
+                                let _ = mm.migrate_one(h, Destination::Any);
+                            }
+                        }
+                    }
+                }
                 let Some(t) = a.translate(va) else {
                     continue;
                 };
@@ -726,6 +847,11 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
         });
     });
     assert!(writes.load(Ordering::Relaxed) > 0);
+    assert!(
+        churn_rounds.load(Ordering::Relaxed) > 0,
+        "the churning CPU ran"
+    );
+    assert!(pins.load(Ordering::Relaxed) > 0, "pins went through");
     assert!(tlb.calls.load(Ordering::Relaxed) >= MIGRATIONS);
     mm.rmap_audit().unwrap();
     frames.lock().audit().unwrap();

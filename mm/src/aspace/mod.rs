@@ -307,15 +307,6 @@ pub(crate) fn user_leaf_flags(writable: bool) -> PageTableFlags {
     flags
 }
 
-/// The next smaller leaf size.
-pub(crate) fn smaller(size: PageSize) -> Option<PageSize> {
-    match size {
-        PageSize::Size4K => None,
-        PageSize::Size2M => Some(PageSize::Size4K),
-        PageSize::Size1G => Some(PageSize::Size2M),
-    }
-}
-
 /// The leaf size of a block of `order`, if one exists.
 pub(crate) fn size_of_order(order: u8) -> Option<PageSize> {
     PageSize::ALL.into_iter().find(|s| s.order() == order)
@@ -646,7 +637,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         t: Translation,
         flush: &mut Flush,
     ) -> Result<(), SpaceError> {
-        let Some(child) = smaller(t.size) else {
+        let Some(child) = t.size.smaller() else {
             return Ok(());
         };
         let mut tables = Tables::new(self.frames);

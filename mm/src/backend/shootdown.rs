@@ -13,7 +13,7 @@
 //! acknowledgements *while serving its own mailbox*: two CPUs shooting each other down,
 //! or one shooting down with interrupts disabled, always make progress.
 //!
-//! A target acknowledges after its flush. The one exception (see DESIGN.md, invariant 1):
+//! A target acknowledges after its flush. The one exception (ARCHITECTURE.md, invariant 1):
 //! a request covering only user-half addresses may be acknowledged before the flush,
 //! because the target cannot touch user addresses while it stays in the handler; it
 //! copies the request first, since the initiator's request dies once all have acked.

@@ -79,6 +79,15 @@ impl PageSize {
         }
     }
 
+    /// The next smaller leaf size (a huge leaf splits into 512 of them).
+    pub const fn smaller(self) -> Option<PageSize> {
+        match self {
+            PageSize::Size4K => None,
+            PageSize::Size2M => Some(PageSize::Size4K),
+            PageSize::Size1G => Some(PageSize::Size2M),
+        }
+    }
+
     /// The leaf size mapped at page-table `level`, if that level can hold leaves.
     pub const fn at_level(level: u8) -> Option<PageSize> {
         match level {

@@ -85,22 +85,6 @@ impl VmaFlags {
         }
         flags
     }
-
-    /// Whether two VMAs with these flags, the second starting `delta` bytes after the
-    /// first, describe one continuous mapping (same attributes, same region, contiguous
-    /// offsets).
-    pub fn continues(&self, next: &VmaFlags, delta: u64) -> bool {
-        let shared = match (&self.shared, &next.shared) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(&a.region, &b.region) && a.offset + delta == b.offset,
-            _ => false,
-        };
-        shared
-            && self.huge == next.huge
-            && self.mobility == next.mobility
-            && self.writable == next.writable
-            && self.node == next.node
-    }
 }
 
 /// One anonymous region `[start, end)` of an address space.
@@ -469,6 +453,5 @@ mod tests {
                 (0x24000, 0x30000, false)
             ]
         );
-        assert!(set.iter().next().unwrap().flags.continues(&flags(true), 0));
     }
 }

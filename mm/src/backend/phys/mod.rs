@@ -10,35 +10,48 @@ use x86_64::PhysAddr;
 
 /// A way to reach physical memory.
 ///
+/// The provided methods are sound for every input: `word` uses the aligned word that
+/// contains `pa`, `zero_frame` and `copy_frame` the frames that contain their addresses,
+/// and a copy of a frame onto itself does nothing.
+///
 /// # Safety
-/// `ptr(pa)` must return a pointer that is valid for reads and writes of the whole frame
-/// containing `pa` (for as long as the implementor lives), 8-byte aligned when `pa` is,
-/// and distinct frames must not alias.
+/// For every `pa`, `ptr(pa)` must either return a pointer valid for reads and writes of
+/// the whole 4 KiB frame containing `pa`, for as long as the implementor lives (8-byte
+/// aligned when `pa` is), or not return (an implementor that cannot reach `pa` panics:
+/// only a corrupt page table or a kernel bug hands it such an address). Distinct frames
+/// must not alias.
 pub unsafe trait PhysMem: Sync {
     /// A pointer through which the byte at `pa` can be read and written.
     fn ptr(&self, pa: PhysAddr) -> *mut u8;
 
-    /// The 64-bit word at `pa` (8-byte aligned), for atomic access such as page-table
-    /// entries, which the MMU updates concurrently (accessed/dirty bits).
+    /// The 64-bit word containing `pa` (the word at `pa` rounded down to 8 bytes), for
+    /// atomic access such as page-table entries, which the MMU updates concurrently
+    /// (accessed/dirty bits).
     fn word(&self, pa: PhysAddr) -> &AtomicU64 {
-        debug_assert!(pa.is_aligned(8u64));
-        // SAFETY: by the trait's contract the pointer is valid for the whole frame and
-        // 8-byte aligned; AtomicU64 has the layout of u64 and every access to it goes
-        // through atomic operations.
+        let pa = pa.align_down(8u64);
+        // SAFETY: by the trait's contract the pointer is valid for the whole frame, and
+        // 8-byte aligned since `pa` now is; AtomicU64 has the layout of u64 and every
+        // access to it goes through atomic operations.
         unsafe { &*(self.ptr(pa) as *const AtomicU64) }
     }
 
-    /// Fill the frame at `pa` (frame aligned) with zeroes.
+    /// Fill the frame containing `pa` with zeroes.
     fn zero_frame(&self, pa: PhysAddr) {
-        // SAFETY: the frame is valid for writes of PAGE_SIZE bytes (trait contract).
+        let pa = pa.align_down(PAGE_SIZE);
+        // SAFETY: the frame is valid for writes of PAGE_SIZE bytes from its start (trait
+        // contract).
         unsafe { core::ptr::write_bytes(self.ptr(pa), 0, PAGE_SIZE as usize) }
     }
 
-    /// Copy the frame at `src` to the frame at `dst` (distinct, frame aligned).
+    /// Copy the frame containing `src` to the frame containing `dst`; nothing when they
+    /// are the same frame.
     fn copy_frame(&self, dst: PhysAddr, src: PhysAddr) {
-        debug_assert_ne!(dst, src);
-        // SAFETY: both frames are valid for PAGE_SIZE bytes and distinct frames don't
-        // alias (trait contract).
+        let (dst, src) = (dst.align_down(PAGE_SIZE), src.align_down(PAGE_SIZE));
+        if dst == src {
+            return;
+        }
+        // SAFETY: both frames are valid for PAGE_SIZE bytes from their starts, and
+        // distinct frames don't alias (trait contract).
         unsafe { core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), PAGE_SIZE as usize) }
     }
 }
@@ -83,3 +96,6 @@ unsafe impl PhysMem for Arena {
         (self.words.as_ptr() as *mut u8).wrapping_add(offset as usize)
     }
 }
+
+#[cfg(test)]
+mod tests;
