@@ -8,6 +8,7 @@
 #![no_main]
 #![feature(abi_x86_interrupt)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

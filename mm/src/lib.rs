@@ -26,6 +26,8 @@
 //! order and the protocols.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]

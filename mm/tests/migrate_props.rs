@@ -617,11 +617,7 @@ type Published<'a> = Mutex<Vec<(Arc<AddressSpace<'a, Arena>>, u64)>>;
 /// pages and a window of a fresh shared region (mapped twice), filled and checked through
 /// the emulated MMU while the migrator may move any of it; then part protected read-only,
 /// part unmapped, the rest destroyed with the space, and the region released.
-fn churn<'a>(
-    cpu: &EmuCpu<'_, 'a, Arena>,
-    published: &Published<'a>,
-    round: u64,
-) {
+fn churn<'a>(cpu: &EmuCpu<'_, 'a, Arena>, published: &Published<'a>, round: u64) {
     let mm = cpu.mm;
     let c = mm.new_space().unwrap();
     let region = SharedRegion::new(M2).unwrap();

@@ -450,11 +450,11 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
         "{:?}",
         t.1
     );
-    // SAFETY: the page is ours; the write must fault since it is now read-only.
-    check!(
-        !unsafe { probe::write_u64(ro_page, 0) },
-        "write to a read-only page succeeded"
-    );
+    let wrote = {
+        // SAFETY: the page is ours; the write must fault since it is now read-only.
+        unsafe { probe::write_u64(ro_page, 0) }
+    };
+    check!(!wrote, "write to a read-only page succeeded");
     for i in 0..512u64 {
         check_eq!(probe::read_u64(va + i * PAGE_SIZE), Some(ctx.seed ^ i));
     }
@@ -528,12 +528,12 @@ fn heap_grows(_: &TestContext) -> TestResult {
 fn kernel_w_xor_x(_: &TestContext) -> TestResult {
     let text = kernel_w_xor_x as *const () as u64;
     check!(probe::read_u64(text).is_some());
-    // SAFETY: the write must fault (text is read-only); if it did not, the test fails
-    // and the run ends anyway.
-    check!(
-        !unsafe { probe::write_u64(text, 0) },
-        "kernel text is writable"
-    );
+    let wrote = {
+        // SAFETY: the write must fault (text is read-only); if it did not, the test
+        // fails and the run ends anyway.
+        unsafe { probe::write_u64(text, 0) }
+    };
+    check!(!wrote, "kernel text is writable");
     let t = kernel_space::with_kernel(|pt, _| pt.query(text));
     check!(
         matches!(t, Some(t) if !t.flags.contains(F::WRITABLE) && !t.flags.contains(F::NO_EXECUTE))
