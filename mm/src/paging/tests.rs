@@ -12,6 +12,7 @@ const G1: u64 = 1 << 30;
 const BASE: u64 = 0x0000_0040_0000_0000;
 const KERNEL: u64 = 0xFFFF_8000_0000_0000;
 const RW: PageTableFlags = PageTableFlags::WRITABLE;
+const F_RO: PageTableFlags = PageTableFlags::empty();
 const TABLE_FRAMES: u64 = 64;
 
 fn pa(addr: u64) -> PhysAddr {
@@ -766,4 +767,121 @@ fn destroy_hands_back_every_table() {
     assert_eq!(sink.deferred.len(), tables);
     assert_eq!(sink.deferred.len(), alloc.outstanding());
     assert_eq!(sink.flushes.len(), 3);
+}
+
+#[test]
+fn software_entries_make_operations_busy_and_destroy_reports_them() {
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
+    let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
+    let m2 = PageSize::Size2M;
+    for (va, size, frame) in [
+        (BASE, PageSize::Size4K, 0x7000),
+        (BASE + M2, m2, M2),
+        (BASE + 3 * M2, PageSize::Size4K, 0x8000),
+        (BASE + 2 * G1, PageSize::Size1G, G1),
+    ] {
+        pt.map(va, pa(frame), size, RW, &mut alloc, &mut sink)
+            .unwrap();
+    }
+    let soften = |pt: &mut PageTable<'_, Arena>, va: u64, size: PageSize| {
+        let leaf = pt.entry_at(va, size.level()).unwrap();
+        let mig = MigrationEntry::from_leaf(leaf, size).unwrap();
+        pt.compare_exchange_leaf(va, size.level(), leaf, mig.entry())
+            .unwrap();
+        mig
+    };
+    let mig = soften(&mut pt, BASE + M2, m2);
+    let mig_1g = soften(&mut pt, BASE + 2 * G1, PageSize::Size1G);
+    sink.clear();
+    let before = snapshot(&pt, &alloc, &sink);
+    let busy = RangeError::Busy {
+        va: vaddr(BASE + M2),
+        size: m2,
+    };
+    for (start, end, what) in [
+        (BASE + M2 + K4, BASE + 4 * M2, "straddles the start"),
+        (BASE, BASE + 2 * M2 - K4, "straddles the end"),
+        (BASE + M2 + K4, BASE + M2 + 2 * K4, "inside it"),
+        (BASE, BASE + 4 * M2, "covered whole"),
+    ] {
+        assert_eq!(
+            pt.unmap_range(start, end, &mut sink, |_| {}),
+            Err(busy),
+            "{what}"
+        );
+        assert_eq!(
+            pt.protect_range(start, end, RW, &mut sink),
+            Err(busy),
+            "{what}"
+        );
+        assert_eq!(snapshot(&pt, &alloc, &sink), before, "{what}");
+    }
+    let g1_middle = BASE + 2 * G1 + 7 * M2;
+    assert_eq!(
+        pt.unmap_range(g1_middle, g1_middle + K4, &mut sink, |_| {}),
+        Err(RangeError::Busy {
+            va: vaddr(BASE + 2 * G1),
+            size: PageSize::Size1G
+        })
+    );
+    let busy_leaf = (vaddr(BASE + M2), m2);
+    for (va, size) in [(BASE + M2, m2), (BASE + M2 + K4, PageSize::Size4K)] {
+        let (bva, bsize) = busy_leaf;
+        assert_eq!(
+            pt.unmap(va, size, &mut sink),
+            Err(UnmapError::Busy {
+                va: bva,
+                size: bsize
+            })
+        );
+        assert_eq!(
+            pt.protect(va, size, RW, &mut sink),
+            Err(ProtectError::Busy {
+                va: bva,
+                size: bsize
+            })
+        );
+    }
+    assert_eq!(
+        pt.begin_split(BASE + M2, m2, &mut alloc, &mut sink),
+        Err(SplitError::Busy {
+            va: vaddr(BASE + M2),
+            size: m2
+        })
+    );
+    assert_eq!(snapshot(&pt, &alloc, &sink), before);
+    assert_eq!(pt.entry_at(BASE + M2, 2), Some(mig.entry()), "still there");
+    // Ranges next to it are fine.
+    pt.unmap_range(BASE, BASE + M2, &mut sink, |_| {}).unwrap();
+    pt.protect_range(BASE + 2 * M2, BASE + 4 * M2, F_RO, &mut sink)
+        .unwrap();
+
+    let tables = count_tables(&pt);
+    sink.clear();
+    let mut removed = Vec::new();
+    pt.destroy(&mut sink, |r| removed.push(r));
+    let software: Vec<_> = removed
+        .iter()
+        .filter_map(|r| match *r {
+            Removed::Software { va, level, entry } => Some((va.as_u64(), level, entry)),
+            Removed::Leaf(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        software,
+        [
+            (BASE + M2, 2, SoftwareEntry::Migration(mig)),
+            (BASE + 2 * G1, 3, SoftwareEntry::Migration(mig_1g)),
+        ]
+    );
+    assert_eq!(removed.len(), 3, "the two entries and the 4 KiB leaf left");
+    assert_eq!(
+        sink.deferred.len(),
+        tables,
+        "every table, the root included"
+    );
 }

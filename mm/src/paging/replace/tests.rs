@@ -375,6 +375,15 @@ fn mmu_dirty(arena: &Arena, root: PhysAddr, va: u64) -> bool {
             .is_ok()
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Clear the dirty bit of the 2 MiB leaf at `va` if it is set; returns whether it was.
 fn clear_dirty(pt: &mut PageTable<'_, Arena>, va: u64) -> bool {
     loop {
@@ -429,6 +438,8 @@ fn a_concurrent_mmu_never_loses_a_dirty_bit() {
             }
             dirtied
         });
+        // The "MMU" stops even if this thread panics.
+        let stopper = StopOnDrop(&stop);
         // Deferred tables are never reused here: the "MMU" may still walk them, as a CPU
         // could before its shootdown.
         for _ in 0..ROUNDS {
@@ -443,7 +454,7 @@ fn a_concurrent_mmu_never_loses_a_dirty_bit() {
                 *count += u64::from(clear_dirty(&mut pt, va));
             }
         }
-        stop.store(true, Ordering::Release);
+        drop(stopper);
         mmu.join().unwrap()
     });
     for (r, count) in cleaned.iter_mut().enumerate() {
