@@ -7,8 +7,21 @@
 //! Software changes are serialised by `&mut PageTable` (one writer per address space);
 //! the only concurrent writer is the MMU, so an entry is cleared with one atomic swap
 //! (the old value, dirty bit included, is returned), and an entry whose new value depends
-//! on the old one (protect, split) is changed with a compare-exchange loop that retries
-//! when the MMU set a bit in between.
+//! on the old one (protect, split, collapse) is changed with a compare-exchange loop that
+//! retries when the MMU set a bit in between.
+//!
+//! A slot holds nothing, a table pointer, a present leaf, or a *software entry* (a
+//! non-present entry with bit 9 set, see [`SoftwareEntry`]); a [`Cursor`] shows all four
+//! at every level. Operations never skip a software entry silently: `unmap`, `protect`,
+//! `begin_split`, `begin_collapse` and the range operations refuse one in their way with
+//! a typed `Busy` error carrying its address and size (the caller waits for its owner
+//! and retries), and [`destroy`](PageTable::destroy) reports each one it removes.
+//!
+//! A huge leaf is never replaced by a table in one store, nor a table by a huge leaf:
+//! [`begin_split`](PageTable::begin_split) / [`begin_collapse`](PageTable::begin_collapse)
+//! make the slot non-present and report the flush, the caller shoots it down, and
+//! `finish_*` installs the replacement (see [`SplitToken`]). Range operations therefore do
+//! not split: they refuse a huge leaf that straddles an end of the range.
 //!
 //! Leaves are 4 KiB PTEs (level 1), 2 MiB PMDs (level 2) or 1 GiB PUDs (level 3); at
 //! levels 2 and 3 `HUGE_PAGE` tells a leaf from a table pointer. Flags are passed as

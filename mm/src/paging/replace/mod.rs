@@ -42,7 +42,11 @@ mod tests;
 
 /// A split begun by [`PageTable::begin_split`]: the huge leaf's slot is non-present, its
 /// flush was reported, and the table of smaller leaves waits for
-/// [`PageTable::finish_split`].
+/// [`PageTable::finish_split`], which the caller calls once that flush has completed on
+/// every CPU. (The same two steps replace a table by a huge leaf: [`CollapseToken`].)
+/// Neither step lets a CPU hold TLB entries of two sizes for one address (AMD erratum
+/// 383) nor loses an accessed/dirty bit the MMU sets meanwhile: `begin_*` harvests them
+/// with compare-exchanges while making every replaced entry non-present.
 #[must_use = "the slot stays non-present until finish_split, after the shootdown"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct SplitToken {
