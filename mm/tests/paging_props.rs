@@ -1,14 +1,19 @@
 //! Model-based property test of the page tables.
 //!
-//! Random sequences of map / unmap / protect / split / range operations (with injected
-//! table-allocation failures and simulated MMU accessed/dirty updates) run against both a
+//! Random sequences of map / unmap / protect / split / collapse / range operations (with
+//! injected table-allocation failures and simulated MMU accessed/dirty updates) run
+//! against both a
 //! `PageTable` over an arena and a model: a `BTreeMap` from each leaf's first virtual
 //! address to its size, physical address and flags. (The model is per leaf rather than
 //! per 4 KiB page because one 1 GiB leaf would be 262144 pages; the per-page translation
 //! is checked by querying addresses inside every leaf.) After every operation:
 //!
 //! - the result (or typed error) is the one the model predicts, and an error changed
-//!   nothing: layout, allocator and sink;
+//!   nothing: layout, allocator and sink (range operations refuse a huge leaf that
+//!   straddles an end; the model splits those first, through `begin_split` and
+//!   `finish_split`, as often as not);
+//! - split then collapse of the same range gives the same leaf back, and a collapse
+//!   keeps the OR of its children's accessed/dirty bits;
 //! - `walk_all()` lists exactly the model's leaves and `query()` agrees with the model at
 //!   the first, last and a middle byte of each leaf and at unmapped probe addresses;
 //! - the tables reachable from the root are exactly those the model's leaves need (no
@@ -18,10 +23,10 @@
 
 use mm::backend::phys::Arena;
 use mm::base::addr::PageSize;
-use mm::paging::testing::{leaf_word, ListTableAlloc, RecordingSink};
+use mm::paging::testing::{leaf_word, split_boundaries, ListTableAlloc, RecordingSink};
 use mm::paging::{
-    MapError, PageTable, ProtectError, RangeError, SplitError, Translation, UnmapError,
-    UnmappedLeaf, LEAF_PAT, LOWER_HALF_END,
+    CollapseError, MapError, PageTable, ProtectError, RangeError, SplitError, Translation,
+    UnmapError, UnmappedLeaf, LEAF_PAT, LOWER_HALF_END,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,7 +126,8 @@ enum Fault {
     UnalignedPa,
     /// The virtual address lies in the non-canonical hole.
     NonCanonical,
-    /// A size other than the leaf's (unmap, protect, split).
+    /// A size other than the leaf's (unmap, protect, split), or than the next larger
+    /// one (collapse).
     OtherSize(usize),
 }
 
@@ -148,16 +154,24 @@ enum Op {
         at: Spot,
         fault: Fault,
     },
+    /// Collapse the table that holds the leaf at `at` (the leaf's size's parent).
+    Collapse {
+        at: Spot,
+        fault: Fault,
+    },
+    /// `split`: first split the huge leaves that straddle an end.
     UnmapRange {
         a: Spot,
         b: Spot,
         past_b: bool,
+        split: bool,
     },
     ProtectRange {
         a: Spot,
         b: Spot,
         past_b: bool,
         flags: usize,
+        split: bool,
     },
     Touch {
         at: Spot,
@@ -187,15 +201,22 @@ enum Concrete {
         va: u64,
         size: PageSize,
     },
+    /// Collapse into one leaf of `size` at `va`.
+    Collapse {
+        va: u64,
+        size: PageSize,
+    },
     /// `[start, end)`, `end == 0` meaning 2^64.
     UnmapRange {
         start: u64,
         end: u64,
+        split: bool,
     },
     ProtectRange {
         start: u64,
         end: u64,
         flags: F,
+        split: bool,
     },
     /// The MMU sets accessed (and maybe dirty) on the leaf containing `va`.
     Touch {
@@ -259,10 +280,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (spot(0.8), flags.clone(), fault())
             .prop_map(|(at, flags, fault)| Op::Protect { at, flags, fault }),
         2 => (spot(0.8), fault()).prop_map(|(at, fault)| Op::Split { at, fault }),
-        3 => (spot(0.6), spot(0.6), any::<bool>())
-            .prop_map(|(a, b, past_b)| Op::UnmapRange { a, b, past_b }),
-        3 => (spot(0.6), spot(0.6), any::<bool>(), flags)
-            .prop_map(|(a, b, past_b, flags)| Op::ProtectRange { a, b, past_b, flags }),
+        2 => (spot(0.9), fault()).prop_map(|(at, fault)| Op::Collapse { at, fault }),
+        3 => (spot(0.6), spot(0.6), any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, past_b, split)| Op::UnmapRange { a, b, past_b, split }),
+        3 => (spot(0.6), spot(0.6), any::<bool>(), flags, any::<bool>()).prop_map(
+            |(a, b, past_b, flags, split)| Op::ProtectRange { a, b, past_b, flags, split }
+        ),
         2 => (spot(0.8), any::<bool>()).prop_map(|(at, dirty)| Op::Touch { at, dirty }),
     ]
 }
@@ -337,21 +360,43 @@ fn concrete(op: &Op, model: &Model) -> Concrete {
             let (va, size) = sized(at, *fault);
             Concrete::Split { va, size }
         }
-        Op::UnmapRange { a, b, past_b } => {
+        Op::Collapse { at, fault } => {
+            let (va, size) = at.target(model, PageSize::Size4K);
+            let size = match fault {
+                Fault::OtherSize(i) => SIZES[*i],
+                _ => larger(size),
+            };
+            Concrete::Collapse {
+                va: spoil(va & !(size.bytes() - 1), size, *fault),
+                size,
+            }
+        }
+        Op::UnmapRange {
+            a,
+            b,
+            past_b,
+            split,
+        } => {
             let (start, end) = range(a, b, *past_b);
-            Concrete::UnmapRange { start, end }
+            Concrete::UnmapRange {
+                start,
+                end,
+                split: *split,
+            }
         }
         Op::ProtectRange {
             a,
             b,
             past_b,
             flags,
+            split,
         } => {
             let (start, end) = range(a, b, *past_b);
             Concrete::ProtectRange {
                 start,
                 end,
                 flags: FLAGS[*flags],
+                split: *split,
             }
         }
         Op::Touch { at, dirty } => Concrete::Touch {
@@ -388,6 +433,59 @@ fn smaller(size: PageSize) -> PageSize {
     }
 }
 
+fn larger(size: PageSize) -> PageSize {
+    match size {
+        PageSize::Size4K => PageSize::Size2M,
+        _ => PageSize::Size1G,
+    }
+}
+
+/// The model's answer to a collapse into a leaf of `size` at `va` (canonical, aligned,
+/// huge): the first child, its flags without accessed/dirty and the OR of the
+/// children's accessed/dirty bits; or the error, found in the order the table is read.
+fn plan_collapse(model: &Model, va: u64, size: PageSize) -> Result<(u64, F, F), CollapseError> {
+    if covering(model, va).is_some_and(|(_, leaf)| leaf.size >= size) {
+        return Err(CollapseError::AlreadyLeaf);
+    }
+    if !overlaps(model, va, va + (size.bytes() - 1)) {
+        return Err(CollapseError::NotMapped);
+    }
+    let child = smaller(size);
+    let ad = F::ACCESSED | F::DIRTY;
+    let (mut base, mut flags, mut bits) = (0, F::empty(), F::empty());
+    for i in 0..512 {
+        let child_va = va + i * child.bytes();
+        let vaddr = VirtAddr::new(child_va);
+        let leaf = match model.get(&child_va) {
+            Some(leaf) if leaf.size == child => *leaf,
+            _ if overlaps(model, child_va, child_va + (child.bytes() - 1)) => {
+                return Err(CollapseError::NotLeaf { va: vaddr })
+            }
+            _ => return Err(CollapseError::Hole { va: vaddr }),
+        };
+        if i == 0 {
+            if !aligned(leaf.pa, size) {
+                return Err(CollapseError::Misaligned);
+            }
+            (base, flags) = (leaf.pa, leaf.flags - ad);
+        } else if leaf.pa != base + i * child.bytes() {
+            return Err(CollapseError::NotContiguous { va: vaddr });
+        } else if leaf.flags - ad != flags {
+            return Err(CollapseError::FlagsDiffer { va: vaddr });
+        }
+        bits |= leaf.flags & ad;
+    }
+    Ok((base, flags, bits))
+}
+
+/// The first huge leaf (in address order) only partly inside `[start, last]`.
+fn straddler(model: &Model, start: u64, last: u64) -> Option<(u64, PageSize)> {
+    [start, last].into_iter().find_map(|edge| {
+        let (base, leaf) = covering(model, edge)?;
+        (base < start || base + (leaf.size.bytes() - 1) > last).then_some((base, leaf.size))
+    })
+}
+
 /// Replace the huge leaf at `va` by 512 leaves of the next smaller size.
 fn split_model(model: &mut Model, va: u64) {
     let leaf = model.remove(&va).expect("splitting a model leaf");
@@ -405,23 +503,41 @@ fn split_model(model: &mut Model, va: u64) {
     }
 }
 
-/// Split the leaves only partly inside `[start, last]` until none is; returns the number
-/// of splits (tables needed).
-fn split_partial(model: &mut Model, start: u64, last: u64) -> usize {
-    let mut splits = 0;
-    loop {
-        let straddling = [start, last].into_iter().find_map(|edge| {
-            let (base, leaf) = covering(model, edge)?;
-            let leaf_last = base + (leaf.size.bytes() - 1);
-            (base < start || leaf_last > last).then_some(base)
-        });
-        match straddling {
-            Some(base) => {
-                split_model(model, base);
-                splits += 1;
-            }
-            None => return splits,
+/// Split the leaves only partly inside `[start, last]` until none is, as
+/// `split_boundaries` does (the start's first, one table per split), while `budget`
+/// tables last.
+fn split_partial(
+    model: &mut Model,
+    start: u64,
+    last: u64,
+    budget: Option<usize>,
+) -> Result<(), SplitError> {
+    let mut left = budget;
+    while let Some((base, _)) = straddler(model, start, last) {
+        if let Some(left) = &mut left {
+            *left = left.checked_sub(1).ok_or(SplitError::OutOfTables)?;
         }
+        split_model(model, base);
+    }
+    Ok(())
+}
+
+/// Split the huge leaves straddling an end of a real (non-empty, one-half) range
+/// `[start, end)` when `split` says so.
+fn boundaries(
+    pt: &mut PageTable<'_, Arena>,
+    start: u64,
+    end: u64,
+    split: bool,
+    alloc: &mut ListTableAlloc,
+    sink: &mut RecordingSink,
+) -> Result<(), SplitError> {
+    let last = end.wrapping_sub(1);
+    let real = start != end && (start < LOWER_HALF_END) == (last < LOWER_HALF_END);
+    if split && real {
+        split_boundaries(pt, start, end, alloc, sink)
+    } else {
+        Ok(())
     }
 }
 
@@ -486,18 +602,28 @@ enum Outcome {
     Unmap(Result<UnmappedLeaf, UnmapError>),
     Protect(Result<F, ProtectError>),
     Split(Result<(), SplitError>),
-    Range(Result<Vec<UnmappedLeaf>, RangeError>),
+    Collapse(Result<(), CollapseError>),
+    /// A range operation, after the boundary splits it asked for (if any) and their
+    /// outcome.
+    Range(
+        Result<(), SplitError>,
+        Result<Vec<UnmappedLeaf>, RangeError>,
+    ),
     Touch,
 }
 
 impl Outcome {
+    /// Whether the operation failed in a way that must change nothing.
     fn is_err(&self) -> bool {
         match self {
             Outcome::Map(r) => r.is_err(),
             Outcome::Unmap(r) => r.is_err(),
             Outcome::Protect(r) => r.is_err(),
             Outcome::Split(r) => r.is_err(),
-            Outcome::Range(r) => r.is_err(),
+            Outcome::Collapse(r) => r.is_err(),
+            // Boundary splits done before a failed one stay (and were flushed); `run`
+            // checks that a refused range operation changed nothing after them.
+            Outcome::Range(..) => false,
             Outcome::Touch => false,
         }
     }
@@ -518,17 +644,58 @@ impl Harness<'_> {
             Concrete::Protect { va, size, flags } => {
                 Outcome::Protect(self.pt.protect(va, size, flags, sink))
             }
-            Concrete::Split { va, size } => Outcome::Split(self.pt.split(va, size, alloc, sink)),
-            Concrete::UnmapRange { start, end } => {
-                let mut removed = Vec::new();
-                let r = self
-                    .pt
-                    .unmap_range(start, end, alloc, sink, |l| removed.push(l));
-                Outcome::Range(r.map(|()| removed))
+            Concrete::Split { va, size } => {
+                Outcome::Split(self.pt.begin_split(va, size, alloc, sink).map(|token| {
+                    // Here a kernel would shoot the huge leaf down; no CPU caches it.
+                    self.pt.finish_split(token).expect("finishing the split")
+                }))
             }
-            Concrete::ProtectRange { start, end, flags } => {
-                let r = self.pt.protect_range(start, end, flags, alloc, sink);
-                Outcome::Range(r.map(|()| Vec::new()))
+            Concrete::Collapse { va, size } => {
+                Outcome::Collapse(self.pt.begin_collapse(va, size, sink).map(|token| {
+                    self.pt
+                        .finish_collapse(token, sink)
+                        .expect("finishing the collapse")
+                }))
+            }
+            Concrete::UnmapRange { start, end, split } => {
+                let s = boundaries(&mut self.pt, start, end, split, alloc, sink);
+                let before: Vec<_> = self.pt.walk_all().collect();
+                let flushes = sink.flushes.len();
+                let mut removed = Vec::new();
+                let r = if s.is_ok() {
+                    self.pt
+                        .unmap_range(start, end, sink, |l| removed.push(l))
+                        .map(|()| removed)
+                } else {
+                    Ok(Vec::new())
+                };
+                if r.is_err() {
+                    let after: Vec<_> = self.pt.walk_all().collect();
+                    assert!(after == before && sink.flushes.len() == flushes);
+                }
+                Outcome::Range(s, r)
+            }
+            Concrete::ProtectRange {
+                start,
+                end,
+                flags,
+                split,
+            } => {
+                let s = boundaries(&mut self.pt, start, end, split, alloc, sink);
+                let before: Vec<_> = self.pt.walk_all().collect();
+                let flushes = sink.flushes.len();
+                let r = if s.is_ok() {
+                    self.pt
+                        .protect_range(start, end, flags, sink)
+                        .map(|()| Vec::new())
+                } else {
+                    Ok(Vec::new())
+                };
+                if r.is_err() {
+                    let after: Vec<_> = self.pt.walk_all().collect();
+                    assert!(after == before && sink.flushes.len() == flushes);
+                }
+                Outcome::Range(s, r)
             }
             Concrete::Touch { va, dirty } => {
                 if let Some((word, _)) = leaf_word(self.arena, self.pt.root(), va) {
@@ -626,45 +793,75 @@ impl Harness<'_> {
                     Err(_) => Err(SplitError::NotMapped),
                 }
             }),
-            Concrete::UnmapRange { start, end } | Concrete::ProtectRange { start, end, .. } => {
+            Concrete::Collapse { va, size } => Outcome::Collapse(if !canonical(va) {
+                Err(CollapseError::NonCanonical)
+            } else if size == PageSize::Size4K {
+                Err(CollapseError::NotHuge)
+            } else if !aligned(va, size) {
+                Err(CollapseError::Unaligned)
+            } else {
+                plan_collapse(model, va, size).map(|(pa, flags, bits)| {
+                    for i in 0..512 {
+                        model.remove(&(va + i * smaller(size).bytes()));
+                    }
+                    let flags = flags | bits;
+                    model.insert(va, Leaf { size, pa, flags });
+                })
+            }),
+            Concrete::UnmapRange { start, end, split }
+            | Concrete::ProtectRange {
+                start, end, split, ..
+            } => {
                 let last = end.wrapping_sub(1);
                 let protect = match op {
                     Concrete::ProtectRange { flags, .. } => Some(flags),
                     _ => None,
                 };
                 let crosses = (start < LOWER_HALF_END) != (last < LOWER_HALF_END);
-                Outcome::Range(if start != end && crosses {
-                    Err(RangeError::NonCanonical)
-                } else if protect.is_some_and(|f| f.contains(F::HUGE_PAGE)) {
-                    Err(RangeError::InvalidFlags)
-                } else if start == end {
-                    Ok(Vec::new())
-                } else {
-                    let mut after = model.clone();
-                    let splits = split_partial(&mut after, start, last);
-                    if out_of_tables(splits) {
-                        Err(RangeError::OutOfTables)
+                let real = start != end && !crosses;
+                if split && real {
+                    if let Err(e) = split_partial(model, start, last, budget) {
+                        return Outcome::Range(Err(e), Ok(Vec::new()));
+                    }
+                }
+                Outcome::Range(
+                    Ok(()),
+                    if start != end && crosses {
+                        Err(RangeError::NonCanonical)
+                    } else if protect.is_some_and(|f| f.contains(F::HUGE_PAGE)) {
+                        Err(RangeError::InvalidFlags)
+                    } else if start == end {
+                        Ok(Vec::new())
                     } else {
-                        let inside: Vec<(u64, Leaf)> =
-                            after.range(start..=last).map(|(&va, &l)| (va, l)).collect();
-                        let mut removed = Vec::new();
-                        for (va, leaf) in inside {
-                            match protect {
-                                Some(flags) => {
-                                    let kept = leaf.flags & (F::ACCESSED | F::DIRTY);
-                                    let flags = flags | F::PRESENT | kept;
-                                    after.insert(va, Leaf { flags, ..leaf });
-                                }
-                                None => {
-                                    after.remove(&va);
-                                    removed.push(unmapped(va, leaf));
+                        let after = model.clone();
+                        if let Some((va, size)) = straddler(&after, start, last) {
+                            Err(RangeError::Straddles {
+                                va: VirtAddr::new(va),
+                                size,
+                            })
+                        } else {
+                            let mut after = after;
+                            let inside: Vec<(u64, Leaf)> =
+                                after.range(start..=last).map(|(&va, &l)| (va, l)).collect();
+                            let mut removed = Vec::new();
+                            for (va, leaf) in inside {
+                                match protect {
+                                    Some(flags) => {
+                                        let kept = leaf.flags & (F::ACCESSED | F::DIRTY);
+                                        let flags = flags | F::PRESENT | kept;
+                                        after.insert(va, Leaf { flags, ..leaf });
+                                    }
+                                    None => {
+                                        after.remove(&va);
+                                        removed.push(unmapped(va, leaf));
+                                    }
                                 }
                             }
+                            *model = after;
+                            Ok(removed)
                         }
-                        *model = after;
-                        Ok(removed)
-                    }
-                })
+                    },
+                )
             }
             Concrete::Touch { va, dirty } => {
                 if let Some((base, leaf)) = covering(model, va) {

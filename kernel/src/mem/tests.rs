@@ -8,9 +8,9 @@ use crate::{check, check_eq};
 use alloc::vec::Vec;
 use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
-use mm::paging::{MapError, UnmapError};
+use mm::paging::{MapError, RangeError, UnmapError};
 use x86_64::structures::paging::PageTableFlags as F;
-use x86_64::PhysAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
 /// Virtual window for test mappings (unused by anything else in the kernel).
 const TEST_VA: u64 = 0xFFFF_A000_0000_0000;
@@ -429,16 +429,28 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
         check!(unsafe { probe::write_u64(va + i * PAGE_SIZE, ctx.seed ^ i) });
     }
     let ro_page = va + 7 * PAGE_SIZE;
-    let r = kernel_space::with_kernel(|pt, f| {
-        pt.protect_range(
-            ro_page,
-            ro_page + PAGE_SIZE,
-            F::NO_EXECUTE,
-            &mut KernelTableAlloc,
-            f,
-        )
+    let protect = || {
+        kernel_space::with_kernel(|pt, f| {
+            pt.protect_range(ro_page, ro_page + PAGE_SIZE, F::NO_EXECUTE, f)
+        })
+    };
+    check_eq!(
+        protect(),
+        Err(RangeError::Straddles {
+            va: VirtAddr::new(va),
+            size: PageSize::Size2M
+        })
+    );
+    // The split's first step makes the leaf non-present and shoots it down when
+    // `with_kernel` returns; only then is the table of 4 KiB leaves linked.
+    let token = kernel_space::with_kernel(|pt, f| {
+        pt.begin_split(va, PageSize::Size2M, &mut KernelTableAlloc, f)
     });
-    check_eq!(r, Ok(()));
+    check!(token.is_ok(), "{:?}", token);
+    let Ok(token) = token else { return Ok(()) };
+    let finished = kernel_space::with_kernel(|pt, _| pt.finish_split(token));
+    check!(finished.is_ok(), "{:?}", finished);
+    check_eq!(protect(), Ok(()));
     let t = kernel_space::with_kernel(|pt, _| (pt.query(ro_page), pt.query(va)));
     check!(
         matches!(t.0, Some(t) if t.size == PageSize::Size4K && !t.flags.contains(F::WRITABLE)),
@@ -460,7 +472,7 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
     }
     let mut n = 0;
     let r = kernel_space::with_kernel(|pt, f| {
-        pt.unmap_range(va, va + (2 << 20), &mut KernelTableAlloc, f, |_| n += 1)
+        pt.unmap_range(va, va + (2 << 20), f, |_| n += 1)
     });
     check_eq!(r, Ok(()));
     check_eq!(n, 512);

@@ -26,8 +26,9 @@
 //! 4. the allocator's lock (inside [`FrameSource`]).
 //!
 //! The registry lock is only held to look a space up. No lock is held during a TLB
-//! shootdown, while zeroing or copying frames, or while waiting for a migration (a waiter
-//! spins on an epoch counter, not on a lock).
+//! shootdown (except the space lock while a huge leaf is split, see `split_leaf`),
+//! while zeroing or copying frames, or while waiting for a migration (a waiter spins on
+//! an epoch counter, not on a lock).
 //!
 //! # Waiting
 //!
@@ -459,7 +460,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let (start, end) = check_user_range(start, len)?;
         let mut st = self.lock_settled(space, start, end, false)?;
         let mut flush = Flush::new();
-        let result = self.unmap_locked(space.id, &mut st, start, end, &mut flush);
+        let result = self.unmap_locked(space, &mut st, start, end, &mut flush);
         let removed = match result {
             Ok(refs) => {
                 let vmas = st.vmas.remove_range(start, end);
@@ -507,19 +508,18 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// heads whose references must be dropped after the shootdown.
     fn unmap_locked(
         &self,
-        id: SpaceId,
+        space: &AddressSpace<'m, M>,
         st: &mut SpaceState<'m, M>,
         start: u64,
         end: u64,
         flush: &mut Flush,
     ) -> Result<Vec<Pfn>, SpaceError> {
-        self.split_boundaries(id, st, start, end, flush)?;
+        self.split_boundaries(space, st, start, end)?;
         let mut leaves = Vec::new();
-        let mut tables = Tables::new(self.frames);
         st.pt
-            .unmap_range(start, end, &mut tables, flush, |leaf| leaves.push(leaf))
+            .unmap_range(start, end, flush, |leaf| leaves.push(leaf))
             .map_err(SpaceError::PageTable)?;
-        Ok(self.detach(id, &leaves))
+        Ok(self.detach(space.id, &leaves))
     }
 
     /// Give `[start, start + len)` (entirely covered by VMAs) the write permission
@@ -535,18 +535,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let (start, end) = check_user_range(start, len)?;
         let mut st = self.lock_settled(space, start, end, true)?;
         let mut flush = Flush::new();
-        let mut result = self.split_boundaries(space.id, &mut st, start, end, &mut flush);
+        let mut result = self.split_boundaries(space, &mut st, start, end);
         if result.is_ok() {
-            let mut tables = Tables::new(self.frames);
             result = st
                 .pt
-                .protect_range(
-                    start,
-                    end,
-                    user_leaf_flags(writable),
-                    &mut tables,
-                    &mut flush,
-                )
+                .protect_range(start, end, user_leaf_flags(writable), &mut flush)
                 .map_err(SpaceError::PageTable);
         }
         if result.is_ok() {
@@ -578,11 +571,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             let mut flush = Flush::new();
             let mut leaves = Vec::new();
-            let mut tables = Tables::new(self.frames);
             st.pt
-                .unmap_range(0, LOWER_HALF_END, &mut tables, &mut flush, |l| {
-                    leaves.push(l)
-                })
+                .unmap_range(0, LOWER_HALF_END, &mut flush, |l| leaves.push(l))
                 .map_err(SpaceError::PageTable)?;
             st.dead = true;
             if self.kernel_root.is_some() {
@@ -610,11 +600,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// exact.
     fn split_boundaries(
         &self,
-        id: SpaceId,
+        space: &AddressSpace<'m, M>,
         st: &mut SpaceState<'m, M>,
         start: u64,
         end: u64,
-        flush: &mut Flush,
     ) -> Result<(), SpaceError> {
         for boundary in [start, end] {
             while let Some(t) = st.pt.query(boundary) {
@@ -622,28 +611,45 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     break;
                 }
                 let va = boundary & !(t.size.bytes() - 1);
-                self.split_leaf(id, st, va, t, flush)?;
+                self.split_leaf(space, st, va, t)?;
             }
         }
         Ok(())
     }
 
     /// Split the huge leaf `t` at `va` into 512 smaller leaves and record them.
+    ///
+    /// The leaf's slot is made non-present and its translation shot down on every CPU
+    /// of the space before the table of smaller leaves is linked, so no CPU ever holds
+    /// TLB entries of both sizes for one address. That shootdown is synchronous and made
+    /// with the space lock held (the only one made under a lock): a CPU that faults on
+    /// the range meanwhile waits for the lock, and finds the table once it gets it, so
+    /// no fault ever sees the non-present step. Its targets acknowledge while spinning on
+    /// the lock, since the kernel takes it with interrupts enabled (see the module doc).
     pub(crate) fn split_leaf(
         &self,
-        id: SpaceId,
+        space: &AddressSpace<'m, M>,
         st: &mut SpaceState<'m, M>,
         va: u64,
         t: Translation,
-        flush: &mut Flush,
     ) -> Result<(), SpaceError> {
         let Some(child) = t.size.smaller() else {
             return Ok(());
         };
+        let id = space.id;
         let mut tables = Tables::new(self.frames);
-        st.pt
-            .split(va, t.size, &mut tables, flush)
+        let mut split_flush = Flush::new();
+        let token = st
+            .pt
+            .begin_split(va, t.size, &mut tables, &mut split_flush)
             .map_err(|_| SpaceError::OutOfMemory)?;
+        self.shootdown(space, split_flush);
+        st.pt.finish_split(token).map_err(|_| {
+            SpaceError::PageTable(RangeError::Busy {
+                va: VirtAddr::new_truncate(va),
+                size: t.size,
+            })
+        })?;
         let pfn = Pfn::containing(t.leaf_base_pa);
         let Some(head) = self.head_of(pfn) else {
             return Ok(());

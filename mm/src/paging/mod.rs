@@ -7,8 +7,21 @@
 //! Software changes are serialised by `&mut PageTable` (one writer per address space);
 //! the only concurrent writer is the MMU, so an entry is cleared with one atomic swap
 //! (the old value, dirty bit included, is returned), and an entry whose new value depends
-//! on the old one (protect, split) is changed with a compare-exchange loop that retries
-//! when the MMU set a bit in between.
+//! on the old one (protect, split, collapse) is changed with a compare-exchange loop that
+//! retries when the MMU set a bit in between.
+//!
+//! A slot holds nothing, a table pointer, a present leaf, or a *software entry* (a
+//! non-present entry with bit 9 set, see [`SoftwareEntry`]); a [`Cursor`] shows all four
+//! at every level. Operations never skip a software entry silently: `unmap`, `protect`,
+//! `begin_split`, `begin_collapse` and the range operations refuse one in their way with
+//! a typed `Busy` error carrying its address and size (the caller waits for its owner
+//! and retries), and [`destroy`](PageTable::destroy) reports each one it removes.
+//!
+//! A huge leaf is never replaced by a table in one store, nor a table by a huge leaf:
+//! [`begin_split`](PageTable::begin_split) / [`begin_collapse`](PageTable::begin_collapse)
+//! make the slot non-present and report the flush, the caller shoots it down, and
+//! `finish_*` installs the replacement (see [`SplitToken`]). Range operations therefore do
+//! not split: they refuse a huge leaf that straddles an end of the range.
 //!
 //! Leaves are 4 KiB PTEs (level 1), 2 MiB PMDs (level 2) or 1 GiB PUDs (level 3); at
 //! levels 2 and 3 `HUGE_PAGE` tells a leaf from a table pointer. Flags are passed as
@@ -27,10 +40,12 @@
 //! typed error. Ranges are `[start, end)` with an exclusive `end`; `end == 0` stands for
 //! 2^64, the top of the address space, so the last page can be covered too.
 
+mod cursor;
 pub mod entry;
 mod error;
 mod range;
 mod raw;
+mod replace;
 mod swentry;
 mod walk;
 
@@ -39,10 +54,15 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use cursor::{Cursor, Slot, SlotKind};
 pub use entry::{valid_leaf_flags, Entry, ADDR_MASK, LEAF_FLAGS_MASK, LEAF_PAT};
-pub use error::{MapError, ProtectError, RangeError, SplitError, UnmapError};
+pub use error::{
+    CollapseError, MapError, ProtectError, RangeError, SplitError, Unfinished, UnmapError,
+};
+pub use range::Removed;
 pub use raw::RawError;
-pub use swentry::MigrationEntry;
+pub use replace::{CollapseToken, SplitToken};
+pub use swentry::{MigrationEntry, SoftwareEntry};
 pub use walk::Walk;
 
 use crate::backend::flush::FlushSink;
@@ -165,6 +185,17 @@ const fn smaller(size: PageSize) -> Option<PageSize> {
     }
 }
 
+/// The first address and the size of the slot at `level` that covers `va` (a level-4
+/// slot, which spans 512 GiB, is reported as 1 GiB: no page size is larger).
+const fn slot_of(va: u64, level: u8) -> (VirtAddr, PageSize) {
+    let size = match level {
+        1 => PageSize::Size4K,
+        2 => PageSize::Size2M,
+        _ => PageSize::Size1G,
+    };
+    (vaddr(va & !(entry_span(level) - 1)), size)
+}
+
 /// The translation of the byte at `offset` into the leaf `entry` of `size`.
 const fn translation(entry: Entry, size: PageSize, offset: u64) -> Translation {
     let base = entry.leaf_addr(size);
@@ -249,6 +280,10 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
             Some(_) => Err(UnmapError::SizeMismatch),
             None if d.level == size.level() && d.entry.is_present() => {
                 Err(UnmapError::SizeMismatch)
+            }
+            None if !d.entry.is_unused() => {
+                let (va, size) = slot_of(va, d.level);
+                Err(UnmapError::Busy { va, size })
             }
             None => Err(UnmapError::NotMapped),
         }
@@ -414,6 +449,7 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
         }
         let d = self.find_leaf(va, size).map_err(|e| match e {
             UnmapError::SizeMismatch => ProtectError::SizeMismatch,
+            UnmapError::Busy { va, size } => ProtectError::Busy { va, size },
             _ => ProtectError::NotMapped,
         })?;
         let slot = self.slot(d.path[d.level as usize], index(va, d.level));
@@ -447,72 +483,6 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
                 Err(seen) => current = seen,
             }
         }
-    }
-
-    /// Split the huge leaf of `size` at `va` into 512 leaves of the next smaller size,
-    /// with the same translation and flags, in a table from `alloc`.
-    pub fn split<A, S>(
-        &mut self,
-        va: u64,
-        size: PageSize,
-        alloc: &mut A,
-        sink: &mut S,
-    ) -> Result<(), SplitError>
-    where
-        A: TableAlloc + ?Sized,
-        S: FlushSink + ?Sized,
-    {
-        if !is_canonical(va) {
-            return Err(SplitError::NonCanonical);
-        }
-        if size == PageSize::Size4K {
-            return Err(SplitError::NotHuge);
-        }
-        if !size.is_aligned_va(vaddr(va)) {
-            return Err(SplitError::Unaligned);
-        }
-        let d = self.find_leaf(va, size).map_err(|e| match e {
-            UnmapError::SizeMismatch => SplitError::SizeMismatch,
-            _ => SplitError::NotMapped,
-        })?;
-        let tables = self.alloc_tables(1, alloc).ok_or(SplitError::OutOfTables)?;
-        self.split_leaf(&d, va, size, tables.frames[0], sink);
-        Ok(())
-    }
-
-    /// Replace the huge leaf of `size` at `va` (found by descent `d`) by a pointer to
-    /// `table` (zeroed, unlinked) holding the same mapping in 512 smaller leaves.
-    fn split_leaf<S: FlushSink + ?Sized>(
-        &self,
-        d: &Descent,
-        va: u64,
-        size: PageSize,
-        table: PhysAddr,
-        sink: &mut S,
-    ) {
-        let Some(child) = smaller(size) else {
-            return;
-        };
-        let slot = self.slot(d.path[d.level as usize], index(va, d.level));
-        let mut current = slot.load(Ordering::Acquire);
-        loop {
-            let old = Entry::from_raw(current);
-            let base = old.leaf_addr(size).as_u64();
-            let flags = old.leaf_flags(size);
-            for i in 0..ENTRIES {
-                let pa = PhysAddr::new_truncate(base + i as u64 * child.bytes());
-                self.slot(table, i)
-                    .store(Entry::leaf(pa, child, flags).raw(), Ordering::Release);
-            }
-            let user = flags.contains(PageTableFlags::USER_ACCESSIBLE);
-            let new = Entry::table(table, user);
-            // Retried if the MMU set accessed/dirty meanwhile, so the children inherit it.
-            match slot.compare_exchange(current, new.raw(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
-        sink.flush_page(vaddr(va), size);
     }
 
     /// Call `f` with every table of the tree (its address and level), the root first,

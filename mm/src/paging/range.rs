@@ -1,30 +1,36 @@
 //! Operations over a virtual range: unmap, protect, and tearing a whole tree down.
 //!
-//! A range operation first splits the (at most four) huge leaves that straddle an end of
-//! the range, with tables allocated before anything changes, so every leaf it then meets
-//! lies entirely inside or entirely outside the range. It then visits the tables under
-//! the range recursively, and unlinks the tables an unmap leaves empty.
+//! A range operation first looks at every slot of the range with a [`Cursor`]: it refuses
+//! a range that a software entry overlaps ([`RangeError::Busy`]; only the layer that
+//! installed the entry may remove it, so the caller waits for it and retries) or that
+//! ends inside a huge leaf ([`RangeError::Straddles`]; the caller splits it with
+//! [`PageTable::begin_split`], shoots the huge translation down, finishes the split and
+//! retries). So every leaf it then changes lies entirely inside the range, and a refusal
+//! changes nothing. It then visits the tables under the range recursively, and unlinks
+//! the tables an unmap leaves empty. [`PageTable::destroy`] removes software entries
+//! too, and reports each to its caller.
 
+use super::cursor::{Cursor, SlotKind};
 use super::{
-    entry_span, index, is_canonical, unmapped, vaddr, valid_leaf_flags, Entry, PageTable,
-    RangeError, TableAlloc, UnmappedLeaf, ENTRIES, LOWER_HALF_END, UPPER_HALF_START,
+    entry_span, index, is_canonical, slot_of, unmapped, vaddr, valid_leaf_flags, Entry, PageTable,
+    RangeError, SoftwareEntry, UnmappedLeaf, ENTRIES, LOWER_HALF_END, UPPER_HALF_START,
 };
 use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
-use crate::base::addr::{PageSize, PAGE_SIZE};
+use crate::base::addr::PAGE_SIZE;
 use core::sync::atomic::Ordering;
 use x86_64::structures::paging::PageTableFlags;
-use x86_64::PhysAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
 /// A non-empty range `[start, last]` (inclusive), canonical and within one half.
 #[derive(Clone, Copy)]
-struct Span {
-    start: u64,
-    last: u64,
+pub(super) struct Span {
+    pub start: u64,
+    pub last: u64,
 }
 
 /// Check `[start, end)` (`end == 0` meaning 2^64); `None` when it is empty.
-fn span(start: u64, end: u64) -> Result<Option<Span>, RangeError> {
+pub(super) fn span(start: u64, end: u64) -> Result<Option<Span>, RangeError> {
     if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
         return Err(RangeError::Unaligned);
     }
@@ -44,50 +50,47 @@ fn span(start: u64, end: u64) -> Result<Option<Span>, RangeError> {
     Ok(Some(Span { start, last }))
 }
 
-/// The huge leaves to split before a range operation, in order (a 1 GiB leaf before the
-/// 2 MiB leaf its split produces), without duplicates.
-struct SplitPlan {
-    items: [(u64, PageSize); 4],
-    len: usize,
-}
-
-impl SplitPlan {
-    fn push(&mut self, va: u64, size: PageSize) {
-        if !self.items[..self.len].contains(&(va, size)) {
-            self.items[self.len] = (va, size);
-            self.len += 1;
-        }
-    }
+/// What [`PageTable::destroy`] took out of the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Removed {
+    /// A present leaf (its frame is released after the flush, as for an unmap).
+    Leaf(UnmappedLeaf),
+    /// A software entry: nothing to flush, but its owner must learn that it is gone
+    /// (a migration entry still names its source frame).
+    Software {
+        /// The first address of its slot.
+        va: VirtAddr,
+        /// The level of its slot.
+        level: u8,
+        /// What it was.
+        entry: SoftwareEntry,
+    },
 }
 
 /// What a range operation does to each leaf inside the range.
 enum Action<'f> {
     Unmap(&'f mut dyn FnMut(UnmappedLeaf)),
     Protect(PageTableFlags),
+    Destroy(&'f mut dyn FnMut(Removed)),
 }
 
 impl<M: PhysMem> PageTable<'_, M> {
     /// Unmap every leaf in `[start, end)` (4 KiB aligned; `end == 0` means the top of
-    /// the address space), calling `on_leaf` with each removed leaf. Huge leaves only
-    /// partly inside are split first, which may need up to four tables from `alloc`.
-    /// Every table left empty is unlinked and handed to the sink, so unmapping whole
-    /// table regions frees all their table frames.
-    pub fn unmap_range<A, S>(
+    /// the address space), calling `on_leaf` with each removed leaf. Refused, with
+    /// nothing changed, when a software entry overlaps the range or a huge leaf straddles
+    /// an end (see the module doc). Every table left empty is unlinked and handed to the
+    /// sink, so unmapping whole table regions frees all their table frames.
+    pub fn unmap_range<S: FlushSink + ?Sized>(
         &mut self,
         start: u64,
         end: u64,
-        alloc: &mut A,
         sink: &mut S,
         mut on_leaf: impl FnMut(UnmappedLeaf),
-    ) -> Result<(), RangeError>
-    where
-        A: TableAlloc + ?Sized,
-        S: FlushSink + ?Sized,
-    {
+    ) -> Result<(), RangeError> {
         let Some(span) = span(start, end)? else {
             return Ok(());
         };
-        self.split_boundaries(span, alloc, sink)?;
+        self.check_range(span)?;
         self.apply(
             self.root,
             4,
@@ -100,20 +103,15 @@ impl<M: PhysMem> PageTable<'_, M> {
     }
 
     /// Give every leaf in `[start, end)` the leaf `flags` (`PRESENT` added, accessed and
-    /// dirty kept), splitting huge leaves only partly inside first (up to four tables
-    /// from `alloc`). Unmapped parts of the range are skipped.
-    pub fn protect_range<A, S>(
+    /// dirty kept). Unmapped parts of the range are skipped; refused like
+    /// [`unmap_range`](Self::unmap_range).
+    pub fn protect_range<S: FlushSink + ?Sized>(
         &mut self,
         start: u64,
         end: u64,
         flags: PageTableFlags,
-        alloc: &mut A,
         sink: &mut S,
-    ) -> Result<(), RangeError>
-    where
-        A: TableAlloc + ?Sized,
-        S: FlushSink + ?Sized,
-    {
+    ) -> Result<(), RangeError> {
         let checked = span(start, end)?;
         if !valid_leaf_flags(flags) {
             return Err(RangeError::InvalidFlags);
@@ -121,19 +119,16 @@ impl<M: PhysMem> PageTable<'_, M> {
         let Some(span) = checked else {
             return Ok(());
         };
-        self.split_boundaries(span, alloc, sink)?;
+        self.check_range(span)?;
         self.apply(self.root, 4, 0, span, &mut Action::Protect(flags), sink);
         Ok(())
     }
 
-    /// Tear the whole tree down: unmap every leaf of both halves (calling `on_leaf` with
-    /// each) and hand every table, the root included, to the sink.
-    pub fn destroy<S: FlushSink + ?Sized>(
-        self,
-        sink: &mut S,
-        mut on_leaf: impl FnMut(UnmappedLeaf),
-    ) {
-        let mut action = Action::Unmap(&mut on_leaf);
+    /// Tear the whole tree down: remove every leaf and software entry of both halves
+    /// (calling `on_removed` with each; the software entries of a token still
+    /// outstanding included) and hand every table, the root included, to the sink.
+    pub fn destroy<S: FlushSink + ?Sized>(self, sink: &mut S, mut on_removed: impl FnMut(Removed)) {
+        let mut action = Action::Destroy(&mut on_removed);
         for span in [
             Span {
                 start: 0,
@@ -149,55 +144,31 @@ impl<M: PhysMem> PageTable<'_, M> {
         sink.defer_free_table(self.root);
     }
 
-    /// Split the huge leaves that straddle an end of `span`, allocating every table
-    /// first: on allocation failure nothing has changed.
-    fn split_boundaries<A, S>(
-        &self,
-        span: Span,
-        alloc: &mut A,
-        sink: &mut S,
-    ) -> Result<(), RangeError>
-    where
-        A: TableAlloc + ?Sized,
-        S: FlushSink + ?Sized,
-    {
-        let mut plan = SplitPlan {
-            items: [(0, PageSize::Size4K); 4],
-            len: 0,
-        };
-        self.plan_split_at(span.start, &mut plan);
-        if let Some(after) = span.last.checked_add(1) {
-            self.plan_split_at(after, &mut plan);
-        }
-        let tables = self
-            .alloc_tables(plan.len, alloc)
-            .ok_or(RangeError::OutOfTables)?;
-        for (&(va, size), &table) in plan.items[..plan.len].iter().zip(&tables.frames) {
-            let d = self.descend(va, size.level());
-            debug_assert_eq!(d.entry.leaf_size(d.level), Some(size));
-            self.split_leaf(&d, va, size, table, sink);
+    /// Refuse `span` if a software entry overlaps it or a huge leaf straddles an end.
+    fn check_range(&self, span: Span) -> Result<(), RangeError> {
+        let cursor: Cursor<'_, '_, M> = self.cursor_over(Some(span));
+        let end = span.last.wrapping_add(1);
+        for slot in cursor {
+            match slot.kind {
+                SlotKind::Software(_) => {
+                    let (va, size) = slot_of(slot.va.as_u64(), slot.level);
+                    return Err(RangeError::Busy { va, size });
+                }
+                SlotKind::Leaf(t) if !slot.within(span.start, end) => {
+                    return Err(RangeError::Straddles {
+                        va: slot.va,
+                        size: t.size,
+                    });
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
 
-    /// Add to `plan` the splits that make `boundary` (4 KiB aligned) a leaf boundary.
-    fn plan_split_at(&self, boundary: u64, plan: &mut SplitPlan) {
-        let Some(t) = self.query(boundary) else {
-            return;
-        };
-        let align_1g = PageSize::Size1G.bytes() - 1;
-        let align_2m = PageSize::Size2M.bytes() - 1;
-        if t.size == PageSize::Size1G && boundary & align_1g != 0 {
-            plan.push(boundary & !align_1g, PageSize::Size1G);
-        }
-        if t.size != PageSize::Size4K && boundary & align_2m != 0 {
-            plan.push(boundary & !align_2m, PageSize::Size2M);
-        }
-    }
-
     /// Apply `action` to every leaf in `span` below the table at `table` (level
-    /// `level`, mapping from `base`; the root ignores `base`). Every leaf met must lie
-    /// inside `span` (the boundaries were split).
+    /// `level`, mapping from `base`; the root ignores `base`). Every leaf met lies inside
+    /// `span` (checked by [`check_range`](Self::check_range), or the whole half).
     fn apply<S: FlushSink + ?Sized>(
         &self,
         table: PhysAddr,
@@ -231,16 +202,32 @@ impl<M: PhysMem> PageTable<'_, M> {
             };
             let slot = self.slot(table, i);
             let entry = Entry::from_raw(slot.load(Ordering::Acquire));
+            if entry.is_unused() {
+                continue;
+            }
             if !entry.is_present() {
+                if let Action::Destroy(on_removed) = action {
+                    slot.store(0, Ordering::Release);
+                    on_removed(Removed::Software {
+                        va: vaddr(va),
+                        level,
+                        entry: SoftwareEntry::decode(entry, level)
+                            .unwrap_or(SoftwareEntry::Unknown(entry)),
+                    });
+                }
                 continue;
             }
             if let Some(size) = entry.leaf_size(level) {
-                debug_assert!(va >= span.start && va + (step - 1) <= span.last);
                 match action {
                     Action::Unmap(on_leaf) => {
                         let old = Entry::from_raw(slot.swap(0, Ordering::AcqRel));
                         sink.flush_page(vaddr(va), size);
                         on_leaf(unmapped(va, old, size));
+                    }
+                    Action::Destroy(on_removed) => {
+                        let old = Entry::from_raw(slot.swap(0, Ordering::AcqRel));
+                        sink.flush_page(vaddr(va), size);
+                        on_removed(Removed::Leaf(unmapped(va, old, size)));
                     }
                     Action::Protect(flags) => {
                         self.update_leaf(slot, size, *flags, va, sink);
@@ -249,7 +236,7 @@ impl<M: PhysMem> PageTable<'_, M> {
             } else {
                 let child = entry.table_addr();
                 self.apply(child, level - 1, va, span, action, sink);
-                if matches!(action, Action::Unmap(_)) && self.is_empty_table(child) {
+                if !matches!(action, Action::Protect(_)) && self.is_empty_table(child) {
                     slot.store(0, Ordering::Release);
                     sink.defer_free_table(child);
                 }

@@ -1,11 +1,12 @@
 //! Raw access to leaf-level slots, for software (non-present) entries such as the
 //! [`MigrationEntry`](super::MigrationEntry).
 //!
-//! The rest of this module only deals with present leaves and unused slots; a slot that
-//! holds a non-present entry with other bits set is left alone by `map` (it is not
-//! unused), `unmap`, `protect`, the range operations and [`walk`](PageTable::walk) (it is
-//! not present), and keeps its table alive (the table is not empty). These functions let
-//! the layer that owns such entries read them and swap them in and out atomically.
+//! The rest of this module never creates nor removes a software entry (except
+//! [`destroy`](PageTable::destroy), which reports each): `map` refuses the slot (it is
+//! not unused), `unmap`, `protect`, splits, collapses and the range operations refuse
+//! with a `Busy` error, [`walk`](PageTable::walk) skips it (it is not present), and it
+//! keeps its table alive (the table is not empty). These functions let the layer that
+//! owns such entries read them and swap them in and out atomically.
 //!
 //! Changing an entry here reports nothing to a [`FlushSink`](crate::backend::flush::FlushSink):
 //! the caller invalidates the TLBs itself (a present leaf replaced by a non-present entry

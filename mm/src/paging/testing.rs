@@ -2,7 +2,7 @@
 //! allocator over arena frames that can be told to fail, and a flush sink that records
 //! what it was told.
 
-use super::{index, Entry, TableAlloc};
+use super::{index, Entry, PageTable, SplitError, TableAlloc};
 use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, PAGE_SIZE};
@@ -122,4 +122,52 @@ impl FlushSink for RecordingSink {
     fn defer_free_table(&mut self, table: PhysAddr) {
         self.deferred.push(table);
     }
+}
+
+/// Split the huge leaf of `size` at `va` at once: [`begin_split`](PageTable::begin_split)
+/// then [`finish_split`](PageTable::finish_split) with no shootdown between, which is
+/// only right where no CPU caches the tree (host tests: `sink` just records the flush).
+pub fn split_now<M, A, S>(
+    pt: &mut PageTable<'_, M>,
+    va: u64,
+    size: PageSize,
+    alloc: &mut A,
+    sink: &mut S,
+) -> Result<(), SplitError>
+where
+    M: PhysMem,
+    A: TableAlloc + ?Sized,
+    S: FlushSink + ?Sized,
+{
+    let token = pt.begin_split(va, size, alloc, sink)?;
+    pt.finish_split(token).map_err(|_| SplitError::Busy {
+        va: VirtAddr::new_truncate(va),
+        size,
+    })
+}
+
+/// Split (with [`split_now`]) every huge leaf that straddles `start` or `end`, as
+/// [`unmap_range`](PageTable::unmap_range) and
+/// [`protect_range`](PageTable::protect_range) require.
+pub fn split_boundaries<M, A, S>(
+    pt: &mut PageTable<'_, M>,
+    start: u64,
+    end: u64,
+    alloc: &mut A,
+    sink: &mut S,
+) -> Result<(), SplitError>
+where
+    M: PhysMem,
+    A: TableAlloc + ?Sized,
+    S: FlushSink + ?Sized,
+{
+    for boundary in [start, end] {
+        while let Some(t) = pt.query(boundary) {
+            if boundary & (t.size.bytes() - 1) == 0 {
+                break;
+            }
+            split_now(pt, boundary & !(t.size.bytes() - 1), t.size, alloc, sink)?;
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Unit tests of the page-table operations and of every error path.
 
-use super::testing::{leaf_word, ListTableAlloc, RecordingSink};
+use super::testing::{leaf_word, split_boundaries, split_now, ListTableAlloc, RecordingSink};
 use super::*;
 use crate::backend::phys::Arena;
 use std::vec::Vec;
@@ -12,6 +12,7 @@ const G1: u64 = 1 << 30;
 const BASE: u64 = 0x0000_0040_0000_0000;
 const KERNEL: u64 = 0xFFFF_8000_0000_0000;
 const RW: PageTableFlags = PageTableFlags::WRITABLE;
+const F_RO: PageTableFlags = PageTableFlags::empty();
 const TABLE_FRAMES: u64 = 64;
 
 fn pa(addr: u64) -> PhysAddr {
@@ -167,7 +168,7 @@ fn kernel_half_and_the_top_of_the_address_space() {
     assert_eq!(pt.walk(KERNEL + K4, 0).count(), 1);
 
     let mut removed = Vec::new();
-    pt.unmap_range(KERNEL, 0, &mut alloc, &mut sink, |leaf| removed.push(leaf))
+    pt.unmap_range(KERNEL, 0, &mut sink, |leaf| removed.push(leaf))
         .unwrap();
     assert_eq!(removed.len(), 2);
     assert!(sink.covers(vaddr(top), PageSize::Size4K));
@@ -251,7 +252,7 @@ fn unmapping_what_is_not_mapped_changes_nothing() {
         assert_eq!(snapshot(&pt, &alloc, &sink), before);
     }
     assert_eq!(
-        pt.split(BASE + M2, PageSize::Size2M, &mut alloc, &mut sink),
+        pt.begin_split(BASE + M2, PageSize::Size2M, &mut alloc, &mut sink),
         Err(SplitError::NotMapped)
     );
     assert_eq!(snapshot(&pt, &alloc, &sink), before);
@@ -306,7 +307,7 @@ fn size_mismatch_changes_nothing() {
         );
         if size != PageSize::Size4K {
             assert_eq!(
-                pt.split(va, size, &mut alloc, &mut sink),
+                pt.begin_split(va, size, &mut alloc, &mut sink),
                 Err(SplitError::SizeMismatch),
                 "{what}"
             );
@@ -314,7 +315,7 @@ fn size_mismatch_changes_nothing() {
         assert_eq!(snapshot(&pt, &alloc, &sink), before, "{what}");
     }
     assert_eq!(
-        pt.split(BASE, PageSize::Size4K, &mut alloc, &mut sink),
+        pt.begin_split(BASE, PageSize::Size4K, &mut alloc, &mut sink),
         Err(SplitError::NotHuge)
     );
     assert_eq!(snapshot(&pt, &alloc, &sink), before);
@@ -359,19 +360,19 @@ fn unaligned_requests_change_nothing() {
         Err(ProtectError::Unaligned)
     );
     assert_eq!(
-        pt.split(BASE + K4, PageSize::Size2M, &mut alloc, &mut sink),
+        pt.begin_split(BASE + K4, PageSize::Size2M, &mut alloc, &mut sink),
         Err(SplitError::Unaligned)
     );
     assert_eq!(
-        pt.unmap_range(BASE + 8, BASE + M2, &mut alloc, &mut sink, |_| {}),
+        pt.unmap_range(BASE + 8, BASE + M2, &mut sink, |_| {}),
         Err(RangeError::Unaligned)
     );
     assert_eq!(
-        pt.protect_range(BASE, BASE + 8, RW, &mut alloc, &mut sink),
+        pt.protect_range(BASE, BASE + 8, RW, &mut sink),
         Err(RangeError::Unaligned)
     );
     assert_eq!(
-        pt.protect_range(BASE + M2, BASE, RW, &mut alloc, &mut sink),
+        pt.protect_range(BASE + M2, BASE, RW, &mut sink),
         Err(RangeError::InvalidRange)
     );
     assert_eq!(snapshot(&pt, &alloc, &sink), before);
@@ -410,7 +411,7 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
             Err(ProtectError::NonCanonical)
         );
         assert_eq!(
-            pt.split(va, PageSize::Size2M, &mut alloc, &mut sink),
+            pt.begin_split(va, PageSize::Size2M, &mut alloc, &mut sink),
             Err(SplitError::NonCanonical)
         );
         assert_eq!(pt.query(va), None);
@@ -422,11 +423,11 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
         (hole - K4, 0),
     ] {
         assert_eq!(
-            pt.unmap_range(start, end, &mut alloc, &mut sink, |_| {}),
+            pt.unmap_range(start, end, &mut sink, |_| {}),
             Err(RangeError::NonCanonical)
         );
         assert_eq!(
-            pt.protect_range(start, end, RW, &mut alloc, &mut sink),
+            pt.protect_range(start, end, RW, &mut sink),
             Err(RangeError::NonCanonical)
         );
     }
@@ -443,14 +444,14 @@ fn non_canonical_addresses_and_invalid_flags_change_nothing() {
             Err(ProtectError::InvalidFlags)
         );
         assert_eq!(
-            pt.protect_range(hole - M2, hole, bad, &mut alloc, &mut sink),
+            pt.protect_range(hole - M2, hole, bad, &mut sink),
             Err(RangeError::InvalidFlags)
         );
     }
     assert_eq!(snapshot(&pt, &alloc, &sink), before);
     // The range right up to the hole is fine.
     let mut removed = 0;
-    pt.unmap_range(hole - G1, hole, &mut alloc, &mut sink, |_| removed += 1)
+    pt.unmap_range(hole - G1, hole, &mut sink, |_| removed += 1)
         .unwrap();
     assert_eq!(removed, 1);
 }
@@ -481,36 +482,33 @@ fn out_of_tables_changes_nothing() {
         );
         assert_eq!(snapshot(&pt, &alloc, &sink), before, "map, budget {budget}");
     }
-    // Unmapping one 4K page from the middle of a 1G leaf needs two splits.
-    alloc.budget = Some(1);
+    // Unmapping one 4K page from the middle of a 1G leaf needs two splits first.
     let middle = BASE + G1 + 5 * M2 + 3 * K4;
+    let straddles = Err(RangeError::Straddles {
+        va: vaddr(BASE + G1),
+        size: PageSize::Size1G,
+    });
     assert_eq!(
-        pt.unmap_range(middle, middle + K4, &mut alloc, &mut sink, |_| {}),
-        Err(RangeError::OutOfTables)
+        pt.unmap_range(middle, middle + K4, &mut sink, |_| {}),
+        straddles
     );
     assert_eq!(
-        pt.protect_range(
-            middle,
-            middle + K4,
-            PageTableFlags::empty(),
-            &mut alloc,
-            &mut sink
-        ),
-        Err(RangeError::OutOfTables)
+        pt.protect_range(middle, middle + K4, PageTableFlags::empty(), &mut sink),
+        straddles
     );
+    assert_eq!(snapshot(&pt, &alloc, &sink), before);
     alloc.budget = Some(0);
     assert_eq!(
-        pt.split(BASE + G1, PageSize::Size1G, &mut alloc, &mut sink),
+        pt.begin_split(BASE + G1, PageSize::Size1G, &mut alloc, &mut sink),
         Err(SplitError::OutOfTables)
     );
     assert_eq!(snapshot(&pt, &alloc, &sink), before);
 
     alloc.budget = Some(2);
+    split_boundaries(&mut pt, middle, middle + K4, &mut alloc, &mut sink).unwrap();
     let mut removed = Vec::new();
-    pt.unmap_range(middle, middle + K4, &mut alloc, &mut sink, |l| {
-        removed.push(l)
-    })
-    .unwrap();
+    pt.unmap_range(middle, middle + K4, &mut sink, |l| removed.push(l))
+        .unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].va.as_u64(), middle);
     assert_eq!(removed[0].pa, pa(G1 + 5 * M2 + 3 * K4));
@@ -593,8 +591,7 @@ fn split_preserves_translation_flags_and_dirty() {
     word.fetch_or(PageTableFlags::DIRTY.bits(), Ordering::Relaxed);
     let flags = present(flags | PageTableFlags::DIRTY);
 
-    pt.split(BASE, PageSize::Size1G, &mut alloc, &mut sink)
-        .unwrap();
+    split_now(&mut pt, BASE, PageSize::Size1G, &mut alloc, &mut sink).unwrap();
     assert_eq!(sink.flushes, [(vaddr(BASE), PageSize::Size1G)]);
     let leaves: Vec<_> = pt.walk_all().collect();
     assert_eq!(leaves.len(), 512);
@@ -603,8 +600,14 @@ fn split_preserves_translation_flags_and_dirty() {
         assert_eq!(t.leaf_base_pa, pa(5 * G1 + i as u64 * M2));
         assert_eq!((t.size, t.flags), (PageSize::Size2M, flags));
     }
-    pt.split(BASE + 7 * M2, PageSize::Size2M, &mut alloc, &mut sink)
-        .unwrap();
+    split_now(
+        &mut pt,
+        BASE + 7 * M2,
+        PageSize::Size2M,
+        &mut alloc,
+        &mut sink,
+    )
+    .unwrap();
     let t = pt.query(BASE + 7 * M2 + 9 * K4 + 1).unwrap();
     assert_eq!(t.pa, pa(5 * G1 + 7 * M2 + 9 * K4 + 1));
     assert_eq!((t.size, t.flags), (PageSize::Size4K, flags));
@@ -642,7 +645,7 @@ fn protect_keeps_accessed_dirty_and_reports_changes() {
 }
 
 #[test]
-fn range_operations_split_partly_covered_leaves() {
+fn range_operations_need_partly_covered_leaves_split() {
     let Env {
         arena,
         mut alloc,
@@ -662,14 +665,17 @@ fn range_operations_split_partly_covered_leaves() {
     .unwrap();
     // Protect the last 4K of the first 2M leaf and the first half of the second.
     let ro = PageTableFlags::empty();
-    pt.protect_range(
-        BASE + M2 - K4,
-        BASE + M2 + M2 / 2,
-        ro,
-        &mut alloc,
-        &mut sink,
-    )
-    .unwrap();
+    let (start, end) = (BASE + M2 - K4, BASE + M2 + M2 / 2);
+    assert_eq!(
+        pt.protect_range(start, end, ro, &mut sink),
+        Err(RangeError::Straddles {
+            va: vaddr(BASE),
+            size: PageSize::Size2M
+        })
+    );
+    assert!(sink.flushes.is_empty());
+    split_boundaries(&mut pt, start, end, &mut alloc, &mut sink).unwrap();
+    pt.protect_range(start, end, ro, &mut sink).unwrap();
     assert!(sink.covers(vaddr(BASE), PageSize::Size2M));
     assert!(sink.covers(vaddr(BASE + M2), PageSize::Size2M));
     for va in (BASE..BASE + 2 * M2).step_by(K4 as usize) {
@@ -686,10 +692,8 @@ fn range_operations_split_partly_covered_leaves() {
 
     sink.clear();
     let mut removed = Vec::new();
-    pt.unmap_range(BASE, BASE + 2 * M2, &mut alloc, &mut sink, |l| {
-        removed.push(l.va)
-    })
-    .unwrap();
+    pt.unmap_range(BASE, BASE + 2 * M2, &mut sink, |l| removed.push(l.va))
+        .unwrap();
     assert_eq!(removed.len(), 1024);
     assert!(removed.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(sink.deferred.len(), 4, "two PTs, the PD and the PDPT");
@@ -763,4 +767,121 @@ fn destroy_hands_back_every_table() {
     assert_eq!(sink.deferred.len(), tables);
     assert_eq!(sink.deferred.len(), alloc.outstanding());
     assert_eq!(sink.flushes.len(), 3);
+}
+
+#[test]
+fn software_entries_make_operations_busy_and_destroy_reports_them() {
+    let Env {
+        arena,
+        mut alloc,
+        mut sink,
+    } = Env::new();
+    let mut pt = PageTable::new(&arena, &mut alloc).unwrap();
+    let m2 = PageSize::Size2M;
+    for (va, size, frame) in [
+        (BASE, PageSize::Size4K, 0x7000),
+        (BASE + M2, m2, M2),
+        (BASE + 3 * M2, PageSize::Size4K, 0x8000),
+        (BASE + 2 * G1, PageSize::Size1G, G1),
+    ] {
+        pt.map(va, pa(frame), size, RW, &mut alloc, &mut sink)
+            .unwrap();
+    }
+    let soften = |pt: &mut PageTable<'_, Arena>, va: u64, size: PageSize| {
+        let leaf = pt.entry_at(va, size.level()).unwrap();
+        let mig = MigrationEntry::from_leaf(leaf, size).unwrap();
+        pt.compare_exchange_leaf(va, size.level(), leaf, mig.entry())
+            .unwrap();
+        mig
+    };
+    let mig = soften(&mut pt, BASE + M2, m2);
+    let mig_1g = soften(&mut pt, BASE + 2 * G1, PageSize::Size1G);
+    sink.clear();
+    let before = snapshot(&pt, &alloc, &sink);
+    let busy = RangeError::Busy {
+        va: vaddr(BASE + M2),
+        size: m2,
+    };
+    for (start, end, what) in [
+        (BASE + M2 + K4, BASE + 4 * M2, "straddles the start"),
+        (BASE, BASE + 2 * M2 - K4, "straddles the end"),
+        (BASE + M2 + K4, BASE + M2 + 2 * K4, "inside it"),
+        (BASE, BASE + 4 * M2, "covered whole"),
+    ] {
+        assert_eq!(
+            pt.unmap_range(start, end, &mut sink, |_| {}),
+            Err(busy),
+            "{what}"
+        );
+        assert_eq!(
+            pt.protect_range(start, end, RW, &mut sink),
+            Err(busy),
+            "{what}"
+        );
+        assert_eq!(snapshot(&pt, &alloc, &sink), before, "{what}");
+    }
+    let g1_middle = BASE + 2 * G1 + 7 * M2;
+    assert_eq!(
+        pt.unmap_range(g1_middle, g1_middle + K4, &mut sink, |_| {}),
+        Err(RangeError::Busy {
+            va: vaddr(BASE + 2 * G1),
+            size: PageSize::Size1G
+        })
+    );
+    let busy_leaf = (vaddr(BASE + M2), m2);
+    for (va, size) in [(BASE + M2, m2), (BASE + M2 + K4, PageSize::Size4K)] {
+        let (bva, bsize) = busy_leaf;
+        assert_eq!(
+            pt.unmap(va, size, &mut sink),
+            Err(UnmapError::Busy {
+                va: bva,
+                size: bsize
+            })
+        );
+        assert_eq!(
+            pt.protect(va, size, RW, &mut sink),
+            Err(ProtectError::Busy {
+                va: bva,
+                size: bsize
+            })
+        );
+    }
+    assert_eq!(
+        pt.begin_split(BASE + M2, m2, &mut alloc, &mut sink),
+        Err(SplitError::Busy {
+            va: vaddr(BASE + M2),
+            size: m2
+        })
+    );
+    assert_eq!(snapshot(&pt, &alloc, &sink), before);
+    assert_eq!(pt.entry_at(BASE + M2, 2), Some(mig.entry()), "still there");
+    // Ranges next to it are fine.
+    pt.unmap_range(BASE, BASE + M2, &mut sink, |_| {}).unwrap();
+    pt.protect_range(BASE + 2 * M2, BASE + 4 * M2, F_RO, &mut sink)
+        .unwrap();
+
+    let tables = count_tables(&pt);
+    sink.clear();
+    let mut removed = Vec::new();
+    pt.destroy(&mut sink, |r| removed.push(r));
+    let software: Vec<_> = removed
+        .iter()
+        .filter_map(|r| match *r {
+            Removed::Software { va, level, entry } => Some((va.as_u64(), level, entry)),
+            Removed::Leaf(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        software,
+        [
+            (BASE + M2, 2, SoftwareEntry::Migration(mig)),
+            (BASE + 2 * G1, 3, SoftwareEntry::Migration(mig_1g)),
+        ]
+    );
+    assert_eq!(removed.len(), 3, "the two entries and the 4 KiB leaf left");
+    assert_eq!(
+        sink.deferred.len(),
+        tables,
+        "every table, the root included"
+    );
 }

@@ -1,7 +1,14 @@
-//! Software entries: non-present page-table entries with bit 9 set, which the MMU
-//! ignores (any access faults) and the paging code carries for the layers above. The
-//! first and only kind today is the *migration entry*, standing for a leaf whose frame is
-//! being moved.
+//! Software entries: non-present page-table entries with bit 9 set. The MMU faults on
+//! any access through them; the paging code keeps them (a table holding one is not
+//! empty), reports them ([`Cursor`](super::Cursor), [`Removed`](super::Removed)) and
+//! refuses to change a range they overlap, so only the layer that installed one removes
+//! it. [`SoftwareEntry::decode`] tells the kinds apart by bits 10-11:
+//!
+//! - 1, 2, 3: a *migration entry* ([`MigrationEntry`]), standing for a leaf whose frame
+//!   is being moved;
+//! - 0: a *replacement in progress*: the slot of a leaf being split or of a table being
+//!   collapsed, between [`begin_split`](super::PageTable::begin_split) /
+//!   [`begin_collapse`](super::PageTable::begin_collapse) and their `finish_*`.
 //!
 //! # Migration entry encoding
 //!
@@ -30,12 +37,60 @@ use x86_64::PhysAddr;
 #[cfg(test)]
 mod tests;
 
-/// Bit 9: the entry is a migration entry.
+/// Bit 9: the entry is a software entry (a migration entry when bits 10-11 are not 0).
 const MIGRATION_BIT: u64 = 1 << 9;
-/// Bits 10-11: the size code.
+/// Bits 10-11: the size code (0: a replacement in progress).
 const SIZE_SHIFT: u32 = 10;
-/// Bits 9-11: the software bits a migration entry uses.
+/// Bits 9-11: the software bits a software entry uses.
 const SOFT_BITS: u64 = 0b111 << 9;
+
+/// The non-present entry that stands in the slot of `entry` (a leaf or a table pointer)
+/// while it is being replaced: `entry` with the present bit and bits 10-11 cleared and
+/// bit 9 set.
+pub(crate) const fn replacing(entry: Entry) -> Entry {
+    Entry::from_raw((entry.raw() & !(SOFT_BITS | PageTableFlags::PRESENT.bits())) | MIGRATION_BIT)
+}
+
+/// What a non-present, used slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SoftwareEntry {
+    /// A migration entry of the slot's size.
+    Migration(MigrationEntry),
+    /// A leaf being split or a table being collapsed (see the module doc).
+    Replacing(Entry),
+    /// A non-present entry with no valid software encoding (bit 9 clear, or a migration
+    /// size that does not match the slot's level).
+    Unknown(Entry),
+}
+
+impl SoftwareEntry {
+    /// The software entry `entry` read at page-table `level`; `None` if it is present or
+    /// unused.
+    pub fn decode(entry: Entry, level: u8) -> Option<SoftwareEntry> {
+        if entry.is_present() || entry.is_unused() {
+            return None;
+        }
+        let raw = entry.raw();
+        if raw & MIGRATION_BIT == 0 {
+            return Some(SoftwareEntry::Unknown(entry));
+        }
+        if (raw >> SIZE_SHIFT) & 0b11 == 0 {
+            return Some(SoftwareEntry::Replacing(entry));
+        }
+        Some(match MigrationEntry::decode(entry, level) {
+            Some(mig) => SoftwareEntry::Migration(mig),
+            None => SoftwareEntry::Unknown(entry),
+        })
+    }
+
+    /// The raw entry.
+    pub fn entry(self) -> Entry {
+        match self {
+            SoftwareEntry::Migration(mig) => mig.entry(),
+            SoftwareEntry::Replacing(entry) | SoftwareEntry::Unknown(entry) => entry,
+        }
+    }
+}
 
 const fn size_code(size: PageSize) -> u64 {
     match size {

@@ -55,3 +55,36 @@ fn only_clean_present_leaves_become_migration_entries() {
     );
     assert_eq!(MigrationEntry::decode(present, 1), None);
 }
+
+#[test]
+fn software_entries_are_told_apart() {
+    let leaf = Entry::leaf(
+        PhysAddr::new(0x4020_0000),
+        PageSize::Size2M,
+        PageTableFlags::WRITABLE,
+    );
+    assert_eq!(SoftwareEntry::decode(leaf, 2), None);
+    assert_eq!(SoftwareEntry::decode(Entry::UNUSED, 2), None);
+    let mig = MigrationEntry::from_leaf(leaf, PageSize::Size2M).unwrap();
+    assert_eq!(
+        SoftwareEntry::decode(mig.entry(), 2),
+        Some(SoftwareEntry::Migration(mig))
+    );
+    assert_eq!(
+        SoftwareEntry::decode(mig.entry(), 1),
+        Some(SoftwareEntry::Unknown(mig.entry()))
+    );
+    let marker = replacing(leaf);
+    assert!(!marker.is_present());
+    assert_eq!(
+        SoftwareEntry::decode(marker, 2),
+        Some(SoftwareEntry::Replacing(marker))
+    );
+    assert_eq!(MigrationEntry::decode(marker, 2), None);
+    let bare = Entry::from_raw(leaf.raw() & !1);
+    assert_eq!(
+        SoftwareEntry::decode(bare, 2),
+        Some(SoftwareEntry::Unknown(bare))
+    );
+    assert_eq!(SoftwareEntry::decode(marker, 2).unwrap().entry(), marker);
+}
