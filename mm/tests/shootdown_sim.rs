@@ -257,3 +257,239 @@ fn batches_past_the_threshold_become_full_flushes() {
         .unwrap();
     assert!(k.is_full() && k.touches_kernel());
 }
+
+/// A small machine whose CPUs record what they flushed and can misbehave on purpose:
+/// CPU 1 can hold its flush back to see whether the initiator returned meanwhile, and
+/// CPU 0 can take a simulated interrupt that starts a shootdown of its own just before
+/// its IPI goes out.
+struct Probe {
+    mail: Mailboxes,
+    ipi: Vec<AtomicBool>,
+    ipis: AtomicU64,
+    /// Per CPU: the batches it flushed, in order.
+    flushed: Vec<Mutex<Vec<FlushBatch>>>,
+    /// CPU 1 holds each flush back until the initiator returns, at most this long.
+    hold_flush: Option<std::time::Duration>,
+    /// Set by the initiator when its shootdown returned.
+    returned: AtomicBool,
+    /// Per flush of CPU 1: whether the initiator had returned before the flush.
+    returned_before_flush: Mutex<Vec<bool>>,
+    /// A batch CPU 0's simulated interrupt handler shoots down (once), on these CPUs.
+    nested: Mutex<Option<(CpuSet, FlushBatch)>>,
+    stop: AtomicBool,
+}
+
+struct ProbeCpu<'a> {
+    p: &'a Probe,
+    id: u32,
+}
+
+impl Probe {
+    fn new(cpus: usize) -> Probe {
+        let p = Probe {
+            mail: Mailboxes::new(),
+            ipi: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
+            ipis: AtomicU64::new(0),
+            flushed: (0..cpus).map(|_| Mutex::new(Vec::new())).collect(),
+            hold_flush: None,
+            returned: AtomicBool::new(false),
+            returned_before_flush: Mutex::new(Vec::new()),
+            nested: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        };
+        for c in 0..cpus {
+            p.mail.set_online(c as u32);
+        }
+        p
+    }
+
+    /// Run `initiator` on CPU 0 while CPUs 1.. serve their mailboxes; panics if it does
+    /// not return within `limit` (a lost request leaves it waiting for ever).
+    fn run(
+        self: &Arc<Probe>,
+        limit: std::time::Duration,
+        initiator: impl FnOnce(&ProbeCpu) + Send + 'static,
+    ) {
+        let targets: Vec<_> = (1..self.ipi.len() as u32)
+            .map(|id| {
+                let p = Arc::clone(self);
+                std::thread::spawn(move || {
+                    let cpu = ProbeCpu { p: &p, id };
+                    while !p.stop.load(Ordering::SeqCst) {
+                        if p.ipi[id as usize].swap(false, Ordering::SeqCst) {
+                            p.mail.serve(&cpu);
+                        }
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = Arc::clone(self);
+        let cpu0 = std::thread::spawn(move || {
+            initiator(&ProbeCpu { p: &p, id: 0 });
+            // The receiver is gone only if the test already failed.
+            let _ = tx.send(());
+        });
+        let finished = rx.recv_timeout(limit);
+        self.stop.store(true, Ordering::SeqCst);
+        match finished {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                cpu0.join().expect("the initiator panicked");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the initiator's shootdown never completed: a request was lost")
+            }
+        }
+        for t in targets {
+            t.join().expect("target cpu panicked");
+        }
+    }
+}
+
+impl TlbArch for ProbeCpu<'_> {
+    fn this_cpu(&self) -> u32 {
+        self.id
+    }
+
+    fn send_ipi(&self, targets: CpuSet) {
+        let nested = self.p.nested.lock().unwrap().take();
+        if let Some((cpus, batch)) = nested {
+            // A simulated interrupt on the initiator, after it posted its requests and
+            // before its IPI went out; its handler shoots `batch` down.
+            self.p
+                .mail
+                .shootdown(self, cpus, &batch)
+                .expect("valid nested shootdown");
+        }
+        for t in targets.iter() {
+            self.p.ipi[t as usize].store(true, Ordering::SeqCst);
+            self.p.ipis.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush_local(&self, batch: &FlushBatch) {
+        if let (1, Some(limit)) = (self.id, self.p.hold_flush) {
+            let start = std::time::Instant::now();
+            while !self.p.returned.load(Ordering::SeqCst) && start.elapsed() < limit {
+                std::thread::yield_now();
+            }
+            let returned = self.p.returned.load(Ordering::SeqCst);
+            self.p.returned_before_flush.lock().unwrap().push(returned);
+        }
+        self.p.flushed[self.id as usize]
+            .lock()
+            .unwrap()
+            .push(*batch);
+    }
+
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
+}
+
+/// Shoot `batch` down from CPU 0 on CPUs 0 and 1 while CPU 1 holds its flush back;
+/// whether CPU 0 returned before CPU 1 flushed.
+fn returned_before_target_flushed(batch: FlushBatch) -> bool {
+    let mut p = Probe::new(2);
+    p.hold_flush = Some(std::time::Duration::from_millis(300));
+    let p = Arc::new(p);
+    p.run(std::time::Duration::from_secs(20), move |cpu| {
+        cpu.p
+            .mail
+            .shootdown(cpu, (0..2u32).collect(), &batch)
+            .expect("valid shootdown");
+        cpu.p.returned.store(true, Ordering::SeqCst);
+    });
+    let seen = p.returned_before_flush.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "cpu 1 flushed once");
+    seen[0]
+}
+
+#[test]
+fn a_request_that_frees_tables_is_acknowledged_only_after_the_flush() {
+    let mut user = FlushBatch::new();
+    user.add_page(USER_BASE, PageSize::Size4K);
+    // The early acknowledgement is there (the probe sees it) for user pages alone...
+    assert!(
+        returned_before_target_flushed(user),
+        "user-half request without tables: acknowledged before the flush"
+    );
+    // ...but not when tables are freed, with pages or without,
+    let mut tables = user;
+    tables.set_frees_tables();
+    assert!(
+        !returned_before_target_flushed(tables),
+        "a target acknowledged before flushing while page tables were freed"
+    );
+    let mut only_tables = FlushBatch::new();
+    only_tables.set_frees_tables();
+    assert!(!returned_before_target_flushed(only_tables));
+    // ...nor for kernel translations.
+    let mut kernel = FlushBatch::new();
+    kernel.add_page(KERNEL_BASE, PageSize::Size4K);
+    assert!(!returned_before_target_flushed(kernel));
+}
+
+#[test]
+fn a_shootdown_that_only_frees_tables_reaches_every_target() {
+    let p = Arc::new(Probe::new(3));
+    let mut batch = FlushBatch::new();
+    batch.set_frees_tables();
+    p.run(std::time::Duration::from_secs(20), move |cpu| {
+        cpu.p
+            .mail
+            .shootdown(cpu, (0..3u32).collect(), &batch)
+            .expect("valid shootdown");
+    });
+    assert_eq!(
+        p.ipis.load(Ordering::Relaxed),
+        2,
+        "one IPI per remote target"
+    );
+    assert!(
+        !batch.is_empty(),
+        "freeing tables is something to shoot down"
+    );
+    for c in 0..3u32 {
+        let flushed = p.flushed[c as usize].lock().unwrap();
+        assert!(
+            matches!(&flushed[..], [b] if b.frees_tables()),
+            "cpu {c} flushed {flushed:?}"
+        );
+    }
+    assert_eq!(p.mail.served(1) + p.mail.served(2), 2);
+}
+
+#[test]
+fn a_shootdown_from_an_interrupt_during_the_cpus_own_loses_neither() {
+    let p = Arc::new(Probe::new(3));
+    let mut inner = FlushBatch::new();
+    inner.add_page(USER_BASE + 0x5000, PageSize::Size4K);
+    *p.nested.lock().unwrap() = Some(((0..3u32).collect(), inner));
+    p.run(std::time::Duration::from_secs(20), |cpu| {
+        let mut outer = FlushBatch::new();
+        outer.add_page(USER_BASE, PageSize::Size4K);
+        cpu.p
+            .mail
+            .shootdown(cpu, (0..3u32).collect(), &outer)
+            .expect("valid shootdown");
+    });
+    assert!(p.nested.lock().unwrap().is_none(), "the interrupt happened");
+    for c in 1..3u32 {
+        let mut pages: Vec<u64> = p.flushed[c as usize]
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.pages().iter().map(|&(va, _)| va))
+            .collect();
+        pages.sort_unstable();
+        assert_eq!(
+            pages,
+            [USER_BASE, USER_BASE + 0x5000],
+            "cpu {c} flushed both requests"
+        );
+        assert_eq!(p.mail.served(c), 2);
+    }
+}
