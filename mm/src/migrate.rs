@@ -321,7 +321,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
         }
         for (space, flush) in flushes.into_values() {
-            self.shootdown(&space, flush);
+            flush.complete(self, &space);
         }
         for job in &live {
             self.wait_unshared(job);

@@ -7,7 +7,9 @@
 #![cfg(feature = "std")]
 
 use mm::addr::{PageSize, Pfn};
-use mm::aspace::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
+use mm::aspace::testing::{
+    cached_leaves, read_user, uncovered_free, with_env, write_user, Env, Event, SparseMem,
+};
 use mm::aspace::{AddressSpace, FrameSource, Mm, SharedRegion, SpaceError, TlbShootdown};
 use mm::buddy::BuddyAllocator;
 use mm::cpuset::AtomicCpuSet;
@@ -18,6 +20,7 @@ use mm::numa::{BuddyFrames, NodeId, NodeMap};
 use mm::paging::testing::leaf_word;
 use mm::paging::Entry;
 use mm::phys::{Arena, PhysMem};
+use mm::shootdown::{FlushBatch, ShootdownError};
 use mm::vma::{HugePolicy, Mobility, SharedBacking, VmaFlags};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use x86_64::structures::paging::PageTableFlags;
@@ -210,7 +213,8 @@ fn every_refusal_is_typed_and_changes_nothing() {
 }
 
 /// Migrate the block mapped at `va` to `dst`, checking contents, leaf size and flags,
-/// accessed/dirty, the reverse map and that the source is freed after the shootdown.
+/// accessed/dirty, the reverse map and that the source is freed after a shootdown of
+/// every one of its mappings on every CPU that had the space loaded.
 fn migrate_and_check<'a, M: PhysMem>(
     env: &Env<'a, M>,
     spaces: &[(&AddressSpace<'a, M>, u64)],
@@ -224,6 +228,7 @@ fn migrate_and_check<'a, M: PhysMem>(
         .iter()
         .map(|(s, va)| s.translate(*va).unwrap())
         .collect();
+    let cached = cached_leaves(&spaces.iter().map(|&(s, _)| s).collect::<Vec<_>>());
     env.log.take();
     let new = env.mm.migrate_one(src, dst).expect("migration");
     assert_ne!(new, src);
@@ -240,19 +245,14 @@ fn migrate_and_check<'a, M: PhysMem>(
     assert_eq!(env.mm.rmap_of(new).len(), spaces.len());
     assert!(env.mm.rmap_of(src).is_empty());
     let events = env.log.take();
-    let last_shootdown = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Shootdown { .. }));
-    let freed = events
-        .iter()
-        .position(|e| {
-            *e == Event::Free {
-                pfn: src,
-                order: size.order(),
-            }
-        })
-        .expect("the source is freed");
-    assert!(last_shootdown.is_some_and(|s| s < freed), "{events:?}");
+    assert!(
+        events.contains(&Event::Free {
+            pfn: src,
+            order: size.order(),
+        }),
+        "the source is freed: {events:?}"
+    );
+    assert_eq!(uncovered_free(&cached, &events), None, "{events:?}");
     env.audit();
     new
 }
@@ -349,6 +349,7 @@ fn a_1g_mapping_moves_whole_on_sparse_memory() {
     let frames = 4 * G1 / K4;
     with_env(SparseMem::new(frames), frames, &[], |env| {
         let s = env.mm.new_space().unwrap();
+        s.cpus().insert(1);
         env.mm
             .map_anon(&s, G1, G1, private(HugePolicy::Always))
             .unwrap();
@@ -546,7 +547,7 @@ struct EmuTlb {
 }
 
 impl TlbShootdown for EmuTlb {
-    fn shootdown(&self, cpus: &AtomicCpuSet, _: &[(VirtAddr, PageSize)], _: bool) {
+    fn shootdown(&self, cpus: &AtomicCpuSet, _: &FlushBatch) -> Result<(), ShootdownError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         for cpu in cpus.load().iter().map(|c| c as usize).filter(|&c| c < 4) {
@@ -557,6 +558,7 @@ impl TlbShootdown for EmuTlb {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -42,11 +42,15 @@
 //!
 //! # Frees after flushes
 //!
-//! An operation that removes leaves takes them off the page table and the reverse map
-//! under the locks, drops the locks, shoots the TLBs down, frees the unlinked page
-//! tables and only then drops the references the leaves held; a frame is freed when its
-//! reference count reaches zero (see [`crate::rmap`]), so never while a CPU may still
-//! hold a translation to it.
+//! An operation that changes leaves collects, under the locks, what it made stale and
+//! what it may release afterwards in one per-operation flush (`Flush`, must-use): the
+//! page-table frames it unlinked and one reference per mapping it took off the page
+//! table and the reverse map. It drops the locks and completes the flush, which shoots
+//! the TLBs of the space's CPUs down (saying whether tables are freed) and only then
+//! frees the tables and drops the references. Nothing else releases them: a flush
+//! dropped without completing, or whose shootdown failed, leaks them rather than free
+//! them early. A frame is freed when its reference count reaches zero (see
+//! [`crate::rmap`]), so never while a CPU may still hold a translation to it.
 
 mod audit;
 pub(crate) mod shared;
@@ -59,18 +63,22 @@ mod tests;
 pub use audit::{RmapAuditError, RmapAuditReport};
 pub use shared::{RegionFrame, SharedRegion};
 
+#[cfg(any(debug_assertions, test, feature = "std"))]
+pub use sink::leaked_frames;
 pub(crate) use sink::{Flush, Tables};
 
 use crate::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::buddy::{AllocError, FreeError, MigrateType};
 use crate::cpuset::AtomicCpuSet;
 use crate::fault::FaultError;
+use crate::flush::FlushSink;
 use crate::frame::{FrameMeta, FrameState, FrameTable};
 use crate::migrate::MigrationEntry;
 use crate::numa::NodeId;
 use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
 use crate::phys::PhysMem;
 use crate::rmap::{Holder, Rmap, RmapEntry, OWNER_MANAGED, OWNER_MIGRATING};
+use crate::shootdown::{FlushBatch, ShootdownError};
 use crate::vma::{check_user_range, Vma, VmaFlags, VmaSet};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -82,11 +90,6 @@ use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
 pub use crate::rmap::SpaceId;
-
-/// Past this many leaves a shootdown asks for a full flush instead of ranges: the
-/// kernel's measured threshold, so that the ranges fit one
-/// [`FlushBatch`](crate::shootdown::FlushBatch).
-pub const SHOOTDOWN_RANGE_LIMIT: usize = crate::shootdown::FULL_FLUSH_THRESHOLD;
 
 /// Where frames come from: the kernel's buddy allocator(s) and frame table.
 ///
@@ -116,12 +119,14 @@ pub trait FrameSource: Sync {
 
 /// Synchronous TLB shootdown, implemented by the kernel with IPIs.
 pub trait TlbShootdown: Sync {
-    /// Invalidate `ranges` (or everything of the address space, when `full`) on every CPU
-    /// in `cpus` (the current CPU included if it is in the mask), and return only after
-    /// every one of them has flushed. `ranges` are user-half leaves of the address space
-    /// the mask belongs to; page-table frames unlinked by the change are freed after this
-    /// returns, so the flush must cover paging-structure caches too (`invlpg` does).
-    fn shootdown(&self, cpus: &AtomicCpuSet, ranges: &[(VirtAddr, PageSize)], full: bool);
+    /// Invalidate `batch` on every CPU in `cpus` (the current CPU included if it is in
+    /// the mask), and return `Ok` only after every one of them has flushed. The batch
+    /// holds user-half leaves of the address space the mask belongs to (past the
+    /// threshold, a full flush of it); when it [frees tables](FlushBatch::frees_tables),
+    /// the unlinked page-table frames are freed after this returns, so every target must
+    /// drop its paging-structure caches before acknowledging, even when the batch lists
+    /// no leaf. On `Err` nothing the change released is freed (it leaks).
+    fn shootdown(&self, cpus: &AtomicCpuSet, batch: &FlushBatch) -> Result<(), ShootdownError>;
 }
 
 /// Why an address-space operation refused. Every error leaves the address space, the
@@ -470,19 +475,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let mut st = self.lock_settled(space, start, end, false)?;
         let mut flush = Flush::new();
         let result = self.unmap_locked(space.id, &mut st, start, end, &mut flush);
-        let removed = match result {
-            Ok(refs) => {
-                let vmas = st.vmas.remove_range(start, end);
-                st.generation += 1;
-                Ok((refs, vmas))
-            }
-            Err(e) => Err(e),
-        };
+        let removed = result.map(|()| {
+            st.generation += 1;
+            st.vmas.remove_range(start, end)
+        });
         drop(st);
-        self.shootdown(space, flush);
-        let (refs, vmas) = removed?;
-        self.put_refs(&refs);
-        drop(vmas);
+        flush.complete(self, space);
+        drop(removed?);
         Ok(())
     }
 
@@ -513,8 +512,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
     }
 
-    /// Unmap the leaves of `[start, end)` and take them off the reverse map; returns the
-    /// heads whose references must be dropped after the shootdown.
+    /// Unmap the leaves of `[start, end)` and take them off the reverse map; `flush`
+    /// drops their references once it completes. On error, the leaves already unmapped
+    /// are detached all the same.
     fn unmap_locked(
         &self,
         id: SpaceId,
@@ -522,14 +522,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         start: u64,
         end: u64,
         flush: &mut Flush,
-    ) -> Result<Vec<Pfn>, SpaceError> {
+    ) -> Result<(), SpaceError> {
         self.split_boundaries(id, st, start, end, flush)?;
         let mut leaves = Vec::new();
         let mut tables = Tables::new(self.frames);
-        st.pt
-            .unmap_range(start, end, &mut tables, flush, |leaf| leaves.push(leaf))
-            .map_err(SpaceError::PageTable)?;
-        Ok(self.detach(id, &leaves))
+        let unmapped = st
+            .pt
+            .unmap_range(start, end, &mut tables, flush, |leaf| leaves.push(leaf));
+        self.detach(id, &leaves, flush);
+        unmapped.map_err(SpaceError::PageTable)
     }
 
     /// Give `[start, start + len)` (entirely covered by VMAs) the write permission
@@ -564,7 +565,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             st.generation += 1;
         }
         drop(st);
-        self.shootdown(space, flush);
+        flush.complete(self, space);
         result
     }
 
@@ -589,11 +590,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let mut flush = Flush::new();
             let mut leaves = Vec::new();
             let mut tables = Tables::new(self.frames);
-            st.pt
+            let unmapped = st
+                .pt
                 .unmap_range(0, LOWER_HALF_END, &mut tables, &mut flush, |l| {
                     leaves.push(l)
-                })
-                .map_err(SpaceError::PageTable)?;
+                });
+            self.detach(space.id, &leaves, &mut flush);
+            if let Err(e) = unmapped {
+                drop(st);
+                flush.complete(self, space);
+                return Err(SpaceError::PageTable(e));
+            }
             st.dead = true;
             if self.kernel_root.is_some() {
                 for i in 256..512u64 {
@@ -602,15 +609,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         .store(0, Ordering::Release);
                 }
             }
-            let refs = self.detach(space.id, &leaves);
             let vmas = st.vmas.clear();
             st.generation += 1;
             drop(st);
             self.spaces.lock().remove(&space.id);
-            flush.tables.push(space.root);
-            flush.full = true;
-            self.shootdown(space, flush);
-            self.put_refs(&refs);
+            flush.defer_free_table(space.root);
+            flush.flush_all();
+            flush.complete(self, space);
             drop(vmas);
             return Ok(());
         }
@@ -681,10 +686,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok(())
     }
 
-    /// Take removed leaves off the reverse map (their references stay until the
-    /// shootdown; see [`put_refs`](Self::put_refs)). Returns the heads to drop.
-    pub(crate) fn detach(&self, id: SpaceId, leaves: &[UnmappedLeaf]) -> Vec<Pfn> {
-        let mut heads = Vec::with_capacity(leaves.len());
+    /// Take removed leaves off the reverse map; their references go to `flush`, which
+    /// drops them once its shootdown is done.
+    pub(crate) fn detach(&self, id: SpaceId, leaves: &[UnmappedLeaf], flush: &mut Flush) {
         let mut rmap = self.rmap.lock();
         for leaf in leaves {
             let Some(head) = self.head_of(Pfn::containing(leaf.pa)) else {
@@ -694,10 +698,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 if let Some(meta) = self.meta(head) {
                     meta.mapcount.fetch_sub(1, Ordering::AcqRel);
                 }
-                heads.push(head);
+                flush.put_ref(head);
             }
         }
-        heads
     }
 
     /// Drop one reference on each of `heads`; free the blocks that lose their last one.
@@ -717,19 +720,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         for (head, order) in dead {
             let freed = self.frames.free(head, order);
             debug_assert!(freed.is_ok(), "freeing {head:?}: {freed:?}");
-        }
-    }
-
-    /// Shoot down what `flush` collected on the CPUs of `space`, then free the page-table
-    /// frames it unlinked.
-    pub(crate) fn shootdown(&self, space: &AddressSpace<'m, M>, flush: Flush) {
-        if flush.is_empty() {
-            return;
-        }
-        self.tlb.shootdown(&space.cpus, &flush.ranges, flush.full);
-        for table in flush.tables {
-            let freed = self.frames.free(Pfn::containing(table), 0);
-            debug_assert!(freed.is_ok(), "freeing table {table:?}: {freed:?}");
         }
     }
 
