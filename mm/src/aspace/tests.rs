@@ -715,8 +715,10 @@ fn a_shootdown_that_frees_tables_says_so_and_comes_before_their_free() {
             [Event::Shootdown { tables: false, .. }]
         ));
         let free = env.free_frames();
+        let cached = cached_leaves(&[&s]);
         env.mm.unmap(&s, 0x4000_0000, 2 * K4).unwrap();
         let events = env.log.take();
+        assert_eq!(uncovered_free(&cached, &events), None, "{events:?}");
         let Some((
             Event::Shootdown {
                 cpus, tables: true, ..
