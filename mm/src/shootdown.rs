@@ -6,9 +6,9 @@
 //! Each CPU has one mailbox slot per possible initiator. Posting is: store the request
 //! pointer in the slot, set the initiator's bit in the target's pending mask, send the
 //! IPI. The target's handler takes the whole pending mask at once and serves every posted
-//! request, so one IPI may serve several initiators. A CPU has at most one request in
-//! flight per slot: an initiator waits for its request synchronously, so its slots are
-//! empty when it posts, and a request is never dropped and never waits for room. The one
+//! request, so one IPI may serve several initiators. A slot holds at most one request: an
+//! initiator waits for its request synchronously, so its slots are empty again when it
+//! next posts, and a request is never dropped and never waits for room. The one
 //! exception is an interrupt handler that starts a shootdown while the CPU it interrupted
 //! is in its own: the interrupted request may still sit in a slot the handler needs. The
 //! handler then waits for that target to take it (it sets the target's pending bit and
