@@ -10,7 +10,9 @@ use mm::addr::{PageSize, Pfn};
 use mm::aspace::testing::{
     cached_leaves, read_user, uncovered_free, with_env, write_user, Env, Event, SparseMem,
 };
-use mm::aspace::{AddressSpace, FrameSource, Mm, SharedRegion, SpaceError, TlbShootdown};
+use mm::aspace::{
+    leaked_frames, AddressSpace, FrameSource, Mm, SharedRegion, SpaceError, TlbShootdown,
+};
 use mm::buddy::BuddyAllocator;
 use mm::cpuset::AtomicCpuSet;
 use mm::fault::FaultOutcome;
@@ -253,6 +255,7 @@ fn migrate_and_check<'a, M: PhysMem>(
         "the source is freed: {events:?}"
     );
     assert_eq!(uncovered_free(&cached, &events), None, "{events:?}");
+    assert_eq!(leaked_frames(), 0, "every flush completed");
     env.audit();
     new
 }
