@@ -8,9 +8,12 @@
 //! whose pages the migrator moves too, and pins and unpins the writers' pages.
 #![cfg(feature = "std")]
 
-use mm::aspace::testing::{read_user, with_env, write_user, Env, Event, SparseMem};
-use mm::aspace::{AddressSpace, Mm, PinError, SpaceError};
+use mm::aspace::testing::{
+    cached_leaves, read_user, uncovered_free, with_env, write_user, Env, Event, SparseMem,
+};
+use mm::aspace::{leaked_frames, AddressSpace, Mm, PinError, SpaceError};
 use mm::backend::phys::{Arena, PhysMem};
+use mm::backend::shootdown::{FlushBatch, ShootdownError};
 use mm::backend::source::BuddyFrames;
 use mm::backend::source::FrameSource;
 use mm::backend::tlb::TlbShootdown;
@@ -217,7 +220,8 @@ fn every_refusal_is_typed_and_changes_nothing() {
 }
 
 /// Migrate the block mapped at `va` to `dst`, checking contents, leaf size and flags,
-/// accessed/dirty, the reverse map and that the source is freed after the shootdown.
+/// accessed/dirty, the reverse map and that the source is freed after a shootdown of
+/// every one of its mappings on every CPU that had the space loaded.
 fn migrate_and_check<'a, M: PhysMem>(
     env: &Env<'a, M>,
     spaces: &[(&AddressSpace<'a, M>, u64)],
@@ -231,6 +235,7 @@ fn migrate_and_check<'a, M: PhysMem>(
         .iter()
         .map(|(s, va)| s.translate(*va).unwrap())
         .collect();
+    let cached = cached_leaves(&spaces.iter().map(|&(s, _)| s).collect::<Vec<_>>());
     env.log.take();
     let new = env.mm.migrate_one(src, dst).expect("migration");
     assert_ne!(new, src);
@@ -247,19 +252,15 @@ fn migrate_and_check<'a, M: PhysMem>(
     assert_eq!(env.mm.rmap_of(new).len(), spaces.len());
     assert!(env.mm.rmap_of(src).is_empty());
     let events = env.log.take();
-    let last_shootdown = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Shootdown { .. }));
-    let freed = events
-        .iter()
-        .position(|e| {
-            *e == Event::Free {
-                pfn: src,
-                order: size.order(),
-            }
-        })
-        .expect("the source is freed");
-    assert!(last_shootdown.is_some_and(|s| s < freed), "{events:?}");
+    assert!(
+        events.contains(&Event::Free {
+            pfn: src,
+            order: size.order(),
+        }),
+        "the source is freed: {events:?}"
+    );
+    assert_eq!(uncovered_free(&cached, &events), None, "{events:?}");
+    assert_eq!(leaked_frames(), 0, "every flush completed");
     env.audit();
     new
 }
@@ -356,6 +357,7 @@ fn a_1g_mapping_moves_whole_on_sparse_memory() {
     let frames = 4 * G1 / K4;
     with_env(SparseMem::new(frames), frames, &[], |env| {
         let s = env.mm.new_space().unwrap();
+        s.cpus().insert(1);
         env.mm
             .map_anon(&s, G1, G1, private(HugePolicy::Always))
             .unwrap();
@@ -553,7 +555,7 @@ struct EmuTlb {
 }
 
 impl TlbShootdown for EmuTlb {
-    fn shootdown(&self, cpus: CpuSet, _: &[(VirtAddr, PageSize)], _: bool) {
+    fn shootdown(&self, cpus: CpuSet, _: &FlushBatch) -> Result<(), ShootdownError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         for cpu in cpus.iter().map(|c| c as usize).filter(|&c| c < 4) {
@@ -564,6 +566,7 @@ impl TlbShootdown for EmuTlb {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -471,9 +471,7 @@ fn partial_protect_splits(ctx: &TestContext) -> TestResult {
         check_eq!(probe::read_u64(va + i * PAGE_SIZE), Some(ctx.seed ^ i));
     }
     let mut n = 0;
-    let r = kernel_space::with_kernel(|pt, f| {
-        pt.unmap_range(va, va + (2 << 20), f, |_| n += 1)
-    });
+    let r = kernel_space::with_kernel(|pt, f| pt.unmap_range(va, va + (2 << 20), f, |_| n += 1));
     check_eq!(r, Ok(()));
     check_eq!(n, 512);
     check_eq!(frames::with_buddy(|b| b.free(pfn, 9)), Ok(()));

@@ -2,10 +2,12 @@
 //!
 //! [`KernelTlb`] gives the protocol this CPU's index, shootdown IPIs and local
 //! invalidation (`invlpg`, or a full flush: a CR3 reload for user mappings, a CR4.PGE
-//! toggle when global kernel mappings are concerned). [`KernelFlush`] is the
-//! [`FlushSink`] of kernel page-table changes: it batches what a change made stale, shoots
-//! it down on every online CPU when the change is done, and only then frees the
-//! page-table frames the change unlinked.
+//! toggle when global kernel mappings are concerned; a batch that only frees page tables
+//! reloads CR3, which drops every paging-structure cache entry). [`KernelFlush`] is the
+//! [`FlushSink`] of kernel page-table changes: it batches what a change made stale, and
+//! [`KernelFlush::finish`] shoots it down on every online CPU when the change is done and
+//! only then frees the page-table frames the change unlinked; a `KernelFlush` dropped
+//! without finishing leaks them rather than free them early.
 //!
 //! Spinning on a lock with interrupts disabled while another CPU waits for our
 //! acknowledgement would deadlock, so [`lock_serving`] serves shootdowns while it spins.
@@ -62,7 +64,17 @@ pub fn flush_local(batch: &FlushBatch) {
             // drops the non-global TLB entries.
             unsafe { Cr3::write(frame, flags) };
         }
+    } else if batch.pages().is_empty() {
+        if batch.frees_tables() {
+            // Only page tables are freed: reloading CR3 drops every paging-structure
+            // cache entry (and the non-global TLB entries).
+            let (frame, flags) = Cr3::read();
+            // SAFETY: reloading CR3 with its current value changes no mapping.
+            unsafe { Cr3::write(frame, flags) };
+        }
     } else {
+        // Each `invlpg` also drops every paging-structure cache entry, so the tables a
+        // batch frees are covered.
         for &(va, _) in batch.pages() {
             x86_64::instructions::tlb::flush(VirtAddr::new(va));
         }
@@ -117,6 +129,7 @@ pub fn lock_serving<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
 const MAX_DEFERRED_TABLES: usize = 64;
 
 /// The flush sink of kernel page-table changes (see the module doc).
+#[must_use = "only `finish` shoots down and frees the tables; a dropped flush leaks them"]
 pub struct KernelFlush {
     batch: FlushBatch,
     tables: [PhysAddr; MAX_DEFERRED_TABLES],
@@ -140,29 +153,35 @@ impl KernelFlush {
     }
 
     /// Shoot everything pending down on every online CPU, then free the unlinked tables.
-    pub fn finish(&mut self) {
+    pub fn finish(mut self) {
+        self.flush_now();
+    }
+
+    /// [`finish`](Self::finish) without giving the sink up (when its table list is full).
+    fn flush_now(&mut self) {
         let online = percpu::online();
         // Before this CPU counts as online (early boot) it flushes for itself.
         if !online.contains(percpu::cpu_index()) {
             flush_local(&self.batch);
         }
-        if let Err(e) = shootdown(online, &self.batch) {
-            // The online set is its own target list, so this cannot name an offline CPU.
-            log::error!("kernel shootdown failed: {e:?}");
-        }
+        let shot = shootdown(online, &self.batch);
         self.batch = FlushBatch::new();
-        for &table in &self.tables[..self.n_tables] {
+        let tables = &self.tables[..self.n_tables];
+        self.n_tables = 0;
+        if let Err(e) = shot {
+            // The online set is its own target list, so this cannot name an offline CPU;
+            // if it did, a CPU may still walk the tables: they are kept.
+            log::error!(
+                "kernel shootdown failed, {} page-table frames kept: {e:?}",
+                tables.len()
+            );
+            return;
+        }
+        for &table in tables {
             if let Err(e) = frames::free(table, 0) {
                 log::error!("freeing page-table frame {table:?} failed: {e:?}");
             }
         }
-        self.n_tables = 0;
-    }
-}
-
-impl Drop for KernelFlush {
-    fn drop(&mut self) {
-        self.finish();
     }
 }
 
@@ -182,13 +201,12 @@ impl FlushSink for KernelFlush {
             return;
         }
         if self.n_tables == MAX_DEFERRED_TABLES {
-            self.finish();
+            self.flush_now();
         }
         self.tables[self.n_tables] = table;
         self.n_tables += 1;
-        // The paging-structure caches may hold the table: make sure the batch flushes.
-        if self.batch.is_empty() {
-            self.batch.set_full(true);
-        }
+        // The paging-structure caches may hold the table: every CPU drops them, and
+        // acknowledges only after it did.
+        self.batch.set_frees_tables();
     }
 }

@@ -7,9 +7,9 @@
 //! - [`source::KernelFrames`] is the [`FrameSource`](mm::aspace::FrameSource): the buddy
 //!   allocator with its per-CPU caches, node-aware through [`numa`] (the SRAT's node map),
 //!   with a fault-injection hook for tests.
-//! - [`SpaceShootdown`] is the [`TlbShootdown`]: the ranges become one
-//!   [`FlushBatch`] (a full flush when asked or past the batch size) shot down with
-//!   [`tlb::shootdown`] on the CPUs that have the address space loaded.
+//! - [`SpaceShootdown`] is the [`TlbShootdown`]: the memory manager's [`FlushBatch`]
+//!   (leaves, or a full flush, and whether page tables are freed) is shot down as it is
+//!   with [`tlb::shootdown`] on the CPUs that have the address space loaded.
 //! - [`activate`] / [`deactivate`] load an address space's root in CR3 on the running
 //!   CPU. The CPU's bit in [`AddressSpace::cpus`] is set *before* CR3 is loaded and
 //!   cleared only *after* the CPU switched away, so a shootdown of the space never misses
@@ -43,9 +43,8 @@ use crate::tlb;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::{AddressSpace, Mm, SpaceError};
-use mm::backend::shootdown::FlushBatch;
+use mm::backend::shootdown::{FlushBatch, ShootdownError};
 use mm::backend::tlb::TlbShootdown;
-use mm::base::addr::PageSize;
 use mm::base::cpuset::CpuSet;
 use mm::ops::fault::FaultOutcome;
 use mm::paging::LOWER_HALF_END;
@@ -53,7 +52,7 @@ use spin::{Mutex, Once};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::idt::PageFaultErrorCode;
 use x86_64::structures::paging::PhysFrame;
-use x86_64::{PhysAddr, VirtAddr};
+use x86_64::PhysAddr;
 
 /// The kernel's memory manager.
 pub type KernelMm = Mm<'static, physmap::KernelPhys>;
@@ -64,19 +63,12 @@ pub type Space = AddressSpace<'static, physmap::KernelPhys>;
 pub struct SpaceShootdown;
 
 impl TlbShootdown for SpaceShootdown {
-    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
-        let mut batch = FlushBatch::new();
-        if full {
-            batch.set_full(false);
-        } else {
-            for &(va, size) in ranges {
-                batch.add_page(va.as_u64(), size);
-            }
-        }
-        // Only online CPUs ever activate an address space, so every target is online.
-        if let Err(e) = tlb::shootdown(cpus, &batch) {
-            log::error!("address-space shootdown failed: {e:?}");
-        }
+    fn shootdown(&self, cpus: CpuSet, batch: &FlushBatch) -> Result<(), ShootdownError> {
+        // Only online CPUs ever activate an address space, so every target is online; a
+        // failure would leak the frames the change released (the memory manager keeps
+        // them), so it is reported.
+        tlb::shootdown(cpus, batch)
+            .inspect_err(|e| log::error!("address-space shootdown failed: {e:?}"))
     }
 }
 

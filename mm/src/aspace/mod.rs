@@ -43,11 +43,15 @@
 //!
 //! # Frees after flushes
 //!
-//! An operation that removes leaves takes them off the page table and the reverse map
-//! under the locks, drops the locks, shoots the TLBs down, frees the unlinked page
-//! tables and only then drops the references the leaves held; a frame is freed when its
-//! reference count reaches zero (see [`crate::mapping::rmap`]), so never while a CPU may still
-//! hold a translation to it.
+//! An operation that changes leaves collects, under the locks, what it made stale and
+//! what it may release afterwards in one per-operation flush (`Flush`, must-use): the
+//! page-table frames it unlinked and one reference per mapping it took off the page
+//! table and the reverse map. It drops the locks and completes the flush, which shoots
+//! the TLBs of the space's CPUs down (saying whether tables are freed) and only then
+//! frees the tables and drops the references. Nothing else releases them: a flush
+//! dropped without completing, or whose shootdown failed, leaks them rather than free
+//! them early. A frame is freed when its reference count reaches zero (see
+//! [`crate::mapping::rmap`]), so never while a CPU may still hold a translation to it.
 
 mod audit;
 pub mod inject;
@@ -61,13 +65,16 @@ mod tests;
 use crate::mapping::region::SharedRegion;
 pub use audit::{RmapAuditError, RmapAuditReport};
 
+#[cfg(any(debug_assertions, test, feature = "std"))]
+pub use sink::leaked_frames;
 pub(crate) use sink::{Flush, Tables};
 
+use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
 use crate::backend::source::FrameSource;
 use crate::backend::tlb::TlbShootdown;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
-use crate::base::cpuset::{AtomicCpuSet, CpuSet};
+use crate::base::cpuset::AtomicCpuSet;
 use crate::frame::meta::{FrameMeta, FrameState};
 use crate::frame::refs::{CountError, Released};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
@@ -84,11 +91,6 @@ use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
 pub use crate::mapping::rmap::SpaceId;
-
-/// Past this many leaves a shootdown asks for a full flush instead of ranges: the
-/// kernel's measured threshold, so that the ranges fit one
-/// [`FlushBatch`](crate::backend::shootdown::FlushBatch).
-pub const SHOOTDOWN_RANGE_LIMIT: usize = crate::backend::shootdown::FULL_FLUSH_THRESHOLD;
 
 /// Why an address-space operation refused. Every error leaves the address space, the
 /// reverse map and the allocator as they were (an operation that split huge leaves before
@@ -461,19 +463,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let mut st = self.lock_settled(space, start, end, false)?;
         let mut flush = Flush::new();
         let result = self.unmap_locked(space, &mut st, start, end, &mut flush);
-        let removed = match result {
-            Ok(refs) => {
-                let vmas = st.vmas.remove_range(start, end);
-                st.generation += 1;
-                Ok((refs, vmas))
-            }
-            Err(e) => Err(e),
-        };
+        let removed = result.map(|()| {
+            st.generation += 1;
+            st.vmas.remove_range(start, end)
+        });
         drop(st);
-        self.shootdown(space, flush);
-        let (refs, vmas) = removed?;
-        self.put_refs(&refs);
-        drop(vmas);
+        flush.complete(self, space);
+        drop(removed?);
         Ok(())
     }
 
@@ -504,8 +500,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
     }
 
-    /// Unmap the leaves of `[start, end)` and take them off the reverse map; returns the
-    /// heads whose references must be dropped after the shootdown.
+    /// Unmap the leaves of `[start, end)` and take them off the reverse map; `flush`
+    /// drops their references once it completes. On error, the leaves already unmapped
+    /// are detached all the same.
     fn unmap_locked(
         &self,
         space: &AddressSpace<'m, M>,
@@ -513,13 +510,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         start: u64,
         end: u64,
         flush: &mut Flush,
-    ) -> Result<Vec<Pfn>, SpaceError> {
+    ) -> Result<(), SpaceError> {
         self.split_boundaries(space, st, start, end)?;
         let mut leaves = Vec::new();
-        st.pt
-            .unmap_range(start, end, flush, |leaf| leaves.push(leaf))
-            .map_err(SpaceError::PageTable)?;
-        Ok(self.detach(space.id, &leaves))
+        let unmapped = st
+            .pt
+            .unmap_range(start, end, flush, |leaf| leaves.push(leaf));
+        self.detach(space.id, &leaves, flush);
+        unmapped.map_err(SpaceError::PageTable)
     }
 
     /// Give `[start, start + len)` (entirely covered by VMAs) the write permission
@@ -547,7 +545,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             st.generation += 1;
         }
         drop(st);
-        self.shootdown(space, flush);
+        flush.complete(self, space);
         result
     }
 
@@ -571,9 +569,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             let mut flush = Flush::new();
             let mut leaves = Vec::new();
-            st.pt
-                .unmap_range(0, LOWER_HALF_END, &mut flush, |l| leaves.push(l))
-                .map_err(SpaceError::PageTable)?;
+            let unmapped = st
+                .pt
+                .unmap_range(0, LOWER_HALF_END, &mut flush, |l| leaves.push(l));
+            self.detach(space.id, &leaves, &mut flush);
+            if let Err(e) = unmapped {
+                drop(st);
+                flush.complete(self, space);
+                return Err(SpaceError::PageTable(e));
+            }
             st.dead = true;
             if self.kernel_root.is_some() {
                 for i in 256..512u64 {
@@ -582,15 +586,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         .store(0, Ordering::Release);
                 }
             }
-            let refs = self.detach(space.id, &leaves);
             let vmas = st.vmas.clear();
             st.generation += 1;
             drop(st);
             self.spaces.lock().remove(&space.id);
-            flush.tables.push(space.root);
-            flush.full = true;
-            self.shootdown(space, flush);
-            self.put_refs(&refs);
+            flush.defer_free_table(space.root);
+            flush.flush_all();
+            flush.complete(self, space);
             drop(vmas);
             return Ok(());
         }
@@ -637,24 +639,47 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             return Ok(());
         };
         let id = space.id;
+        let head = self.head_of(Pfn::containing(t.leaf_base_pa));
+        let meta = head.and_then(|h| self.meta(h));
+        // The 511 new mappings are counted before anything changes, so a count that
+        // would overflow refuses the split with the tables untouched.
+        let recorded = match (head, meta) {
+            (Some(h), Some(meta)) => {
+                let rmap = self.rmap.lock();
+                let recorded = rmap.get(h, id, va).is_some();
+                if recorded {
+                    meta.add_mappings(511).map_err(SpaceError::Count)?;
+                }
+                recorded
+            }
+            _ => false,
+        };
+        let unreserve = || {
+            if let (true, Some(meta)) = (recorded, meta) {
+                let _rmap = self.rmap.lock();
+                for _ in 0..511 {
+                    self.count_result(meta.remove_mapping());
+                    self.count_result(meta.put_ref());
+                }
+            }
+        };
         let mut tables = Tables::new(self.frames);
         let mut split_flush = Flush::new();
-        let token = st
-            .pt
-            .begin_split(va, t.size, &mut tables, &mut split_flush)
-            .map_err(|_| SpaceError::OutOfMemory)?;
-        self.shootdown(space, split_flush);
+        let token = match st.pt.begin_split(va, t.size, &mut tables, &mut split_flush) {
+            Ok(token) => token,
+            Err(_) => {
+                unreserve();
+                return Err(SpaceError::OutOfMemory);
+            }
+        };
+        split_flush.complete(self, space);
         st.pt.finish_split(token).map_err(|_| {
             SpaceError::PageTable(RangeError::Busy {
                 va: VirtAddr::new_truncate(va),
                 size: t.size,
             })
         })?;
-        let pfn = Pfn::containing(t.leaf_base_pa);
-        let Some(head) = self.head_of(pfn) else {
-            return Ok(());
-        };
-        let Some(meta) = self.meta(head) else {
+        let (Some(head), true) = (head, recorded) else {
             return Ok(());
         };
         let mut rmap = self.rmap.lock();
@@ -671,22 +696,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     },
                 );
             }
-            if let Err(e) = meta.add_mappings(511) {
-                // Put the one entry back: the split leaves map what it mapped.
-                for i in 0..512u64 {
-                    rmap.remove(head, id, va + i * child.bytes());
-                }
-                rmap.insert(head, old);
-                return Err(SpaceError::Count(e));
-            }
         }
         Ok(())
     }
 
-    /// Take removed leaves off the reverse map (their references stay until the
-    /// shootdown; see [`put_refs`](Self::put_refs)). Returns the heads to drop.
-    pub(crate) fn detach(&self, id: SpaceId, leaves: &[UnmappedLeaf]) -> Vec<Pfn> {
-        let mut heads = Vec::with_capacity(leaves.len());
+    /// Take removed leaves off the reverse map; their references go to `flush`, which
+    /// drops them once its shootdown is done.
+    pub(crate) fn detach(&self, id: SpaceId, leaves: &[UnmappedLeaf], flush: &mut Flush) {
         let mut rmap = self.rmap.lock();
         for leaf in leaves {
             let Some(head) = self.head_of(Pfn::containing(leaf.pa)) else {
@@ -696,10 +712,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 if let Some(meta) = self.meta(head) {
                     self.count_result(meta.remove_mapping());
                 }
-                heads.push(head);
+                flush.put_ref(head);
             }
         }
-        heads
+    }
+
+    /// Free a block whose last reference is gone (or a page-table frame); a refusal means
+    /// broken accounting and is counted for the audit.
+    pub(crate) fn free_block(&self, head: Pfn, order: u8) {
+        if self.frames.free(head, order).is_err() {
+            self.count_errors.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Drop one reference on each of `heads`; free the blocks that lose their last one.
@@ -716,30 +739,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
         }
         for (head, order) in dead {
-            let freed = self.frames.free(head, order);
-            debug_assert!(freed.is_ok(), "freeing {head:?}: {freed:?}");
-        }
-    }
-
-    /// Shoot down what `flush` collected on the CPUs of `space`, then free the page-table
-    /// frames it unlinked.
-    pub(crate) fn shootdown(&self, space: &AddressSpace<'m, M>, flush: Flush) {
-        self.shootdown_cpus(space.cpus.load(), flush);
-    }
-
-    /// Shoot down what `flush` collected on `cpus` (the CPUs that have any of the address
-    /// spaces it covers loaded: one request per CPU however many spaces), then free the
-    /// page-table frames it unlinked.
-    pub(crate) fn shootdown_cpus(&self, cpus: CpuSet, flush: Flush) {
-        if flush.is_empty() {
-            return;
-        }
-        self.tlb.shootdown(cpus, &flush.ranges, flush.full);
-        for table in flush.tables {
-            let freed = self.frames.free(Pfn::containing(table), 0);
-            if freed.is_err() {
-                self.count_errors.fetch_add(1, Ordering::AcqRel);
-            }
+            self.free_block(head, order);
         }
     }
 

@@ -1,11 +1,14 @@
 //! Host-side stand-ins for the kernel's collaborators (feature `std`): a sparse physical
 //! memory that backs only the frames that were touched (so 1 GiB pages cost only what is
 //! written), a [`FrameSource`] with fault injection, a [`TlbShootdown`] that records its
-//! calls, and [`with_env`], which builds a whole machine around an [`Mm`].
+//! calls, [`with_env`], which builds a whole machine around an [`Mm`], and the check that
+//! every freed frame was shot down first wherever a CPU may have cached it
+//! ([`cached_leaves`], [`uncovered_free`]).
 
 use super::inject::Injector;
-use super::{FrameSource, Mm, TlbShootdown};
+use super::{AddressSpace, FrameSource, Mm, TlbShootdown};
 use crate::backend::phys::PhysMem;
+use crate::backend::shootdown::{FlushBatch, ShootdownError};
 use crate::backend::source::BuddyFrames;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::CpuSet;
@@ -108,6 +111,8 @@ pub enum Event {
         ranges: Vec<(VirtAddr, PageSize)>,
         /// Whether it was a full flush.
         full: bool,
+        /// Whether page-table frames are freed after it.
+        tables: bool,
     },
     /// A block was freed.
     Free {
@@ -160,14 +165,110 @@ impl<'a> TestTlb<'a> {
 }
 
 impl TlbShootdown for TestTlb<'_> {
-    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool) {
+    fn shootdown(&self, cpus: CpuSet, batch: &FlushBatch) -> Result<(), ShootdownError> {
         self.calls.fetch_add(1, Ordering::AcqRel);
         self.log.push(Event::Shootdown {
             cpus,
-            ranges: ranges.to_vec(),
-            full,
+            ranges: batch
+                .pages()
+                .iter()
+                .map(|&(va, size)| (VirtAddr::new_truncate(va), size))
+                .collect(),
+            full: batch.is_full(),
+            tables: batch.frees_tables(),
         });
+        Ok(())
     }
+}
+
+/// A translation some CPUs may have cached: a present leaf of an address space and the
+/// CPUs that had the space loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedLeaf {
+    /// The CPUs that had the space loaded.
+    pub cpus: CpuSet,
+    /// The leaf's first address.
+    pub va: VirtAddr,
+    /// The leaf's size.
+    pub size: PageSize,
+    /// The first frame the leaf maps.
+    pub pa: PhysAddr,
+}
+
+/// Every present leaf of `spaces` with the CPUs that have each space loaded now: what
+/// their TLBs may hold, to check an operation's frees against with [`uncovered_free`].
+pub fn cached_leaves<M: PhysMem>(spaces: &[&AddressSpace<'_, M>]) -> Vec<CachedLeaf> {
+    let mut cached = Vec::new();
+    for space in spaces {
+        let cpus = space.cpus().load();
+        if cpus.is_empty() {
+            continue;
+        }
+        cached.extend(space.leaves().into_iter().map(|(va, t)| CachedLeaf {
+            cpus,
+            va,
+            size: t.size,
+            pa: t.leaf_base_pa,
+        }));
+    }
+    cached
+}
+
+/// A frame freed while a CPU may still hold a translation to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UncoveredFree {
+    /// The freed block's head and order.
+    pub freed: (Pfn, u8),
+    /// The leaf that mapped (part of) it.
+    pub leaf: CachedLeaf,
+    /// The CPU no earlier shootdown flushed that leaf on.
+    pub cpu: u32,
+}
+
+/// The first free in `events` of a block that one of `cached` mapped, on a CPU that no
+/// earlier shootdown in `events` flushed that leaf on; `None` when every free is
+/// covered. A shootdown covers a leaf on a CPU when the CPU is in its set and it is a
+/// full flush or invalidates an address inside the leaf (one `invlpg` per range, at the
+/// range's first address).
+pub fn uncovered_free(cached: &[CachedLeaf], events: &[Event]) -> Option<UncoveredFree> {
+    let covers = |event: &Event, leaf: &CachedLeaf, cpu: u32| match event {
+        Event::Shootdown {
+            cpus, ranges, full, ..
+        } => {
+            let end = leaf.va.as_u64() + leaf.size.bytes();
+            cpus.contains(cpu)
+                && (*full
+                    || ranges
+                        .iter()
+                        .any(|(va, _)| (leaf.va.as_u64()..end).contains(&va.as_u64())))
+        }
+        Event::Free { .. } => false,
+    };
+    for (i, event) in events.iter().enumerate() {
+        let Event::Free { pfn, order } = *event else {
+            continue;
+        };
+        let start = pfn.addr().as_u64();
+        let end = start + (PAGE_SIZE << order);
+        for leaf in cached {
+            let leaf_start = leaf.pa.as_u64();
+            if leaf_start >= end || leaf_start + leaf.size.bytes() <= start {
+                continue;
+            }
+            if let Some(cpu) = leaf
+                .cpus
+                .iter()
+                .find(|&cpu| !events[..i].iter().any(|e| covers(e, leaf, cpu)))
+            {
+                return Some(UncoveredFree {
+                    freed: (pfn, order),
+                    leaf: leaf.clone(),
+                    cpu,
+                });
+            }
+        }
+    }
+    None
 }
 
 /// A [`FrameSource`] over [`BuddyFrames`] with fault injection ([`Injector`]), whose

@@ -3,7 +3,11 @@
 //! Page-table code never invalidates a TLB itself. It tells a [`FlushSink`] which
 //! translations changed and which page-table frames it unlinked; the sink decides how to
 //! invalidate (per page, or a full flush past a threshold; locally or by shootdown) and
-//! must release the unlinked frames only after every CPU that may cache them has flushed.
+//! must release the unlinked frames only after every CPU that may cache them has flushed:
+//! its shootdown says that tables are freed
+//! ([`FlushBatch::set_frees_tables`](crate::backend::shootdown::FlushBatch::set_frees_tables)), so
+//! that it reaches every target even with nothing else to flush and no target
+//! acknowledges before it dropped its paging-structure caches.
 
 use crate::base::addr::PageSize;
 use x86_64::{PhysAddr, VirtAddr};

@@ -1,22 +1,54 @@
 //! TLB shootdown: the protocol by which one CPU makes every other CPU that may cache a
 //! changed translation drop it, before the caller frees what the translation pointed to.
 //!
-//! Each CPU has one mailbox slot per possible initiator. An initiator has at most one
-//! request in flight (it waits for it synchronously), so its slot in each target's mailbox
-//! is always empty when it posts: a request is never dropped and never waits for room,
-//! whatever the load. Posting is: store the request pointer in the slot, set the
-//! initiator's bit in the target's pending mask, send the IPI. The target's handler takes
-//! the whole pending mask at once and serves every posted request, so one IPI may serve
-//! several initiators.
+//! # Mailboxes
+//!
+//! Each CPU has one mailbox slot per possible initiator. Posting is: store the request
+//! pointer in the slot, set the initiator's bit in the target's pending mask, send the
+//! IPI. The target's handler takes the whole pending mask at once and serves every posted
+//! request, so one IPI may serve several initiators. A slot holds at most one request: an
+//! initiator waits for its request synchronously, so its slots are empty again when it
+//! next posts, and a request is never dropped and never waits for room. The one
+//! exception is an interrupt handler that starts a shootdown while the CPU it interrupted
+//! is in its own: the interrupted request may still sit in a slot the handler needs. The
+//! handler then waits for that target to take it (it sets the target's pending bit and
+//! sends it an IPI itself, since it may have interrupted the posting halfway), serving
+//! its own mailbox meanwhile; the target takes requests without help from this CPU, so
+//! the wait ends, and neither request is lost or overwritten.
 //!
 //! The initiator flushes its own TLB while the remote CPUs flush theirs, and waits for the
 //! acknowledgements *while serving its own mailbox*: two CPUs shooting each other down,
 //! or one shooting down with interrupts disabled, always make progress.
 //!
-//! A target acknowledges after its flush. The one exception (ARCHITECTURE.md, invariant 1):
-//! a request covering only user-half addresses may be acknowledged before the flush,
-//! because the target cannot touch user addresses while it stays in the handler; it
-//! copies the request first, since the initiator's request dies once all have acked.
+//! # The request
+//!
+//! A request is a [`FlushBatch`] and a count of the targets that have not acknowledged.
+//! The batch says:
+//!
+//! - `pages`: the leaves to invalidate one by one (their address and size), at most
+//!   [`FULL_FLUSH_THRESHOLD`];
+//! - `full`: flush everything instead (asked for, or past the threshold); `pages` is
+//!   then ignored;
+//! - `kernel`: kernel-half (global) translations are concerned, so a full flush must
+//!   drop global entries too;
+//! - `tables`: the caller frees page-table frames once the shootdown returns, so every
+//!   target must drop its paging-structure caches (a target may otherwise keep walking a
+//!   table that has been freed and reused). A batch that only frees tables is not empty:
+//!   it reaches every target like any other.
+//!
+//! The count starts at the number of remote targets; each target decrements it once, and
+//! the initiator returns when it reaches zero. The request lives on the initiator's stack
+//! and is dead once the count is zero.
+//!
+//! # When a target acknowledges
+//!
+//! A target acknowledges after its flush, with one exception: a request that concerns
+//! only user-half translations and frees no page-table frame is acknowledged *before* the
+//! flush. That is safe because the target, inside its handler, cannot touch a user address
+//! before it has flushed, and the frames the initiator frees are only reachable through
+//! user translations; the target copies the request first, since it dies once all have
+//! acknowledged. A request that frees tables is never acknowledged early: the
+//! paging-structure caches are used by speculative walks at any time, handler or not.
 
 use crate::base::addr::PageSize;
 pub use crate::base::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
@@ -46,13 +78,15 @@ pub enum ShootdownError {
     OfflineCpu(u32),
 }
 
-/// What must be invalidated: up to [`FULL_FLUSH_THRESHOLD`] pages, or everything.
+/// What must be invalidated: up to [`FULL_FLUSH_THRESHOLD`] pages, or everything; and
+/// whether page-table frames are freed after it (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushBatch {
     pages: [(u64, PageSize); FULL_FLUSH_THRESHOLD],
     n: usize,
     full: bool,
     kernel: bool,
+    tables: bool,
 }
 
 impl Default for FlushBatch {
@@ -69,6 +103,7 @@ impl FlushBatch {
             n: 0,
             full: false,
             kernel: false,
+            tables: false,
         }
     }
 
@@ -123,9 +158,20 @@ impl FlushBatch {
         self.kernel |= kernel;
     }
 
-    /// Whether there is nothing to flush.
+    /// Page-table frames are freed once this batch is shot down: every target must drop
+    /// its paging-structure caches, and acknowledges only after it did.
+    pub fn set_frees_tables(&mut self) {
+        self.tables = true;
+    }
+
+    /// Whether page-table frames are freed once this batch is shot down.
+    pub fn frees_tables(&self) -> bool {
+        self.tables
+    }
+
+    /// Whether there is nothing to flush (no page, no full flush, no table freed).
     pub fn is_empty(&self) -> bool {
-        !self.full && self.n == 0
+        !self.full && self.n == 0 && !self.tables
     }
 
     /// Whether this is a full flush.
@@ -148,7 +194,8 @@ impl FlushBatch {
     }
 }
 
-/// One shootdown in flight: the batch and how many targets have not acknowledged.
+/// One shootdown in flight: the batch and how many targets have not acknowledged (see
+/// the module doc).
 pub struct Request {
     batch: FlushBatch,
     pending: AtomicU32,
@@ -160,7 +207,9 @@ pub trait TlbArch {
     fn this_cpu(&self) -> u32;
     /// Interrupt every CPU of `targets` so that it calls [`Mailboxes::serve`].
     fn send_ipi(&self, targets: CpuSet);
-    /// Invalidate `batch` in the running CPU's TLB.
+    /// Invalidate `batch` in the running CPU's TLB; when the batch
+    /// [frees tables](FlushBatch::frees_tables), drop the paging-structure caches too
+    /// (even when it lists no page and is not full).
     fn flush_local(&self, batch: &FlushBatch);
     /// Called in every turn of the wait for acknowledgements (a `pause` on hardware).
     fn relax(&self) {
@@ -216,7 +265,9 @@ impl Mailboxes {
 
     /// Invalidate `batch` on every CPU of `targets` (the running CPU flushes locally if it
     /// is among them) and return when all have acknowledged. Nothing is done for an empty
-    /// batch or target set.
+    /// batch (a batch that frees tables is not empty) or target set. An interrupt handler
+    /// may call this while the CPU it interrupted is in its own shootdown (see the module
+    /// doc).
     pub fn shootdown<A: TlbArch>(
         &self,
         arch: &A,
@@ -239,9 +290,28 @@ impl Mailboxes {
         };
         let req_ptr = &request as *const Request as *mut Request;
         for t in remote.iter() {
-            let slot = t as usize * MAX_CPUS + me as usize;
-            let previous = self.slots[slot].swap(req_ptr, Ordering::AcqRel);
-            debug_assert!(previous.is_null(), "cpu {me} had two requests in flight");
+            let slot = &self.slots[t as usize * MAX_CPUS + me as usize];
+            let mut nudged = false;
+            while slot
+                .compare_exchange(
+                    ptr::null_mut(),
+                    req_ptr,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                // The slot holds the request of the shootdown this handler interrupted,
+                // maybe posted without its pending bit or IPI yet: announce it ourselves
+                // and wait for the target to take it.
+                if !nudged {
+                    self.pending[t as usize].insert(me);
+                    arch.send_ipi(CpuSet::single(t));
+                    nudged = true;
+                }
+                self.serve(arch);
+                arch.relax();
+            }
             self.pending[t as usize].insert(me);
         }
         if !remote.is_empty() {
@@ -277,11 +347,12 @@ impl Mailboxes {
                 // acknowledged, and this CPU has not acknowledged yet.
                 let req = unsafe { &*req };
                 let batch = req.batch;
-                if batch.touches_kernel() {
+                if batch.touches_kernel() || batch.frees_tables() {
                     arch.flush_local(&batch);
                     req.pending.fetch_sub(1, Ordering::AcqRel);
                 } else {
-                    // Early acknowledgement: user-half only, and we stay in the handler.
+                    // Early acknowledgement: user-half only, no table freed, and we stay
+                    // in the handler until the flush is done.
                     req.pending.fetch_sub(1, Ordering::AcqRel);
                     arch.flush_local(&batch);
                 }

@@ -1,15 +1,17 @@
 //! The TLB shootdown the address-space layer asks the kernel for.
 
-use crate::base::addr::PageSize;
+use crate::backend::shootdown::{FlushBatch, ShootdownError};
 use crate::base::cpuset::CpuSet;
-use x86_64::VirtAddr;
 
 /// Synchronous TLB shootdown, implemented by the kernel with IPIs.
 pub trait TlbShootdown: Sync {
-    /// Invalidate `ranges` (or everything of the address space, when `full`) on every CPU
-    /// in `cpus` (the current CPU included if it is in the mask), and return only after
-    /// every one of them has flushed. `ranges` are user-half leaves of the address space
-    /// the mask belongs to; page-table frames unlinked by the change are freed after this
-    /// returns, so the flush must cover paging-structure caches too (`invlpg` does).
-    fn shootdown(&self, cpus: CpuSet, ranges: &[(VirtAddr, PageSize)], full: bool);
+    /// Invalidate `batch` on every CPU in `cpus` (the current CPU included if it is in
+    /// the set: the CPUs that had the address spaces of the change loaded when it was
+    /// made), and return `Ok` only after every one of them has flushed. The batch holds
+    /// user-half leaves (past the threshold, a full flush); when it
+    /// [frees tables](FlushBatch::frees_tables), the unlinked page-table frames are freed
+    /// after this returns, so every target must drop its paging-structure caches before
+    /// acknowledging, even when the batch lists no leaf. On `Err` nothing the change
+    /// released is freed (it leaks).
+    fn shootdown(&self, cpus: CpuSet, batch: &FlushBatch) -> Result<(), ShootdownError>;
 }

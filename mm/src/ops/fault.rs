@@ -372,6 +372,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         self.count_result(meta.remove_mapping());
                     }
                     drop(st);
+                    flush.complete(self, space);
                     self.put_refs(&[rf.head]);
                     return match e {
                         MapError::OutOfTables => Err(FaultError::OutOfMemory),
@@ -379,7 +380,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     };
                 }
                 drop(st);
-                self.shootdown(space, flush);
+                flush.complete(self, space);
                 return Ok(Step::Done(FaultOutcome::Mapped {
                     va: VirtAddr::new_truncate(leaf_va),
                     size,
@@ -498,18 +499,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             &mut Tables::new(self.frames),
             &mut flush,
         );
-        match mapped {
-            Ok(()) => {}
-            Err(MapError::OutOfTables) => {
-                drop(region);
-                drop(st);
-                return discard(Err(FaultError::OutOfMemory));
-            }
-            Err(_) => {
-                drop(region);
-                drop(st);
-                return discard(Ok(None));
-            }
+        if let Err(e) = mapped {
+            drop(region);
+            drop(st);
+            flush.complete(self, space);
+            return discard(match e {
+                MapError::OutOfTables => Err(FaultError::OutOfMemory),
+                _ => Ok(None),
+            });
         }
         let entry = RmapEntry {
             space: space.id(),
@@ -532,7 +529,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
         }
         drop(st);
-        self.shootdown(space, flush);
+        flush.complete(self, space);
         Ok(Some(FaultOutcome::Mapped {
             va: VirtAddr::new_truncate(leaf_va),
             size,

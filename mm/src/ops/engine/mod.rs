@@ -50,7 +50,6 @@ use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::base::cpuset::CpuSet;
-use crate::frame::buddy::FreeError;
 use crate::frame::meta::{FrameFlags, FrameState};
 use crate::frame::refs::Released;
 use crate::mapping::region::SharedRegion;
@@ -333,15 +332,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         released == Released::Last
     }
 
-    /// Free a block whose last reference is gone; a refusal means broken accounting and
-    /// is counted for the audit.
-    pub(crate) fn free_block(&self, head: Pfn, order: u8) {
-        let freed: Result<(), FreeError> = self.frames.free(head, order);
-        if freed.is_err() {
-            self.count_errors.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
     /// Step 2 for one unit.
     fn install_unit<T: Move<'m, M>>(&self, unit: &mut Unit<'m, M, T>) -> Result<(), MigrateError> {
         for c in &mut unit.claimed {
@@ -396,6 +386,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// Put a unit that failed in step 2 back exactly: original leaves, claims dropped.
     fn put_back<T: Move<'m, M>>(&self, mut unit: Unit<'m, M, T>) {
+        // No shootdown has happened yet: a mapping found gone here may still be cached
+        // by the space's CPUs as the leaf it was, so its reference waits for a flush.
+        let mut flush = Flush::new();
+        let mut cpus = CpuSet::new();
         for c in &mut unit.claimed {
             let installed = core::mem::take(&mut c.installed);
             for inst in installed {
@@ -407,18 +401,22 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     .compare_exchange_leaf(inst.va, level, inst.mig.entry(), inst.mig.original())
                     .is_err()
                 {
-                    self.forget_mapping(c, &inst);
+                    drop(st);
+                    flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
+                    cpus = cpus.union(&inst.space.cpus().load());
+                    self.forget_mapping(c, &inst, &mut flush);
                 }
             }
         }
+        flush.complete_on(self, cpus);
         unit.mv.abandon(self, &unit.claimed);
         self.release_claims(&unit.claimed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A slot no longer holds the migration entry this batch installed: drop the mapping
-    /// from the reverse map with its counts (its reference goes with the claim's flush).
-    fn forget_mapping(&self, c: &mut Claimed<'m, M>, inst: &Installed<'m, M>) {
+    /// from the reverse map with its count; its reference goes to `flush`.
+    fn forget_mapping(&self, c: &mut Claimed<'m, M>, inst: &Installed<'m, M>, flush: &mut Flush) {
         c.lost += 1;
         let Some(meta) = self.meta(c.head) else {
             return;
@@ -426,7 +424,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let removed = self.rmap.lock().remove(c.head, inst.space.id(), inst.va);
         if removed.is_some() {
             self.count_result(meta.remove_mapping());
-            self.put_refs(&[c.head]);
+            flush.put_ref(c.head);
         }
     }
 
@@ -446,7 +444,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
         }
-        self.shootdown_cpus(cpus, flush);
+        flush.complete_on(self, cpus);
     }
 
     /// Step 3, second half: wait until the block's only references are its mappings,
@@ -514,6 +512,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
             }
             drop(st);
+            // The batch's shootdown already covered these addresses: the flush only
+            // carries the references.
+            let mut flush = Flush::new();
             for (i, had_entry) in gone {
                 let c = &mut unit.claimed[i];
                 c.lost += 1;
@@ -521,9 +522,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     if let Some(meta) = self.meta(c.head) {
                         self.count_result(meta.remove_mapping());
                     }
-                    self.put_refs(&[c.head]);
+                    flush.put_ref(c.head);
                 }
             }
+            flush.complete_on(self, CpuSet::new());
         }
         for c in &mut unit.claimed {
             c.installed.clear();
