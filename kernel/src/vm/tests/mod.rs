@@ -25,6 +25,7 @@ mod bad_input;
 mod faults;
 mod migration;
 mod numa;
+mod races;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -55,6 +56,30 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::bad_input_is_typed_and_changes_nothing",
         run: bad_input::bad_input,
+    },
+    KernelTest {
+        name: "vm::race_migrate_vs_unmap_on_another_cpu",
+        run: races::migrate_vs_unmap,
+    },
+    KernelTest {
+        name: "vm::race_migrate_vs_protect_on_another_cpu",
+        run: races::migrate_vs_protect,
+    },
+    KernelTest {
+        name: "vm::race_migrate_vs_space_destroy_on_another_cpu",
+        run: races::migrate_vs_destroy,
+    },
+    KernelTest {
+        name: "vm::race_migrate_vs_pin_unpin_during_batches",
+        run: races::migrate_vs_pin,
+    },
+    KernelTest {
+        name: "vm::race_two_cpus_migrate_the_same_blocks",
+        run: races::two_migrators,
+    },
+    KernelTest {
+        name: "vm::race_double_free_across_cpus_through_frame_caches",
+        run: races::double_free_across_cpus,
     },
     KernelTest {
         name: "vm::numa_move_range_to_node_keeps_huge_pages",
