@@ -448,6 +448,10 @@ pub(super) fn double_free_across_cpus(_: &TestContext) -> TestResult {
     let Some(cpu) = percpu::online().iter().find(|&c| c != me) else {
         skip!("needs 2 CPUs: the second free comes from another CPU");
     };
+    // The results are collected in vectors allocated before the free count is taken (the
+    // heap would grow on frames otherwise).
+    let mut here = Vec::with_capacity(DOUBLE_FREES as usize);
+    let mut results = Vec::with_capacity(DOUBLE_FREES as usize);
     let before = available();
     // In lockstep: this CPU publishes frame t as turn t, then both CPUs free it at once
     // and acknowledge; the next turn starts once both did.
@@ -458,7 +462,7 @@ pub(super) fn double_free_across_cpus(_: &TestContext) -> TestResult {
     {
         let (turn, frame, acks) = (turn.clone(), frame.clone(), acks.clone());
         helpers.start(cpu, move |stop: &AtomicBool| {
-            let (mut seen, mut results) = (0, Vec::new());
+            let mut seen = 0;
             while !stop.load(Ordering::Acquire) {
                 let t = turn.load(Ordering::Acquire);
                 if t == seen {
@@ -472,7 +476,6 @@ pub(super) fn double_free_across_cpus(_: &TestContext) -> TestResult {
             results
         })?;
     }
-    let mut here = Vec::new();
     let deadline = Deadline::after_ms(RACE_MS);
     for t in 1..=DOUBLE_FREES {
         let pfn =
