@@ -148,7 +148,7 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         Some(None) => return Err(String::from("the writer could not load the space")),
         None => 0,
     };
-    let want = |i: u64| pattern(i, if i % STRIDE == 0 { passes } else { 0 });
+    let want = |i: u64| pattern(i, if i.is_multiple_of(STRIDE) { passes } else { 0 });
     let bad = (0..WORDS)
         .filter(|&i| probe::read_u64(VA + i * 8) != Some(want(i)))
         .count();
