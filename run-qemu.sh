@@ -63,6 +63,7 @@ usage() {
 ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
 ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+./run-qemu.sh bench --quick   each figure once, short (the lines, not the timings)
 options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
 USAGE
 }
@@ -85,6 +86,7 @@ MEM=""
 GDB=0
 SEED=""
 FILTER=""
+QUICK=0
 
 need_value() {
     [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see ./run-qemu.sh --help)"
@@ -95,6 +97,7 @@ while [[ $# -gt 0 ]]; do
         demo | test | bench) COMMAND=$1 ;;
         --uefi) UEFI=1 ;;
         --gdb) GDB=1 ;;
+        --quick) QUICK=1 ;;
         --smp) need_value "$@"; SMP=$2; shift ;;
         --smp=*) SMP=${1#*=} ;;
         --mem) need_value "$@"; MEM=$2; shift ;;
@@ -216,6 +219,7 @@ kernel_options() {
     local mode=$1 options="mode=$1"
     if [[ -n $SEED ]]; then options+=" seed=$SEED"; fi
     if [[ -n $FILTER && $mode == test ]]; then options+=" filter=$FILTER"; fi
+    if [[ $QUICK -eq 1 && $mode == bench ]]; then options+=" quick=1"; fi
     echo "$options"
 }
 
@@ -232,6 +236,17 @@ bench() {
     SMP=${SMP:-8}
     user_qemu_args
     "$QEMU_RUN" "${QEMU_ARGS[@]}" --opts "$(kernel_options bench)"
+}
+
+# The quick benchmarks, then the check that every expected BENCH line is there and
+# parses (no timing is checked).
+bench_quick_checked() {
+    local out=$LOG_DIR/bench-quick-console.log rc=0
+    QUICK=1
+    SMP=${SMP:-8}
+    bench 2>&1 | tee "$out" || rc=$?
+    "$TARGET_DIR/release/bench-check" "$out" "$SMP"
+    return "$rc"
 }
 
 # ---------------------------------------------------------------- test
@@ -374,6 +389,8 @@ test_all() {
     done
 
     if [[ $GDB -eq 0 && $built -eq 1 ]]; then
+        # Steps run in a subshell: what bench sets (SMP, QUICK) stays there.
+        run_step "bench: quick, every BENCH line present" kernel bench_quick_checked
         run_step "host: QEMU boot tests" cargo \
             env MMK_REQUIRE_IMAGES=1 MMK_IMAGES="$IMAGES" \
             cargo test -p boot-tests --release --test boot -- --test-threads=2 "${cargo_filter[@]}"

@@ -5,6 +5,13 @@
 //! kernel's allocator (lock and interrupt masking included, as every kernel caller pays
 //! them) against `buddy_system_allocator`'s `FrameAllocator` behind the same kind of lock,
 //! on the same workload: a batch of live blocks allocated, then freed in shuffled order.
+//! The baseline keeps its free lists in `BTreeSet`s whose nodes come from the kernel heap
+//! (the global allocator): their allocation and freeing is part of `baseline_value`, and
+//! the line says how many heap bytes the nodes hold once the baseline is set up
+//! (`baseline_heap_bytes`). Ours keeps its lists in the frame metadata and uses no heap.
+//!
+//! With `quick` (`./run-qemu.sh bench --quick`) every figure is measured once, on fewer
+//! rounds: the lines and their fields are the same, the values only show the code runs.
 
 use crate::mem::frames;
 use crate::mem::tests::Rng;
@@ -19,6 +26,35 @@ use spin::Mutex;
 
 /// Repetitions per figure; the median is reported.
 const REPS: usize = 5;
+
+/// How much of each figure to measure: `reps` repetitions (the median is reported), and
+/// rounds divided by `shrink`.
+#[derive(Clone, Copy)]
+pub struct Effort {
+    /// Repetitions per figure.
+    pub reps: usize,
+    /// Divides each figure's rounds.
+    pub shrink: usize,
+}
+
+impl Effort {
+    /// The full measurement, or with `quick` each figure once and short.
+    pub fn new(quick: bool, reps: usize) -> Effort {
+        if quick {
+            Effort {
+                reps: 1,
+                shrink: 10,
+            }
+        } else {
+            Effort { reps, shrink: 1 }
+        }
+    }
+
+    /// `n` rounds, shrunk (at least one).
+    pub fn rounds(&self, n: usize) -> usize {
+        (n / self.shrink).max(1)
+    }
+}
 
 fn cycles() -> u64 {
     // SAFETY: RDTSC has no side effects; the kernel runs at CPL 0.
@@ -79,7 +115,8 @@ fn theirs(
 }
 
 /// The buddy allocator figures.
-pub fn buddy(seed: u64) {
+pub fn buddy(seed: u64, effort: Effort) {
+    let heap_before = crate::mem::heap::usage().1;
     let baseline = Mutex::new(FrameAllocator::<{ MAX_ORDER as usize + 2 }>::new());
     // The baseline manages the same frame numbers that are free in ours right now.
     let total = frames::table().len() as u64;
@@ -96,32 +133,34 @@ pub fn buddy(seed: u64) {
             }
         }
     }
+    let heap_bytes = crate::mem::heap::usage().1.saturating_sub(heap_before);
     for (order, batch, rounds) in [
         (0u8, 1024usize, 100usize),
         (9, 64, 100),
         (MAX_ORDER, 2, 2000),
     ] {
+        let rounds = effort.rounds(rounds);
         let perm = shuffled(batch, seed);
         let (mut o, mut t) = (Vec::new(), Vec::new());
-        for _ in 0..REPS {
+        for _ in 0..effort.reps {
             o.extend(ours(order, batch, rounds, &perm));
             t.extend(theirs(&baseline, order, batch, rounds, &perm));
         }
-        if o.len() < REPS || t.len() < REPS {
+        if o.len() < effort.reps || t.len() < effort.reps {
             sprintln!("# buddy order {order}: not enough free memory for {batch} blocks; skipped");
             continue;
         }
         let (o, t) = (median(o), median(t));
         sprintln!(
-            "BENCH {{\"name\":\"kernel.buddy.alloc_free.order{order}\",\"value\":{o},\"unit\":\"cycles/op\",\"baseline\":\"buddy_system_allocator\",\"baseline_value\":{t},\"ratio\":{:.3},\"batch\":{batch}}}",
+            "BENCH {{\"name\":\"kernel.buddy.alloc_free.order{order}\",\"value\":{o},\"unit\":\"cycles/op\",\"baseline\":\"buddy_system_allocator\",\"baseline_value\":{t},\"ratio\":{:.3},\"batch\":{batch},\"baseline_nodes\":\"BTreeSet nodes on the kernel heap, their allocation counted in baseline_value\",\"baseline_heap_bytes\":{heap_bytes}}}",
             o as f64 / t as f64
         );
     }
 }
 
-/// Every in-kernel benchmark.
-pub fn run(seed: u64) {
-    buddy(seed);
-    crate::tlb::bench::run();
-    crate::vm::bench::run();
+/// Every in-kernel benchmark; with `quick`, each figure once and short.
+pub fn run(seed: u64, quick: bool) {
+    buddy(seed, Effort::new(quick, REPS));
+    crate::tlb::bench::run(quick);
+    crate::vm::bench::run(quick);
 }

@@ -74,7 +74,7 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         Mode::Demo => demo(),
         Mode::Test => harness::run(opts.filter(), opts.skip(), opts.seed()),
         Mode::Bench => {
-            bench::run(opts.seed());
+            bench::run(opts.seed(), opts.quick());
             arch::exit(ExitStatus::Success)
         }
         Mode::Overflow => overflow(0),

@@ -4,7 +4,7 @@
 //!
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
 //! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
-//! contains A or B), `seed=N`.
+//! contains A or B), `seed=N`, `quick=1` (benchmarks: each figure once, short).
 
 use crate::arch::fw_cfg;
 
@@ -73,6 +73,11 @@ impl Options {
     /// as skipped).
     pub fn skip(&self) -> Option<&str> {
         self.get("skip")
+    }
+
+    /// Benchmarks measure each figure once, on short runs (`quick=1`).
+    pub fn quick(&self) -> bool {
+        self.get("quick") == Some("1")
     }
 
     /// Seed for randomised tests (default 1).

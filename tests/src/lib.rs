@@ -6,6 +6,8 @@
 //!   (passed, failed with QEMU's exit status, or timed out naming the test that hung).
 //! - [`output`] parses what the kernel prints: test lines (`test <name> ... ok` /
 //!   `... FAILED: why`), the summary (`N passed, N failed`) and `BENCH {json}` lines.
+//! - [`bench_check`] checks that a quick benchmark run printed every expected `BENCH`
+//!   line once, each parsing (the `bench-check` binary; `run-qemu.sh test` runs it).
 //! - [`expect`] holds the assertions the boot tests (`tests/boot.rs`) use; each prints
 //!   the run's output when it fails.
 //!
@@ -16,6 +18,7 @@
 //! for success and 35 for failure. Any other status (0 after a triple fault with
 //! `-no-reboot`, 1 for a QEMU error, a signal) is a failure too.
 
+pub mod bench_check;
 mod config;
 mod error;
 pub mod expect;

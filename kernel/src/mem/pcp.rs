@@ -6,7 +6,15 @@
 //! makes a second free of the same frame a typed error. A frame leaves a cache looking
 //! like a fresh allocation (one reference, no owner), whatever its last user left in its
 //! metadata; frames the buddy allocator would refuse to free (pinned, mapped) never enter
-//! one. [`drain_all`] returns every cached frame (before an audit, before comparing free
+//! one.
+//!
+//! Two CPUs freeing the same frame at once (a double free) must not both cache it. A free
+//! checks that the frame is not cached and claims it (sets `CACHED`) in one step under
+//! the lock of the frame's stripe ([`FREE_CLAIMS`]); a spill frees each frame to the
+//! buddy allocator under that lock too, so a concurrent free sees the frame either cached
+//! or free, never in between. A stripe lock is taken last and nothing is taken under it.
+//!
+//! [`drain_all`] returns every cached frame (before an audit, before comparing free
 //! areas, or when a specific frame is wanted that may be sitting in a cache).
 
 use super::frames::with_buddy;
@@ -43,6 +51,20 @@ static CACHES: [[Mutex<Cache>; 2]; MAX_CPUS] = [const {
         const { Mutex::new(Cache::new()) },
     ]
 }; MAX_CPUS];
+
+/// Stripes of the free-claim locks: frame `pfn` takes stripe `pfn % FREE_STRIPES`.
+const FREE_STRIPES: usize = 64;
+
+/// The free-claim locks (see the module doc).
+static FREE_CLAIMS: [Mutex<()>; FREE_STRIPES] = [const { Mutex::new(()) }; FREE_STRIPES];
+
+/// Run `f` under the free-claim lock of `pfn`'s stripe.
+fn claimed<R>(pfn: Pfn, f: impl FnOnce() -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _claim = crate::tlb::lock_serving(&FREE_CLAIMS[pfn.0 as usize % FREE_STRIPES]);
+        f()
+    })
+}
 
 fn index(mt: MigrateType) -> usize {
     match mt {
@@ -98,29 +120,35 @@ pub fn free(table: FrameTable<'static>, pfn: Pfn) -> Result<(), MemError> {
     let Some(meta) = table.get(pfn) else {
         return Err(MemError::Free(FreeError::OutOfRange));
     };
-    if meta.flags().contains(FrameFlags::CACHED) {
-        return Err(MemError::Free(FreeError::DoubleFree));
-    }
-    let cacheable = meta.state() == FrameState::Allocated
-        && meta.order() == 0
-        && !meta
-            .flags()
-            .intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
-        && meta.mapcount() == 0
-        && meta.pincount() == 0;
-    if !cacheable {
+    // Claimed for a cache (the migrate type of its cache), or for the buddy allocator.
+    let claim = claimed(pfn, || {
+        if meta.flags().contains(FrameFlags::CACHED) {
+            return Err(MemError::Free(FreeError::DoubleFree));
+        }
+        let cacheable = meta.state() == FrameState::Allocated
+            && meta.order() == 0
+            && !meta
+                .flags()
+                .intersects(FrameFlags::PINNED | FrameFlags::PAGETABLE)
+            && meta.mapcount() == 0
+            && meta.pincount() == 0;
+        if !cacheable {
+            return Ok(None);
+        }
+        meta.insert_flags(FrameFlags::CACHED);
+        Ok(Some(if meta.flags().contains(FrameFlags::MOVABLE) {
+            MigrateType::Movable
+        } else {
+            MigrateType::Unmovable
+        }))
+    })?;
+    let Some(mt) = claim else {
         return with_buddy(|b| b.free(pfn, 0)).map_err(MemError::Free);
-    }
-    let mt = if meta.flags().contains(FrameFlags::MOVABLE) {
-        MigrateType::Movable
-    } else {
-        MigrateType::Unmovable
     };
     with_cache(mt, |c| {
         if c.len == CAPACITY {
             spill(table, c, CAPACITY / 2)?;
         }
-        meta.insert_flags(FrameFlags::CACHED);
         c.frames[c.len] = pfn;
         c.len += 1;
         Ok(())
@@ -132,10 +160,14 @@ fn spill(table: FrameTable<'static>, c: &mut Cache, keep: usize) -> Result<(), M
         while c.len > keep {
             c.len -= 1;
             let pfn = c.frames[c.len];
-            if let Some(meta) = table.get(pfn) {
-                meta.remove_flags(FrameFlags::CACHED);
-            }
-            b.free(pfn, 0).map_err(MemError::Free)?;
+            claimed(pfn, || {
+                let freed = b.free(pfn, 0);
+                if let Some(meta) = table.get(pfn) {
+                    meta.remove_flags(FrameFlags::CACHED);
+                }
+                freed
+            })
+            .map_err(MemError::Free)?;
         }
         Ok(())
     })

@@ -40,7 +40,7 @@ use x86_64::PhysAddr;
 
 /// Where the benchmark maps its pages (1 GiB aligned, user half).
 const BENCH_BASE: u64 = 0x0000_2000_0000_0000;
-/// Rounds per figure; the median is reported.
+/// Timed rounds per figure (one with `quick`); the median is reported.
 const ROUNDS: usize = 3;
 
 /// How a baseline copy moves bytes.
@@ -106,9 +106,10 @@ fn migrate_rounds(
     size: PageSize,
     n: u64,
     batch: usize,
+    rounds: usize,
 ) -> Option<f64> {
     let mut rates = Vec::new();
-    for round in 0..=ROUNDS {
+    for round in 0..=rounds {
         let blocks = heads(space, BENCH_BASE, n * size.bytes(), size);
         if blocks.len() as u64 != n {
             return None;
@@ -131,7 +132,7 @@ fn migrate_rounds(
 /// Median MB/s of copying the same blocks into other blocks with `how`, 4 KiB at a time
 /// as migration copies them (each page one page further into its destination block: see
 /// the module doc), after one untimed round (see [`migrate_rounds`]).
-fn copy_rounds(space: &Space, size: PageSize, n: u64, how: Copy) -> Option<f64> {
+fn copy_rounds(space: &Space, size: PageSize, n: u64, how: Copy, rounds: usize) -> Option<f64> {
     let sources = heads(space, BENCH_BASE, n * size.bytes(), size);
     let mut targets = Vec::new();
     for _ in &sources {
@@ -142,7 +143,7 @@ fn copy_rounds(space: &Space, size: PageSize, n: u64, how: Copy) -> Option<f64> 
     }
     let mut rates = Vec::new();
     if targets.len() == sources.len() {
-        for round in 0..=ROUNDS {
+        for round in 0..=rounds {
             let started = timer::now_ns();
             for (&src, &dst) in sources.iter().zip(&targets) {
                 let pages = size.bytes() / PAGE_SIZE;
@@ -165,12 +166,12 @@ fn copy_rounds(space: &Space, size: PageSize, n: u64, how: Copy) -> Option<f64> 
 }
 
 /// One figure: `n` blocks of `size`, migrated `batch` at a time.
-fn figure(mm: &KernelMm, name: &str, size: PageSize, n: u64, batch: usize) {
+fn figure(mm: &KernelMm, name: &str, size: PageSize, n: u64, batch: usize, rounds: usize) {
     let Ok(space) = mm.new_space() else {
         sprintln!("# {name}: no address space");
         return;
     };
-    let result = measure(mm, &space, size, n, batch);
+    let result = measure(mm, &space, size, n, batch, rounds);
     deactivate();
     if let Err(e) = mm.destroy_space(&space) {
         sprintln!("# {name}: destroying the address space: {e}");
@@ -192,6 +193,7 @@ fn measure(
     size: PageSize,
     n: u64,
     batch: usize,
+    rounds: usize,
 ) -> Result<(f64, f64, f64), &'static str> {
     let huge = if size == PageSize::Size4K {
         HugePolicy::Never
@@ -207,19 +209,23 @@ fn measure(
         return Err("no free block of this size");
     }
     activate(space).map_err(|_| "activation failed")?;
-    let migrate = migrate_rounds(mm, space, size, n, batch).ok_or("no free destination block")?;
-    let movsb = copy_rounds(space, size, n, Copy::Movsb).ok_or("no free block to copy into")?;
-    let movsq = copy_rounds(space, size, n, Copy::Movsq).ok_or("no free block to copy into")?;
+    let migrate =
+        migrate_rounds(mm, space, size, n, batch, rounds).ok_or("no free destination block")?;
+    let movsb =
+        copy_rounds(space, size, n, Copy::Movsb, rounds).ok_or("no free block to copy into")?;
+    let movsq =
+        copy_rounds(space, size, n, Copy::Movsq, rounds).ok_or("no free block to copy into")?;
     Ok((migrate, movsb, movsq))
 }
 
-/// Every migration figure.
-pub fn run() {
+/// Every migration figure; with `quick`, one timed round each.
+pub fn run(quick: bool) {
+    let rounds = if quick { 1 } else { ROUNDS };
     let Some(mm) = super::mm() else {
         sprintln!("# vm: address spaces are not set up");
         return;
     };
-    figure(mm, "vm.migrate.4k", PageSize::Size4K, 4096, 64);
-    figure(mm, "vm.migrate.2m", PageSize::Size2M, 16, 1);
-    figure(mm, "vm.migrate.1g", PageSize::Size1G, 1, 1);
+    figure(mm, "vm.migrate.4k", PageSize::Size4K, 4096, 64, rounds);
+    figure(mm, "vm.migrate.2m", PageSize::Size2M, 16, 1, rounds);
+    figure(mm, "vm.migrate.1g", PageSize::Size1G, 1, 1, rounds);
 }

@@ -1,5 +1,10 @@
 //! The live part of the demonstration: a 2 MiB page migrated back and forth whole while
 //! another CPU keeps writing to it, with the contents checked afterwards.
+//!
+//! The writer owns one word per 4 KiB of the page and writes a new value to each on
+//! every pass, after checking that the word still holds the value it wrote on the pass
+//! before: a write lost by a migration (made to the old copy after it was copied) shows
+//! up as a stale value, at the next pass or in the final check.
 
 use super::{activate, deactivate, migration_waits, mm, Space};
 use crate::arch::{probe, smp};
@@ -18,8 +23,52 @@ const LEN: u64 = 2 << 20;
 const MIGRATIONS: usize = 16;
 const WORDS: u64 = LEN / 8;
 
-fn pattern(i: u64) -> u64 {
-    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+/// Words between two of the writer's words (one per 4 KiB).
+const STRIDE: u64 = 512;
+
+/// The value of word `i` after `generation` writer passes over it (0: the first fill).
+fn pattern(i: u64, generation: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)) | 1
+}
+
+/// What the writer did.
+#[derive(Default)]
+struct Written {
+    /// Words written.
+    writes: u64,
+    /// Passes over its words completed (each word holds this generation).
+    passes: u64,
+    /// Words that did not hold the value written on the pass before.
+    lost: u64,
+    /// The first of them.
+    first_lost: Option<String>,
+}
+
+/// Until `stop`: check each of the writer's words against the last pass, then write the
+/// next generation.
+fn write_passes(stop: &AtomicBool) -> Written {
+    let mut w = Written::default();
+    while !stop.load(Ordering::Acquire) {
+        let g = w.passes + 1;
+        for i in (0..WORDS).step_by(STRIDE as usize) {
+            let va = VA + i * 8;
+            let got = probe::read_u64(va);
+            if got != Some(pattern(i, g - 1)) {
+                w.lost += 1;
+                w.first_lost.get_or_insert(alloc::format!(
+                    "{va:#x} read {got:x?} after pass {}, expected {:#x}",
+                    g - 1,
+                    pattern(i, g - 1)
+                ));
+            }
+            // SAFETY: the address lies in the demo's VMA, in the space this CPU loaded.
+            if unsafe { probe::write_u64(va, pattern(i, g)) } {
+                w.writes += 1;
+            }
+        }
+        w.passes = g;
+    }
+    w
 }
 
 /// Run the demonstration and print what happened; an error is printed, not fatal.
@@ -55,12 +104,12 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
     activate(space).map_err(|e| alloc::format!("activate: {e:?}"))?;
     for i in 0..WORDS {
         // SAFETY: the address lies in the VMA just mapped in the space loaded here.
-        if !unsafe { probe::write_u64(VA + i * 8, pattern(i)) } {
+        if !unsafe { probe::write_u64(VA + i * 8, pattern(i, 0)) } {
             return Err(alloc::format!("write at {:#x} faulted", VA + i * 8));
         }
     }
     let (first, size) = head_of(space).ok_or("page not mapped")?;
-    // A writer on another CPU keeps rewriting one word per 4 KiB with the same values.
+    // A writer on another CPU keeps writing new values to one word per 4 KiB.
     let writer_cpu = percpu::online().iter().find(|&c| c != percpu::cpu_index());
     let stop = Arc::new(AtomicBool::new(false));
     let writer = match writer_cpu {
@@ -68,18 +117,11 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
             let (space, stop) = (space.clone(), stop.clone());
             let pending = smp::run_on(cpu, move || {
                 if activate(&space).is_err() {
-                    return 0u64;
+                    return None;
                 }
-                let mut writes = 0u64;
-                while !stop.load(Ordering::Acquire) {
-                    for i in (0..WORDS).step_by(512) {
-                        // SAFETY: as above, in the space this CPU loaded.
-                        unsafe { probe::write_u64(VA + i * 8, pattern(i)) };
-                        writes += 1;
-                    }
-                }
+                let written = write_passes(&stop);
                 deactivate();
-                writes
+                Some(written)
             });
             pending.ok()
         }
@@ -87,31 +129,49 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
     };
     let waits_before = migration_waits();
     let mut trail = alloc::vec![first.0];
-    for _ in 0..MIGRATIONS {
-        let (head, _) = head_of(space).ok_or("page vanished")?;
-        let moved = mm.migrate_one(head, Destination::Any);
-        match moved {
-            Ok(new) => trail.push(new.0),
-            Err(e) => {
-                stop.store(true, Ordering::Release);
-                return Err(alloc::format!("migration failed: {e:?}"));
-            }
+    let migrated = (|| {
+        for _ in 0..MIGRATIONS {
+            let (head, _) = head_of(space).ok_or("page vanished")?;
+            let new = mm
+                .migrate_one(head, Destination::Any)
+                .map_err(|e| alloc::format!("migration failed: {e:?}"))?;
+            trail.push(new.0);
         }
-    }
+        Ok::<(), String>(())
+    })();
+    // The writer stops whatever happened, before the space goes.
     stop.store(true, Ordering::Release);
-    let writes = writer.map(|w| w.wait()).unwrap_or(0);
-    let intact = (0..WORDS).all(|i| probe::read_u64(VA + i * 8) == Some(pattern(i)));
+    let written = writer.map(|w| w.wait());
+    migrated?;
+    let passes = match &written {
+        Some(Some(w)) => w.passes,
+        Some(None) => return Err(String::from("the writer could not load the space")),
+        None => 0,
+    };
+    let want = |i: u64| pattern(i, if i.is_multiple_of(STRIDE) { passes } else { 0 });
+    let bad = (0..WORDS)
+        .filter(|&i| probe::read_u64(VA + i * 8) != Some(want(i)))
+        .count();
+    let lost = written
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map_or(0, |w| w.lost);
+    let intact = bad == 0 && lost == 0;
     let (last, last_size) = head_of(space).ok_or("page vanished")?;
     let audit = mm.rmap_audit().map(|_| "clean").unwrap_or("FAILED");
     trail.sort_unstable();
     trail.dedup();
     let frames: alloc::vec::Vec<String> = trail.iter().map(|p| alloc::format!("{p:#x}")).collect();
-    let writer_note = match writer_cpu {
-        Some(cpu) => alloc::format!(
-            "while cpu{cpu} wrote to it {writes} times and waited on migration entries {} times",
+    let writer_note = match (writer_cpu, written.flatten()) {
+        (Some(cpu), Some(w)) => alloc::format!(
+            "while cpu{cpu} wrote new values to it {} times in {} checked passes ({} writes lost{}) and waited on migration entries {} times",
+            w.writes,
+            w.passes,
+            w.lost,
+            w.first_lost.map(|f| alloc::format!(", first: {f}")).unwrap_or_default(),
             migration_waits() - waits_before
         ),
-        None => String::from("(one CPU: no concurrent writer)"),
+        _ => String::from("(one CPU: no concurrent writer)"),
     };
     Ok(alloc::format!(
         "migration demo: a {size:?} page at {VA:#x} migrated whole {MIGRATIONS} times \
@@ -119,6 +179,10 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
          {}; reverse map audit {audit}",
         frames.join(", "),
         last.0,
-        if intact { "intact" } else { "CORRUPTED" },
+        if intact {
+            String::from("intact")
+        } else {
+            alloc::format!("CORRUPTED ({bad} words wrong at the end)")
+        },
     ))
 }
