@@ -22,12 +22,11 @@ fn pattern(i: u64) -> u64 {
     i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
-/// Run the demonstration and print what happened; an error is printed, not fatal.
-pub fn run() {
-    match demonstrate() {
-        Ok(line) => sprintln!("{line}"),
-        Err(why) => sprintln!("migration demo: not run ({why})"),
-    }
+/// Run the demonstration and print what happened; corruption, a failed audit or any
+/// error is returned. `corrupt` damages one word before the check (a self-test).
+pub fn run(corrupt: bool) -> Result<(), String> {
+    sprintln!("{}", demonstrate(corrupt)?);
+    Ok(())
 }
 
 fn head_of(space: &Space) -> Option<(Pfn, PageSize)> {
@@ -38,17 +37,24 @@ fn head_of(space: &Space) -> Option<(Pfn, PageSize)> {
     Some((head, t.size))
 }
 
-fn demonstrate() -> Result<String, String> {
+fn demonstrate(corrupt: bool) -> Result<String, String> {
     let mm = mm().ok_or("no memory manager")?;
     let space = mm.new_space().map_err(|e| alloc::format!("{e:?}"))?;
-    let result = with_space(mm, &space);
+    let result = with_space(mm, &space, corrupt);
     deactivate();
-    let _ = mm.unmap(&space, VA, LEN);
-    let _ = mm.destroy_space(&space);
-    result
+    let unmapped = mm.unmap(&space, VA, LEN);
+    let destroyed = mm.destroy_space(&space);
+    let line = result?;
+    unmapped.map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    destroyed.map_err(|e| alloc::format!("destroy: {e:?}"))?;
+    Ok(line)
 }
 
-fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String, String> {
+fn with_space(
+    mm: &'static super::KernelMm,
+    space: &Arc<Space>,
+    corrupt: bool,
+) -> Result<String, String> {
     mm.map_anon(space, VA, LEN, VmaFlags::private(HugePolicy::Always, true))
         .map_err(|e| alloc::format!("map: {e:?}"))?;
     // Fault the page in and fill it on this CPU.
@@ -100,9 +106,17 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
     }
     stop.store(true, Ordering::Release);
     let writes = writer.map(|w| w.wait()).unwrap_or(0);
+    // SAFETY: as above; the self-test's deliberate damage, to the space loaded here.
+    if corrupt && !unsafe { probe::write_u64(VA + 8, !pattern(1)) } {
+        return Err(alloc::format!("write at {:#x} faulted", VA + 8));
+    }
     let intact = (0..WORDS).all(|i| probe::read_u64(VA + i * 8) == Some(pattern(i)));
     let (last, last_size) = head_of(space).ok_or("page vanished")?;
-    let audit = mm.rmap_audit().map(|_| "clean").unwrap_or("FAILED");
+    let audit = mm.rmap_audit();
+    let audit_text = match &audit {
+        Ok(_) => String::from("clean"),
+        Err(e) => alloc::format!("FAILED: {e:?}"),
+    };
     trail.sort_unstable();
     trail.dedup();
     let frames: alloc::vec::Vec<String> = trail.iter().map(|p| alloc::format!("{p:#x}")).collect();
@@ -113,12 +127,17 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         ),
         None => String::from("(one CPU: no concurrent writer)"),
     };
-    Ok(alloc::format!(
+    let line = alloc::format!(
         "migration demo: a {size:?} page at {VA:#x} migrated whole {MIGRATIONS} times \
          between head frames [{}] (now {:#x}, still {last_size:?}) {writer_note}; contents \
-         {}; reverse map audit {audit}",
+         {}; reverse map audit {audit_text}",
         frames.join(", "),
         last.0,
         if intact { "intact" } else { "CORRUPTED" },
-    ))
+    );
+    if intact && audit.is_ok() {
+        Ok(line)
+    } else {
+        Err(line)
+    }
 }
