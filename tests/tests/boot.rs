@@ -9,6 +9,11 @@
 //! `--test-threads=2` keeps the waiting threads down too. Each boot is killed after
 //! `$MMK_BOOT_TIMEOUT` seconds (default 300).
 //!
+//! The `harness_selftest_*` tests boot the kernel with hidden `selftest=` options (a
+//! suite with a failing, panicking, hanging or straggling test, a skip) or a filter that
+//! matches nothing, through the `qemu-run` binary exactly as a test step of
+//! `./run-qemu.sh test` runs it, and check that it fails naming the test.
+//!
 //! To check more of the kernel's report, extend [`check_demo`] with
 //! `expect::assert_contains(run, "...")` or `expect::assert_line(run, "...", |l| ...)`.
 
