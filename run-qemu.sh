@@ -268,7 +268,7 @@ count_cargo() {
 # and the step fails (a run without its summary did not end cleanly).
 count_kernel() {
     local log=$1 summary
-    summary=$(sed -nE 's/^[[:space:]]*([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \3/p' "$log" | tail -n 1)
+    summary=$(sed -nE 's/^[[:space:]]*([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*/\1 \2 \4/p' "$log" | tail -n 1)
     if [[ -n $summary ]]; then
         read -r passed failed skipped <<<"$summary"
         echo "$passed $failed ${skipped:-0}"
