@@ -24,7 +24,7 @@ mod vm;
 use arch::ExitStatus;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
-use options::{Mode, Options};
+use options::{Mode, Options, SelfTest};
 
 /// Where the bootloader maps all physical memory; our own page tables keep the same
 /// linear map so pointers into it stay valid across the switch.
@@ -70,11 +70,18 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         panic!("address-space setup failed: {e:?}");
     }
     let opts = Options::load();
-    match opts.mode() {
-        Mode::Demo => demo(),
-        Mode::Test => harness::run(opts.filter(), opts.skip(), opts.seed()),
+    let parsed = match opts.parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            log::error!("kernel options {:?} refused: {e}", opts.raw());
+            arch::exit(ExitStatus::Failure)
+        }
+    };
+    match parsed.mode {
+        Mode::Demo => demo(parsed.selftest == Some(SelfTest::Corrupt)),
+        Mode::Test => harness::run(&parsed),
         Mode::Bench => {
-            bench::run(opts.seed(), opts.quick());
+            bench::run(parsed.seed, parsed.quick);
             arch::exit(ExitStatus::Success)
         }
         Mode::Overflow => overflow(0),
@@ -82,15 +89,21 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
 }
 
 /// The demonstration: what the kernel built, a huge page migrated under a concurrent
-/// writer, then a clean exit.
-fn demo() -> ! {
+/// writer, then the end of the run: a failure when the demonstration found corruption,
+/// a failed audit or an error. `corrupt` damages the page first (a self-test).
+fn demo(corrupt: bool) -> ! {
     mem::report::memory_map();
     mem::report::free_areas();
     mem::report::page_tables();
     sprintln!("NUMA nodes (free / used / reserved):");
     vm::numa::report_usage();
-    vm::demo::run();
-    arch::exit(ExitStatus::Success)
+    match vm::demo::run(corrupt) {
+        Ok(()) => arch::exit(ExitStatus::Success),
+        Err(why) => {
+            log::error!("demonstration FAILED: {why}");
+            arch::exit(ExitStatus::Failure)
+        }
+    }
 }
 
 /// Recurse until the kernel stack runs into its guard page (the double-fault handler

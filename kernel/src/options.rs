@@ -4,16 +4,20 @@
 //!
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
 //! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
-//! contains A or B), `seed=N`, `quick=1` (benchmarks: each figure once, short).
+//! contains A or B), `noskip=A,B` (tests whose name contains A or B must not skip here),
+//! `seed=N`, `quick=1` (benchmarks: each figure once, short). Anything else (an unknown key or mode, a word without `=`, a key given
+//! twice, a seed that is not a number) is refused: the kernel says why and the run ends
+//! as a failure.
 
 use crate::arch::fw_cfg;
 
 const MAX_LEN: usize = 256;
 
 /// What the run does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Boot report and the demonstration.
+    #[default]
     Demo,
     /// The in-kernel tests.
     Test,
@@ -43,45 +47,166 @@ impl Options {
         core::str::from_utf8(&self.raw[..self.len]).unwrap_or("<not utf-8>")
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
-        self.raw().split_ascii_whitespace().find_map(|word| {
-            let (k, v) = word.split_once('=')?;
-            (k == key).then_some(v)
-        })
-    }
-
-    /// The mode; unknown values fall back to the demonstration with a warning.
-    pub fn mode(&self) -> Mode {
-        match self.get("mode") {
-            None | Some("demo") => Mode::Demo,
-            Some("test") => Mode::Test,
-            Some("bench") => Mode::Bench,
-            Some("overflow") => Mode::Overflow,
-            Some(other) => {
-                log::warn!("unknown mode {other:?}; running the demonstration");
-                Mode::Demo
+    /// Check every word and read the options: an unknown key, an unknown mode, a value
+    /// that does not parse or a key given twice is refused, never ignored.
+    pub fn parse(&self) -> Result<Parsed<'_>, OptionError<'_>> {
+        let text = core::str::from_utf8(&self.raw[..self.len]).map_err(|_| OptionError::NotUtf8)?;
+        let mut parsed = Parsed {
+            seed: 1,
+            ..Parsed::default()
+        };
+        let mut seen: [bool; KEYS.len()] = [false; KEYS.len()];
+        for word in text.split_ascii_whitespace() {
+            let (key, value) = word.split_once('=').ok_or(OptionError::NotKeyValue(word))?;
+            let index = KEYS
+                .iter()
+                .position(|&k| k == key)
+                .ok_or(OptionError::UnknownKey(key))?;
+            if core::mem::replace(&mut seen[index], true) {
+                return Err(OptionError::Repeated(key));
+            }
+            match key {
+                "mode" => {
+                    parsed.mode = Mode::from_name(value).ok_or(OptionError::UnknownMode(value))?
+                }
+                "filter" => parsed.filter = Some(value),
+                "skip" => parsed.skip = Some(value),
+                "noskip" => parsed.noskip = Some(value),
+                "seed" => parsed.seed = value.parse().map_err(|_| OptionError::BadSeed(value))?,
+                "quick" => {
+                    parsed.quick = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(OptionError::BadQuick(value)),
+                    }
+                }
+                _ => {
+                    parsed.selftest = Some(
+                        SelfTest::from_name(value).ok_or(OptionError::UnknownSelfTest(value))?,
+                    )
+                }
             }
         }
+        match (parsed.selftest, parsed.mode) {
+            (Some(SelfTest::Corrupt), Mode::Demo) | (None, _) => Ok(parsed),
+            (Some(SelfTest::Corrupt), _) => Err(OptionError::SelfTestMode("demo")),
+            (Some(_), Mode::Test) => Ok(parsed),
+            (Some(_), _) => Err(OptionError::SelfTestMode("test")),
+        }
     }
+}
 
+/// Every option key (`selftest` is for the harness's own tests and not advertised).
+const KEYS: [&str; 7] = [
+    "mode", "filter", "skip", "noskip", "seed", "quick", "selftest",
+];
+
+impl Mode {
+    fn from_name(name: &str) -> Option<Mode> {
+        match name {
+            "demo" => Some(Mode::Demo),
+            "test" => Some(Mode::Test),
+            "bench" => Some(Mode::Bench),
+            "overflow" => Some(Mode::Overflow),
+            _ => None,
+        }
+    }
+}
+
+/// A deliberately broken run, for the host's tests of the harness (`selftest=KIND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfTest {
+    /// In `mode=test`: only the harness's own tests, one of which fails a check.
+    Fail,
+    /// In `mode=test`: one of them panics.
+    Panic,
+    /// In `mode=test`: one of them never returns.
+    Hang,
+    /// In `mode=test`: one of them returns while work it started still runs on another
+    /// CPU.
+    Straggler,
+    /// In `mode=test`: one passes and one skips, nothing fails.
+    Skip,
+    /// In `mode=demo`: the demonstration damages the page it checks.
+    Corrupt,
+}
+
+impl SelfTest {
+    fn from_name(name: &str) -> Option<SelfTest> {
+        match name {
+            "fail" => Some(SelfTest::Fail),
+            "panic" => Some(SelfTest::Panic),
+            "hang" => Some(SelfTest::Hang),
+            "straggler" => Some(SelfTest::Straggler),
+            "skip" => Some(SelfTest::Skip),
+            "corrupt" => Some(SelfTest::Corrupt),
+            _ => None,
+        }
+    }
+}
+
+/// The options of this run, checked.
+#[derive(Debug, Default)]
+pub struct Parsed<'a> {
+    /// What the run does (default: the demonstration).
+    pub mode: Mode,
     /// Only tests whose name contains this text run.
-    pub fn filter(&self) -> Option<&str> {
-        self.get("filter")
-    }
-
-    /// Tests whose name contains one of these comma-separated texts are skipped (counted
-    /// as skipped).
-    pub fn skip(&self) -> Option<&str> {
-        self.get("skip")
-    }
-
-    /// Benchmarks measure each figure once, on short runs (`quick=1`).
-    pub fn quick(&self) -> bool {
-        self.get("quick") == Some("1")
-    }
-
+    pub filter: Option<&'a str>,
+    /// Tests whose name contains one of these comma-separated texts are left out (not
+    /// selected; they are not counted as skipped).
+    pub skip: Option<&'a str>,
+    /// Tests whose name contains one of these comma-separated texts must not skip here: a
+    /// skip of one of them counts as a failure.
+    pub noskip: Option<&'a str>,
     /// Seed for randomised tests (default 1).
-    pub fn seed(&self) -> u64 {
-        self.get("seed").and_then(|s| s.parse().ok()).unwrap_or(1)
+    pub seed: u64,
+    /// Benchmarks measure each figure once, on short runs.
+    pub quick: bool,
+    /// A deliberately broken run (the harness's own tests).
+    pub selftest: Option<SelfTest>,
+}
+
+/// Why the options were refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OptionError<'a> {
+    /// The option bytes are not UTF-8.
+    NotUtf8,
+    /// A word without `=`.
+    NotKeyValue(&'a str),
+    /// A key this kernel does not know.
+    UnknownKey(&'a str),
+    /// A key given more than once.
+    Repeated(&'a str),
+    /// A `mode=` value this kernel does not know.
+    UnknownMode(&'a str),
+    /// A `seed=` that is not a whole number.
+    BadSeed(&'a str),
+    /// `quick=` is neither 1 nor 0.
+    BadQuick(&'a str),
+    /// A `selftest=` value this kernel does not know.
+    UnknownSelfTest(&'a str),
+    /// This `selftest=` value needs another mode (the one given).
+    SelfTestMode(&'static str),
+}
+
+impl core::fmt::Display for OptionError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            OptionError::NotUtf8 => write!(f, "the options are not UTF-8"),
+            OptionError::NotKeyValue(word) => write!(f, "{word:?} is not key=value"),
+            OptionError::UnknownKey(key) => write!(
+                f,
+                "unknown option {key:?} (known: mode, filter, skip, noskip, seed)"
+            ),
+            OptionError::Repeated(key) => write!(f, "option {key:?} given twice"),
+            OptionError::UnknownMode(mode) => write!(
+                f,
+                "unknown mode {mode:?} (known: demo, test, bench, overflow)"
+            ),
+            OptionError::BadSeed(seed) => write!(f, "seed {seed:?} is not a whole number"),
+            OptionError::BadQuick(quick) => write!(f, "quick={quick:?}: want 1 or 0"),
+            OptionError::UnknownSelfTest(kind) => write!(f, "unknown selftest {kind:?}"),
+            OptionError::SelfTestMode(mode) => write!(f, "this selftest needs mode={mode}"),
+        }
     }
 }

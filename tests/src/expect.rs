@@ -5,7 +5,7 @@
 //! layout): `assert_contains(&run, "...")` for a fixed line, [`assert_line`] with a
 //! predicate for anything that needs parsing.
 
-use crate::{RunResult, RunStatus, QEMU_EXIT_FAILURE};
+use crate::{RunResult, RunStatus, TestRunProblem, QEMU_EXIT_FAILURE};
 
 /// How many lines of output a failure message shows.
 const TAIL_LINES: usize = 60;
@@ -82,29 +82,28 @@ pub fn assert_line<'a>(run: &'a RunResult, what: &str, check: impl Fn(&str) -> b
     }
 }
 
-/// The run passed and, if the kernel ran tests, every one passed and the summary
-/// agrees.
+/// The run of in-kernel tests passed: clean exit, a summary counting at least one test
+/// and agreeing with the test lines, no failed test ([`RunResult::test_problems`]).
 #[track_caller]
 pub fn assert_tests_passed(run: &RunResult) {
-    assert_passed(run);
-    let report = run.report();
-    let failures: Vec<String> = report
-        .failures()
-        .map(|(name, why)| format!("{name}: {why}"))
-        .collect();
+    let problems: Vec<String> = run.test_problems().iter().map(|p| p.to_string()).collect();
     assert!(
-        failures.is_empty(),
-        "failed tests: {failures:?}\n{}",
+        problems.is_empty(),
+        "expected the tests to pass: {}\n{}",
+        problems.join("; "),
         context(run)
     );
-    if let Some(summary) = report.summary {
-        assert_eq!(
-            summary.failed,
-            0,
-            "summary reports failures\n{}",
-            context(run)
-        );
-    }
+}
+
+/// The run of in-kernel tests did not pass, and the reasons include `problem`.
+#[track_caller]
+pub fn assert_test_problem(run: &RunResult, problem: &TestRunProblem) {
+    assert!(
+        run.test_problems().contains(problem),
+        "expected {problem:?} among the problems {:?}\n{}",
+        run.test_problems(),
+        context(run)
+    );
 }
 
 #[cfg(test)]
@@ -138,7 +137,11 @@ mod tests {
             assert_line(&r, "options", |l| l.ends_with("mode=demo")),
             "[INFO  cpu0] kernel options: mode=demo"
         );
-        assert_tests_passed(&r);
+        assert_tests_passed(&run(
+            RunStatus::Passed,
+            "test a::b ... ok\n1 passed, 0 failed, 0 skipped\n",
+        ));
+        assert_test_problem(&r, &TestRunProblem::NoSummary);
         assert_kernel_failed(&run(RunStatus::Failed(Some(35)), ""));
     }
 

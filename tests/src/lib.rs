@@ -5,7 +5,9 @@
 //!   [`run`] boots it and returns a [`RunResult`]: the serial output and a [`RunStatus`]
 //!   (passed, failed with QEMU's exit status, or timed out naming the test that hung).
 //! - [`output`] parses what the kernel prints: test lines (`test <name> ... ok` /
-//!   `... FAILED: why`), the summary (`N passed, N failed`) and `BENCH {json}` lines.
+//!   `... skipped: why` / `... FAILED: why`), the summary (`N passed, N failed, N skipped`)
+//!   and `BENCH {json}` lines; [`RunResult::test_problems`] says why a test run did not
+//!   pass (a failed test, no clean exit, no summary, no test at all).
 //! - [`bench_check`] checks that a quick benchmark run printed every expected `BENCH`
 //!   line once, each parsing (the `bench-check` binary; `run-qemu.sh test` runs it).
 //! - [`expect`] holds the assertions the boot tests (`tests/boot.rs`) use; each prints
@@ -29,5 +31,7 @@ mod sys;
 pub use config::{default_images_dir, Firmware, MemSize, QemuConfig, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use output::{parse, Bench, Report, Summary, TestOutcome, TestResult};
-pub use runner::{qemu_args, run, RunResult, RunStatus, QEMU_EXIT_FAILURE, QEMU_EXIT_SUCCESS};
+pub use runner::{
+    qemu_args, run, RunResult, RunStatus, TestRunProblem, QEMU_EXIT_FAILURE, QEMU_EXIT_SUCCESS,
+};
 pub use sys::{install_interrupt_handler, interrupted};

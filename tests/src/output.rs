@@ -2,10 +2,12 @@
 //!
 //! Formats (written by the kernel's test harness and benches):
 //! - log lines: `[INFO  cpu0] message`;
-//! - per test: `test <module::name> ... ` printed *before* the test runs, then `ok` or
+//! - per test: `test <module::name> ... ` printed *before* the test runs, then `ok`,
+//!   `skipped: why` (it could not check what it claims in this configuration) or
 //!   `FAILED: why` when it ends. Log lines the test prints land in between, so the result
 //!   may come on a later line; a hang leaves `test <name> ... ` as the last line;
-//! - the summary: `N passed, N failed`;
+//! - the summary: `N passed, N failed, N skipped` (`, N skipped` absent in older
+//!   kernels' output reads as 0);
 //! - benchmarks: `BENCH {"name":..., "value":..., "unit":..., ...}`.
 //!
 //! [`SerialFilter`] turns the raw byte stream into clean text (no carriage returns, no
@@ -74,6 +76,8 @@ pub enum TestResult {
     Ok,
     /// `... FAILED: why` (the text after `FAILED`, without the colon).
     Failed(String),
+    /// `... skipped: why` (the text after the colon).
+    Skipped(String),
 }
 
 /// One finished test.
@@ -88,13 +92,33 @@ pub struct TestOutcome {
     pub lines: Range<usize>,
 }
 
-/// The kernel's `N passed, N failed` line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernel's `N passed, N failed, N skipped` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Tests that passed.
     pub passed: u32,
     /// Tests that failed.
     pub failed: u32,
+    /// Tests that ran and could not check what they claim here (0 when the line does not
+    /// say).
+    pub skipped: u32,
+}
+
+impl Summary {
+    /// Every test the line counts.
+    pub fn total(&self) -> u32 {
+        self.passed + self.failed + self.skipped
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
+    }
 }
 
 /// One `BENCH {json}` line.
@@ -150,15 +174,38 @@ impl Report {
 
     /// Finished tests that failed.
     pub fn failed(&self) -> usize {
-        self.tests.len() - self.passed()
+        self.failures().count()
+    }
+
+    /// Finished tests that skipped.
+    pub fn skipped(&self) -> usize {
+        self.skips().count()
     }
 
     /// The failed tests with their reasons.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
         self.tests.iter().filter_map(|t| match &t.result {
-            TestResult::Ok => None,
             TestResult::Failed(why) => Some((t.name.as_str(), why.as_str())),
+            _ => None,
         })
+    }
+
+    /// The skipped tests with their reasons.
+    pub fn skips(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tests.iter().filter_map(|t| match &t.result {
+            TestResult::Skipped(why) => Some((t.name.as_str(), why.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The finished tests counted the way the summary line counts them.
+    pub fn counted(&self) -> Summary {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Summary {
+            passed: count(self.passed()),
+            failed: count(self.failed()),
+            skipped: count(self.skipped()),
+        }
     }
 
     /// The outcome of the test called `name`, if it finished.
@@ -222,9 +269,10 @@ fn test_line(line: &str) -> Option<(&str, &str)> {
 }
 
 /// The result in the text after `test <name> ...` (or on a later line while the test
-/// runs): `ok` as the last word (`(1033714 frames) ok` counts), or the word `FAILED`,
-/// followed by an optional `: why`. A kernel log line (`[INFO  cpu1] ...`) is never a
-/// result, whatever it ends with.
+/// runs): `ok` as the last word (`(1033714 frames) ok` counts), the word `FAILED`
+/// followed by an optional `: why`, or the word `skipped:` followed by why (or `skipped`
+/// alone as the whole text). A kernel log line (`[INFO  cpu1] ...`) is never a result,
+/// whatever it ends with; nor is the summary (`..., 2 skipped` has no colon).
 fn result_word(text: &str) -> Option<TestResult> {
     let text = text.trim();
     if is_log_line(text) {
@@ -238,6 +286,13 @@ fn result_word(text: &str) -> Option<TestResult> {
             let why = rest.trim_start().trim_start_matches(':').trim();
             return Some(TestResult::Failed(why.to_owned()));
         }
+    }
+    if text == "skipped" {
+        return Some(TestResult::Skipped(String::new()));
+    }
+    if let Some(at) = text.find("skipped:").filter(|&at| word_start(at)) {
+        let why = text[at + "skipped:".len()..].trim();
+        return Some(TestResult::Skipped(why.to_owned()));
     }
     let at = text.len().checked_sub(2)?;
     (text.ends_with("ok") && word_start(at)).then_some(TestResult::Ok)
@@ -253,20 +308,28 @@ fn is_log_line(text: &str) -> bool {
         .any(|level| inside.starts_with(level))
 }
 
-/// `N passed, M failed` anywhere in the line, as whole words (cargo's
-/// `N passed; M failed` does not match).
+/// `N passed, M failed` anywhere in the line, as whole words, optionally followed by
+/// `, K skipped` (cargo's `N passed; M failed` does not match).
 fn summary_line(line: &str) -> Option<Summary> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(4).find_map(|w| {
-        let failed_word = w[3].trim_end_matches(|c: char| c.is_ascii_punctuation());
-        if w[1] == "passed," && failed_word == "failed" {
-            Some(Summary {
-                passed: w[0].parse().ok()?,
-                failed: w[2].parse().ok()?,
-            })
-        } else {
-            None
+    let bare = |w: &str| {
+        w.trim_end_matches(|c: char| c.is_ascii_punctuation())
+            .to_owned()
+    };
+    (0..words.len().saturating_sub(3)).find_map(|i| {
+        let w = &words[i..];
+        if w[1] != "passed," || bare(w[3]) != "failed" {
+            return None;
         }
+        let skipped = match (w[3].ends_with(','), w.get(4), w.get(5)) {
+            (true, Some(n), Some(word)) if bare(word) == "skipped" => n.parse().ok()?,
+            _ => 0,
+        };
+        Some(Summary {
+            passed: w[0].parse().ok()?,
+            failed: w[2].parse().ok()?,
+            skipped,
+        })
     })
 }
 
@@ -323,7 +386,8 @@ mod tests {
             report.summary,
             Some(Summary {
                 passed: 2,
-                failed: 1
+                failed: 1,
+                skipped: 0
             })
         );
         assert_eq!(
@@ -401,21 +465,24 @@ mod tests {
             summary_line("0 passed, 0 failed"),
             Some(Summary {
                 passed: 0,
-                failed: 0
+                failed: 0,
+                skipped: 0
             })
         );
         assert_eq!(
             summary_line("[INFO  cpu0] 12 passed, 3 failed (4 filtered out)"),
             Some(Summary {
                 passed: 12,
-                failed: 3
+                failed: 3,
+                skipped: 0
             })
         );
         assert_eq!(
             summary_line("17 passed, 0 failed."),
             Some(Summary {
                 passed: 17,
-                failed: 0
+                failed: 0,
+                skipped: 0
             })
         );
         // cargo's own result line is not the kernel's summary
@@ -433,7 +500,64 @@ mod tests {
             report.summary,
             Some(Summary {
                 passed: 3,
-                failed: 0
+                failed: 0,
+                skipped: 0
+            })
+        );
+    }
+
+    #[test]
+    fn skipped_tests_and_the_three_part_summary() {
+        let report = parse(
+            "tests: 4 selected, 9 not selected (filter=mem:: skip=-)\n\
+             test mem::a ... ok\n\
+             test mem::huge ... skipped: no free 1 GiB block\n\
+             test mem::frames ... (12 frames) skipped: needs 2 CPUs, ok?\n\
+             test mem::later ... [INFO  cpu0] working\n\
+             skipped\n\
+             1 passed, 0 failed, 3 skipped\n",
+        );
+        assert_eq!(
+            report.test("mem::huge"),
+            Some(&TestResult::Skipped("no free 1 GiB block".into()))
+        );
+        assert_eq!(
+            report.test("mem::frames"),
+            Some(&TestResult::Skipped("needs 2 CPUs, ok?".into()))
+        );
+        assert_eq!(
+            report.test("mem::later"),
+            Some(&TestResult::Skipped(String::new()))
+        );
+        assert_eq!(
+            (report.passed(), report.failed(), report.skipped()),
+            (1, 0, 3)
+        );
+        assert_eq!(report.failures().count(), 0);
+        let three = Summary {
+            passed: 1,
+            failed: 0,
+            skipped: 3,
+        };
+        assert_eq!(report.summary, Some(three));
+        assert_eq!(report.counted(), three);
+        assert_eq!(three.to_string(), "1 passed, 0 failed, 3 skipped");
+        assert_eq!(three.total(), 4);
+    }
+
+    #[test]
+    fn a_summary_is_not_the_running_tests_result() {
+        let report = parse("test a::b ... \n0 passed, 0 failed, 1 skipped\n");
+        assert_eq!(report.running.as_deref(), Some("a::b"));
+        assert!(report.tests.is_empty());
+        let report = parse("test a::b ... [INFO  cpu0] skipped: not a result\n");
+        assert_eq!(report.running.as_deref(), Some("a::b"));
+        assert_eq!(
+            summary_line("7 passed, 1 failed, 2 skipped."),
+            Some(Summary {
+                passed: 7,
+                failed: 1,
+                skipped: 2
             })
         );
     }

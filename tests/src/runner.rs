@@ -6,7 +6,7 @@
 //! kills the whole group. At most `$MMK_QEMU_JOBS` (default 2) runs of one process boot
 //! at once; the others wait for a slot before their timeout starts.
 
-use crate::output::{self, SerialFilter};
+use crate::output::{self, SerialFilter, Summary};
 use crate::{sys, Error, Firmware, QemuConfig};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -65,6 +65,48 @@ pub enum RunStatus {
     Interrupted(i32),
 }
 
+/// Why a run of the in-kernel tests does not count as passed (see
+/// [`RunResult::test_problems`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestRunProblem {
+    /// Tests that printed `FAILED`, with why.
+    FailedTests(Vec<(String, String)>),
+    /// The run did not end with the kernel's own success exit ([`RunResult::describe`]
+    /// says how it ended).
+    NotCleanExit(RunStatus),
+    /// No `N passed, N failed, N skipped` line.
+    NoSummary,
+    /// The summary counts no test at all (a filter that matches nothing).
+    NoTests,
+    /// The summary disagrees with the test lines printed.
+    CountMismatch {
+        /// What the summary line says.
+        summary: Summary,
+        /// What the `test ... ` lines add up to.
+        counted: Summary,
+    },
+}
+
+impl std::fmt::Display for TestRunProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TestRunProblem::FailedTests(tests) => {
+                let names: Vec<&str> = tests.iter().map(|(name, _)| name.as_str()).collect();
+                write!(f, "failed tests: {}", names.join(", "))
+            }
+            TestRunProblem::NotCleanExit(_) => f.write_str("the kernel did not exit cleanly"),
+            TestRunProblem::NoSummary => {
+                f.write_str("no 'N passed, N failed, N skipped' summary line")
+            }
+            TestRunProblem::NoTests => f.write_str("no test ran (0 in the summary)"),
+            TestRunProblem::CountMismatch { summary, counted } => write!(
+                f,
+                "the summary says {summary} but the test lines add up to {counted}"
+            ),
+        }
+    }
+}
+
 /// The outcome of one run.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -94,6 +136,37 @@ impl RunResult {
     /// Parse the output: tests, summary, BENCH lines.
     pub fn report(&self) -> output::Report {
         output::parse(&self.output)
+    }
+
+    /// Everything that keeps this run, read as a run of the in-kernel tests, from
+    /// passing: failed tests, an exit other than the kernel's own success, a missing
+    /// summary, a summary counting no test, a summary that disagrees with the test lines.
+    /// Empty exactly when the run passed.
+    pub fn test_problems(&self) -> Vec<TestRunProblem> {
+        let report = self.report();
+        let mut problems = Vec::new();
+        let failed: Vec<(String, String)> = report
+            .failures()
+            .map(|(name, why)| (name.to_owned(), why.to_owned()))
+            .collect();
+        if !failed.is_empty() {
+            problems.push(TestRunProblem::FailedTests(failed));
+        }
+        if self.status != RunStatus::Passed {
+            problems.push(TestRunProblem::NotCleanExit(self.status.clone()));
+        }
+        match report.summary {
+            None => problems.push(TestRunProblem::NoSummary),
+            Some(summary) if summary.total() == 0 => problems.push(TestRunProblem::NoTests),
+            Some(summary) if summary != report.counted() => {
+                problems.push(TestRunProblem::CountMismatch {
+                    summary,
+                    counted: report.counted(),
+                })
+            }
+            Some(_) => {}
+        }
+        problems
     }
 
     /// What hung, for a timeout: the unfinished test's name, or `boot` when no test
@@ -619,6 +692,48 @@ mod tests {
             .describe()
             .contains("triple fault"));
         assert!(result(RunStatus::Passed, "").passed());
+    }
+
+    #[test]
+    fn a_test_run_passes_only_when_complete() {
+        let clean =
+            "test a::b ... ok\ntest a::c ... skipped: one CPU\n1 passed, 0 failed, 1 skipped\n";
+        assert_eq!(result(RunStatus::Passed, clean).test_problems(), []);
+        let problems = |status, output| result(status, output).test_problems();
+        assert_eq!(
+            problems(RunStatus::Passed, "test a::b ... ok\n"),
+            [TestRunProblem::NoSummary]
+        );
+        assert_eq!(
+            problems(RunStatus::Passed, "0 passed, 0 failed, 0 skipped\n"),
+            [TestRunProblem::NoTests]
+        );
+        let lost = problems(RunStatus::Passed, "test a::b ... ok\n2 passed, 0 failed\n");
+        assert!(matches!(&lost[..], [TestRunProblem::CountMismatch { .. }]));
+        assert!(lost[0].to_string().contains("says 2 passed"));
+        let crashed = problems(
+            RunStatus::Failed(Some(QEMU_EXIT_FAILURE)),
+            "test a::b ... ok\ntest a::c ... FAILED: panicked in a::c: boom\n",
+        );
+        assert_eq!(
+            crashed,
+            [
+                TestRunProblem::FailedTests(vec![("a::c".into(), "panicked in a::c: boom".into())]),
+                TestRunProblem::NotCleanExit(RunStatus::Failed(Some(QEMU_EXIT_FAILURE))),
+                TestRunProblem::NoSummary,
+            ]
+        );
+        assert_eq!(crashed[0].to_string(), "failed tests: a::c");
+        let hung = problems(
+            RunStatus::TimedOut {
+                last_test: Some("a::c".into()),
+            },
+            clean,
+        );
+        assert!(matches!(
+            &hung[..],
+            [TestRunProblem::NotCleanExit(RunStatus::TimedOut { .. })]
+        ));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! `--test-threads=2` keeps the waiting threads down too. Each boot is killed after
 //! `$MMK_BOOT_TIMEOUT` seconds (default 300).
 //!
+//! The `harness_selftest_*` tests boot the kernel with hidden `selftest=` options (a
+//! suite with a failing, panicking, hanging or straggling test, a skip) or a filter that
+//! matches nothing, through the `qemu-run` binary exactly as a test step of
+//! `./run-qemu.sh test` runs it, and check that it fails naming the test.
+//!
 //! To check more of the kernel's report, extend [`check_demo`] with
 //! `expect::assert_contains(run, "...")` or `expect::assert_line(run, "...", |l| ...)`.
 
@@ -154,5 +159,183 @@ fn overflow_hits_guard_page_and_is_reported() {
         let run = boot(&config);
         assert_kernel_failed(&run);
         assert_contains(&run, "KERNEL STACK OVERFLOW");
+    }
+}
+
+/// How a `qemu-run` process ended: its exit code, the serial console it streamed and
+/// its own messages.
+struct Cli {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn context(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    #[track_caller]
+    fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{}", self.context());
+    }
+
+    #[track_caller]
+    fn assert_stderr(&self, needle: &str) {
+        assert!(
+            self.stderr.contains(needle),
+            "expected qemu-run to say {needle:?}\n{}",
+            self.context()
+        );
+    }
+
+    #[track_caller]
+    fn assert_stdout(&self, needle: &str, present: bool) {
+        assert_eq!(
+            self.stdout.contains(needle),
+            present,
+            "expected the serial output {} {needle:?}\n{}",
+            if present {
+                "to contain"
+            } else {
+                "not to contain"
+            },
+            self.context()
+        );
+    }
+}
+
+/// Boot `config` through the `qemu-run` binary, the way `./run-qemu.sh test` runs a
+/// kernel test step (with `--tests` when `tests`).
+fn qemu_run(config: &QemuConfig, tests: bool) -> Cli {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qemu-run"));
+    command
+        .arg("--images")
+        .arg(&config.images)
+        .args(["--smp", &config.smp.to_string()])
+        .args(["--mem", &config.mem.to_string()])
+        .args(["--timeout", &config.timeout.as_secs().to_string()])
+        .args(["--opts", &config.options]);
+    if config.firmware == Firmware::Uefi {
+        command.arg("--uefi");
+    }
+    if tests {
+        command.arg("--tests");
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{}: cannot run qemu-run: {e}", config.label()));
+    Cli {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A kernel test step with the hidden self-test suite `kind` (BIOS, `smp` CPUs, 256 MiB).
+fn selftest_step(kind: &str, smp: u32, extra: &str) -> Option<Cli> {
+    let options = format!("mode=test selftest={kind} {extra}");
+    let config = config(Firmware::Bios, smp, "256M", options.trim())?;
+    Some(qemu_run(&config, true))
+}
+
+#[test]
+fn harness_selftest_a_failing_test_fails_the_step_by_name() {
+    if let Some(cli) = selftest_step("fail", 1, "") {
+        cli.assert_code(1);
+        cli.assert_stderr("FAILED: selftest::fails: this self-test fails on purpose");
+        cli.assert_stdout("test selftest::passes_after ... ok", true);
+        cli.assert_stdout("2 passed, 1 failed, 0 skipped", true);
+    }
+}
+
+#[test]
+fn harness_selftest_a_panicking_test_fails_the_step_by_name() {
+    if let Some(cli) = selftest_step("panic", 1, "") {
+        cli.assert_code(1);
+        cli.assert_stderr("FAILED: selftest::panics: panicked in selftest::panics");
+        cli.assert_stderr("FAILED: no 'N passed, N failed, N skipped' summary line");
+    }
+}
+
+#[test]
+fn harness_selftest_a_hanging_test_times_out_by_name() {
+    let Some(mut config) = config(Firmware::Bios, 1, "256M", "mode=test selftest=hang") else {
+        return;
+    };
+    config.timeout = Duration::from_secs(60);
+    let cli = qemu_run(&config, true);
+    cli.assert_code(124);
+    cli.assert_stderr("TIMEOUT: selftest::hangs hung after 60 s");
+}
+
+#[test]
+fn harness_selftest_a_run_with_no_test_fails_the_step() {
+    let Some(config) = config(Firmware::Bios, 1, "256M", "mode=test filter=no-such-test") else {
+        return;
+    };
+    let cli = qemu_run(&config, true);
+    cli.assert_code(1);
+    cli.assert_stdout("tests: 0 selected", true);
+    cli.assert_stderr("FAILED: no test ran (0 in the summary)");
+}
+
+#[test]
+fn harness_selftest_work_left_on_another_cpu_fails_that_test_and_stops_the_run() {
+    if let Some(cli) = selftest_step("straggler", 2, "") {
+        cli.assert_code(1);
+        cli.assert_stderr(
+            "FAILED: selftest::leaves_work_running: work it started still runs on CPU [1]",
+        );
+        cli.assert_stdout("test selftest::passes_after", false);
+    }
+}
+
+#[test]
+fn harness_selftest_skips_are_counted_apart_and_noskip_makes_them_failures() {
+    if let Some(cli) = selftest_step("skip", 1, "") {
+        cli.assert_code(0);
+        cli.assert_stdout(
+            "test selftest::skips ... skipped: this self-test skips on purpose",
+            true,
+        );
+        cli.assert_stdout("2 passed, 0 failed, 1 skipped", true);
+        cli.assert_stderr("skipped selftest::skips: this self-test skips on purpose");
+    }
+    if let Some(cli) = selftest_step("skip", 1, "noskip=selftest::skips") {
+        cli.assert_code(1);
+        cli.assert_stderr("FAILED: selftest::skips: skipped where noskip= requires it to run");
+    }
+}
+
+#[test]
+fn unknown_mode_or_option_is_refused_with_failure() {
+    for (options, why) in [
+        ("mode=typo", "unknown mode \"typo\""),
+        ("mode=demo frobnicate=1", "unknown option \"frobnicate\""),
+        ("mode=test seed=x", "seed \"x\" is not a whole number"),
+    ] {
+        if let Some(config) = config(Firmware::Bios, 1, "256M", options) {
+            let cli = qemu_run(&config, false);
+            cli.assert_code(1);
+            cli.assert_stdout(&format!("refused: {why}"), true);
+            cli.assert_stdout("migration demo", false);
+        }
+    }
+}
+
+#[test]
+fn demo_that_finds_corruption_exits_with_failure() {
+    if let Some(config) = config(Firmware::Bios, 2, "256M", "mode=demo selftest=corrupt") {
+        let run = boot(&config);
+        assert_kernel_failed(&run);
+        assert_line(
+            &run,
+            "the demonstration's failure, naming the damage",
+            |l| l.contains("demonstration FAILED") && l.contains("contents CORRUPTED"),
+        );
     }
 }

@@ -71,12 +71,11 @@ fn write_passes(stop: &AtomicBool) -> Written {
     w
 }
 
-/// Run the demonstration and print what happened; an error is printed, not fatal.
-pub fn run() {
-    match demonstrate() {
-        Ok(line) => sprintln!("{line}"),
-        Err(why) => sprintln!("migration demo: not run ({why})"),
-    }
+/// Run the demonstration and print what happened; corruption, a failed audit or any
+/// error is returned. `corrupt` damages one word before the check (a self-test).
+pub fn run(corrupt: bool) -> Result<(), String> {
+    sprintln!("{}", demonstrate(corrupt)?);
+    Ok(())
 }
 
 fn head_of(space: &Space) -> Option<(Pfn, PageSize)> {
@@ -87,17 +86,24 @@ fn head_of(space: &Space) -> Option<(Pfn, PageSize)> {
     Some((head, t.size))
 }
 
-fn demonstrate() -> Result<String, String> {
+fn demonstrate(corrupt: bool) -> Result<String, String> {
     let mm = mm().ok_or("no memory manager")?;
     let space = mm.new_space().map_err(|e| alloc::format!("{e:?}"))?;
-    let result = with_space(mm, &space);
+    let result = with_space(mm, &space, corrupt);
     deactivate();
-    let _ = mm.unmap(&space, VA, LEN);
-    let _ = mm.destroy_space(&space);
-    result
+    let unmapped = mm.unmap(&space, VA, LEN);
+    let destroyed = mm.destroy_space(&space);
+    let line = result?;
+    unmapped.map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    destroyed.map_err(|e| alloc::format!("destroy: {e:?}"))?;
+    Ok(line)
 }
 
-fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String, String> {
+fn with_space(
+    mm: &'static super::KernelMm,
+    space: &Arc<Space>,
+    corrupt: bool,
+) -> Result<String, String> {
     mm.map_anon(space, VA, LEN, VmaFlags::private(HugePolicy::Always, true))
         .map_err(|e| alloc::format!("map: {e:?}"))?;
     // Fault the page in and fill it on this CPU.
@@ -149,6 +155,10 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         None => 0,
     };
     let want = |i: u64| pattern(i, if i.is_multiple_of(STRIDE) { passes } else { 0 });
+    // SAFETY: as above; the self-test's deliberate damage, to the space loaded here.
+    if corrupt && !unsafe { probe::write_u64(VA + 8, !want(1)) } {
+        return Err(alloc::format!("write at {:#x} faulted", VA + 8));
+    }
     let bad = (0..WORDS)
         .filter(|&i| probe::read_u64(VA + i * 8) != Some(want(i)))
         .count();
@@ -158,7 +168,11 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         .map_or(0, |w| w.lost);
     let intact = bad == 0 && lost == 0;
     let (last, last_size) = head_of(space).ok_or("page vanished")?;
-    let audit = mm.rmap_audit().map(|_| "clean").unwrap_or("FAILED");
+    let audit = mm.rmap_audit();
+    let audit_text = match &audit {
+        Ok(_) => String::from("clean"),
+        Err(e) => alloc::format!("FAILED: {e:?}"),
+    };
     trail.sort_unstable();
     trail.dedup();
     let frames: alloc::vec::Vec<String> = trail.iter().map(|p| alloc::format!("{p:#x}")).collect();
@@ -173,10 +187,10 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         ),
         _ => String::from("(one CPU: no concurrent writer)"),
     };
-    Ok(alloc::format!(
+    let line = alloc::format!(
         "migration demo: a {size:?} page at {VA:#x} migrated whole {MIGRATIONS} times \
          between head frames [{}] (now {:#x}, still {last_size:?}) {writer_note}; contents \
-         {}; reverse map audit {audit}",
+         {}; reverse map audit {audit_text}",
         frames.join(", "),
         last.0,
         if intact {
@@ -184,5 +198,10 @@ fn with_space(mm: &'static super::KernelMm, space: &Arc<Space>) -> Result<String
         } else {
             alloc::format!("CORRUPTED ({bad} words wrong at the end)")
         },
-    ))
+    );
+    if intact && audit.is_ok() {
+        Ok(line)
+    } else {
+        Err(line)
+    }
 }

@@ -3,16 +3,22 @@
 //!
 //! ```text
 //! qemu-run [--uefi] [--smp N] [--mem SIZE] [--gdb] [--opts "mode=test seed=3"]
-//!          [--timeout SECS] [--images DIR] [--qemu-arg ARG]... [--quiet]
+//!          [--timeout SECS] [--images DIR] [--qemu-arg ARG]... [--quiet] [--tests]
 //! ```
 //!
 //! Exit status: 0 the kernel reported success; 1 it did not (failure, crash, QEMU
 //! error); 2 bad arguments or QEMU could not start; 124 timeout (after printing
 //! `TIMEOUT: <test or boot> hung after N s`); 128+signal when interrupted.
+//!
+//! With `--tests` the run is one of the in-kernel tests and passes only when, besides the
+//! kernel's success exit, the output has its summary line, that line counts at least
+//! one test and agrees with the test lines, and no test printed `FAILED`; each problem is
+//! printed as `qemu-run: <config>: FAILED: <why>` (failed tests by name), and skipped
+//! tests are listed with their reasons.
 
 use boot_tests::{
     default_images_dir, install_interrupt_handler, run, Error, Firmware, MemSize, QemuConfig,
-    RunResult, RunStatus, DEFAULT_TIMEOUT,
+    RunResult, RunStatus, TestRunProblem, DEFAULT_TIMEOUT,
 };
 use std::fmt;
 use std::io::Write;
@@ -34,6 +40,7 @@ usage: qemu-run [options]
   --qemu-arg ARG    pass ARG to QEMU as it is (repeatable), e.g. --qemu-arg -accel --qemu-arg tcg,thread=single
   --gdb             start halted with a GDB stub on :1234 (no timeout)
   --quiet           do not stream the serial console
+  --tests           an in-kernel test run: also require the summary line, at least one test, no FAILED
   -h, --help        this text
 exit status: 0 success, 1 failure, 2 usage or setup error, 124 timeout";
 
@@ -78,7 +85,7 @@ impl From<Error> for CliError {
 /// The parsed command line.
 enum Command {
     Help,
-    Run { config: QemuConfig },
+    Run { config: QemuConfig, tests: bool },
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
@@ -86,6 +93,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
         .images(default_images_dir())
         .timeout(DEFAULT_TIMEOUT)
         .stream(true);
+    let mut tests = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Accept both `--smp 4` and `--smp=4`.
@@ -107,6 +115,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             "--bios" => config.firmware = Firmware::Bios,
             "--gdb" => config.gdb = true,
             "--quiet" => config.stream = false,
+            "--tests" => tests = true,
             "--smp" => {
                 let text = value("--smp")?;
                 config.smp = match text.trim().parse::<u32>() {
@@ -135,16 +144,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             _ => return Err(CliError::UnknownOption(arg)),
         }
     }
-    Ok(Command::Run { config })
+    Ok(Command::Run { config, tests })
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+    let (config, tests) = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run { config }) => config,
+        Ok(Command::Run { config, tests }) => (config, tests),
         Err(error) => {
             eprintln!("qemu-run: {error} (qemu-run --help lists the options)");
             return ExitCode::from(2);
@@ -173,7 +182,13 @@ fn main() -> ExitCode {
     }
     let _ = std::io::stdout().flush();
     print_slowest_tests(&result);
+    let problems = if tests {
+        report_tests(&result)
+    } else {
+        Vec::new()
+    };
     match &result.status {
+        RunStatus::Passed if !problems.is_empty() => ExitCode::from(1),
         RunStatus::Passed => {
             eprintln!("qemu-run: {}: {}", config.label(), result.describe());
             ExitCode::SUCCESS
@@ -203,6 +218,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// For a test run: list the skipped tests, print each problem but the exit status (the
+/// caller describes that) and return all problems.
+fn report_tests(result: &RunResult) -> Vec<TestRunProblem> {
+    let label = result.config.label();
+    for (name, why) in result.report().skips() {
+        eprintln!("qemu-run: {label}: skipped {name}: {why}");
+    }
+    let problems = result.test_problems();
+    for problem in &problems {
+        match problem {
+            TestRunProblem::NotCleanExit(_) => {}
+            TestRunProblem::FailedTests(tests) => {
+                for (name, why) in tests {
+                    eprintln!("qemu-run: {label}: FAILED: {name}: {why}");
+                }
+            }
+            problem => eprintln!("qemu-run: {label}: FAILED: {problem}"),
+        }
+    }
+    problems
+}
+
 /// The few slowest tests, so the time budget of a test run is easy to watch.
 fn print_slowest_tests(result: &RunResult) {
     let mut durations = result.test_durations();
@@ -228,7 +265,7 @@ mod tests {
 
     fn config(args: &[&str]) -> QemuConfig {
         match parse(args) {
-            Ok(Command::Run { config }) => config,
+            Ok(Command::Run { config, .. }) => config,
             Ok(Command::Help) => panic!("help"),
             Err(e) => panic!("{e}"),
         }
@@ -263,6 +300,11 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(30));
         assert_eq!(c.images, PathBuf::from("/x"));
         assert!(c.gdb && !c.stream);
+        assert!(matches!(
+            parse(&["--tests"]),
+            Ok(Command::Run { tests: true, .. })
+        ));
+        assert!(matches!(parse(&[]), Ok(Command::Run { tests: false, .. })));
     }
 
     #[test]
