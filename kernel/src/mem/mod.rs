@@ -81,6 +81,8 @@ pub fn init(
     boot_info: &'static BootInfo,
     next: extern "sysv64" fn(usize) -> !,
 ) -> Result<(), MemError> {
+    crate::arch::set_rsdp(boot_info.rsdp_addr.into_option());
+    crate::arch::cpuid::report();
     let mut regions = [(0, 0, MemoryRegionKind::Bootloader); MAX_REGIONS];
     let mut usable = [frames::Range { start: 0, end: 0 }; MAX_REGIONS];
     let (mut n_regions, mut n_usable, mut phys_end) = (0usize, 0usize, 0u64);

@@ -24,6 +24,11 @@ pub fn read_byte(pa: PhysAddr) -> u8 {
     unsafe { core::ptr::read_volatile(PHYS.ptr(pa)) }
 }
 
+/// One byte of a firmware table (ACPI) at `pa`.
+pub fn read_firmware_byte(pa: PhysAddr) -> u8 {
+    read_byte(pa)
+}
+
 // SAFETY: the linear map covers all of physical memory for the kernel's whole life
 // (both the bootloader's tables and ours map it at PHYS_MAP_BASE), each frame at its own
 // address, so pointers are valid for whole frames and aligned as the physical address is.
