@@ -26,6 +26,10 @@ pub const TESTS: &[KernelTest] = &[
         name: "mem::user_huge_faults_stay_within_the_cpu_leaf_sizes",
         run: user_faults_within_cpu_leaf_sizes,
     },
+    KernelTest {
+        name: "mem::heap_growth_failing_half_way_keeps_the_heap_usable",
+        run: heap_growth_failing_half_way,
+    },
 ];
 
 /// A failed check with `message`, for errors found inside closures.
@@ -193,5 +197,48 @@ fn user_faults_within_cpu_leaf_sizes(_: &TestContext) -> TestResult {
         "a 1 GiB-policy fault without 1 GiB pages: {fault:?}"
     );
     check!(destroyed.is_ok(), "destroy_space: {destroyed:?}");
+    Ok(())
+}
+
+/// A heap of its own, above the kernel heap's reserved range, grown with a chunk source
+/// that fails on its second chunk: the first chunk must be added, allocations must
+/// still succeed, and the next growth must map right above it.
+fn heap_growth_failing_half_way(_: &TestContext) -> TestResult {
+    use super::heap::{back_chunk, grow_with, release, CHUNK};
+    let base = kernel_space::HEAP_BASE + kernel_space::HEAP_MAX;
+    let limit = base + 16 * CHUNK;
+    let backed = back_chunk(base);
+    check!(backed.is_ok(), "backing the first chunk: {backed:?}");
+    let mut heap = linked_list_allocator::Heap::empty();
+    // SAFETY: [base, base + CHUNK) was just mapped writable; nothing else uses this range.
+    unsafe { heap.init(base as *mut u8, CHUNK as usize) };
+    let mut calls = 0;
+    let failed = grow_with(&mut heap, 3 * CHUNK as usize, limit, |va| {
+        calls += 1;
+        if calls == 2 {
+            Err(super::MemError::OutOfFrames)
+        } else {
+            back_chunk(va)
+        }
+    });
+    let after_failure = heap.size() as u64;
+    let layout = core::alloc::Layout::from_size_align(CHUNK as usize + 4096, 8)
+        .unwrap_or(core::alloc::Layout::new::<u64>());
+    let fits = heap.allocate_first_fit(layout);
+    let regrown = grow_with(&mut heap, CHUNK as usize, limit, back_chunk);
+    let after_regrow = heap.size() as u64;
+    let released = release(base, after_regrow.max(after_failure));
+    check_eq!(failed, Err(super::MemError::OutOfFrames));
+    check_eq!(after_failure, 2 * CHUNK);
+    check!(
+        fits.is_ok(),
+        "an allocation into the chunk that was added failed"
+    );
+    check!(
+        regrown.is_ok(),
+        "growing again after the failure: {regrown:?}"
+    );
+    check!(after_regrow > after_failure, "the heap did not grow again");
+    check!(released.is_ok(), "releasing the test heap: {released:?}");
     Ok(())
 }

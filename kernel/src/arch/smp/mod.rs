@@ -10,6 +10,11 @@
 //! an IPI or a timer tick. A CPU that does not come up in time is sent INIT again
 //! (parking it) and reported; the others still start.
 //!
+//! CPU indices follow the MADT's order (the boot CPU is 0; repeated APIC IDs and CPUs
+//! past [`percpu::MAX_CPUS`] are left out by the parser). A CPU that fails to start
+//! keeps its index, never online: indices are dense only when every CPU came up, so code
+//! walks [`percpu::online`] rather than counting up to the number of CPUs.
+//!
 //! [`run_on`] queues a closure for one CPU and wakes it with an IPI; [`run_on_set`] and
 //! [`broadcast`] do it for several. Work meant for the calling CPU runs at once, in the
 //! caller. A CPU waiting on a [`Pending`] serves its own queue meanwhile, so CPUs that
