@@ -228,6 +228,11 @@ fn tables(rsdp: PhysAddr) -> Result<AcpiTables<PhysMapHandler>, acpi::AcpiError>
     unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp.as_u64() as usize) }
 }
 
+/// The ACPI tables through the RSDP at `rsdp`, if there is one and they can be read.
+pub(super) fn tables_at(rsdp: Option<u64>) -> Option<AcpiTables<PhysMapHandler>> {
+    tables(PhysAddr::new_truncate(rsdp?)).ok()
+}
+
 /// A copy of the bytes of table `T` (its header's length of them), if there is one.
 pub(super) fn table_bytes<T: AcpiTable>(tables: &AcpiTables<PhysMapHandler>) -> Option<Vec<u8>> {
     let table = tables.find_table::<T>()?;
