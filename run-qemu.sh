@@ -4,6 +4,8 @@
 #   ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
 #   ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 #   ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+#   ./run-qemu.sh image --opts "mode=test"   images with kernel options baked in, for a real
+#                              machine: target/images/baked/{bios,uefi}.img
 #   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
 #
 # Setup installs what is missing: Debian's qemu-system-x86 and ovmf (apt-get, through
@@ -66,6 +68,8 @@ usage() {
 ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
 ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+./run-qemu.sh image --opts "OPTIONS"   images with the kernel options baked in (for a real
+                           machine, no fw_cfg there): target/images/baked/{bios,uefi}.img
 options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
 USAGE
 }
@@ -88,6 +92,7 @@ MEM=""
 GDB=0
 SEED=""
 FILTER=""
+OPTS=""
 
 need_value() {
     [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see ./run-qemu.sh --help)"
@@ -95,7 +100,9 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case $1 in
-        demo | test | bench) COMMAND=$1 ;;
+        demo | test | bench | image) COMMAND=$1 ;;
+        --opts) need_value "$@"; OPTS=$2; shift ;;
+        --opts=*) OPTS=${1#*=} ;;
         --uefi) UEFI=1 ;;
         --gdb) GDB=1 ;;
         --smp) need_value "$@"; SMP=$2; shift ;;
@@ -116,6 +123,8 @@ done
 [[ -z $MEM || $MEM =~ ^[1-9][0-9]*([MGT]|MiB|GiB|TiB)?$ ]] || die "--mem wants a size like 256M or 8G, not '$MEM'"
 [[ -z $SEED || $SEED =~ ^[0-9]+$ ]] || die "--seed wants a number, not '$SEED'"
 [[ $FILTER =~ ^[^[:space:]]*$ ]] || die "--filter TEXT must not contain spaces"
+[[ -z $OPTS || $COMMAND == image ]] || die "--opts is for the image command (other commands pass options through fw_cfg)"
+[[ $COMMAND != image || -n $OPTS ]] || die "image wants --opts \"OPTIONS\" (e.g. --opts \"mode=test\")"
 [[ $TEST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_TEST_TIMEOUT wants seconds, not '$TEST_TIMEOUT'"
 [[ $HOST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_HOST_TIMEOUT wants seconds, not '$HOST_TIMEOUT'"
 
@@ -201,6 +210,16 @@ build() {
     mv -f "$staging/bios.img" "$IMAGES/bios.img"
     mv -f "$staging/uefi.img" "$IMAGES/uefi.img"
     rmdir "$staging"
+}
+
+# Images with the kernel options in $OPTS baked in (the bootloader's ramdisk), for
+# machines without fw_cfg.
+image() {
+    local out=$IMAGES/baked
+    "$TARGET_DIR/release/boot" "$KERNEL_ELF" "$out" --opts "$OPTS" >/dev/null
+    note "kernel options \"$OPTS\" baked into:"
+    echo "$out/bios.img"
+    echo "$out/uefi.img"
 }
 
 # ---------------------------------------------------------------- QEMU
@@ -380,6 +399,9 @@ test_all() {
         run_step "host: QEMU boot tests" cargo \
             env MMK_REQUIRE_IMAGES=1 MMK_IMAGES="$IMAGES" \
             cargo test -p boot-tests --release --test boot -- --test-threads=2 "${cargo_filter[@]}"
+        run_step "host: baked-options boot tests" cargo \
+            env MMK_REQUIRE_IMAGES=1 MMK_BOOT_BIN="$TARGET_DIR/release/boot" MMK_KERNEL_ELF="$KERNEL_ELF" \
+            cargo test -p boot-tests --release --test baked_options -- --test-threads=1 "${cargo_filter[@]}"
     fi
 
     local i total_passed=0 total_failed=0 all_ok=1
@@ -407,5 +429,6 @@ fi
 case $COMMAND in
     demo) build; demo ;;
     bench) build; bench ;;
+    image) build; image ;;
     test) test_all ;;
 esac

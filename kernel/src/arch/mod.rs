@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod apic;
+pub mod baked;
 pub mod cpuid;
 pub mod fw_cfg;
 pub mod gdt;

@@ -103,6 +103,7 @@ pub fn init(
     next: extern "sysv64" fn(usize) -> !,
 ) -> Result<(), MemError> {
     crate::arch::set_rsdp(boot_info.rsdp_addr.into_option());
+    crate::arch::baked::capture(boot_info);
     crate::arch::cpuid::report();
     if !crate::arch::cpuid::features().nx {
         return Err(MemError::NoNx);
