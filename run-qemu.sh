@@ -363,6 +363,8 @@ test_all() {
     if [[ $GDB -eq 0 ]]; then
         run_step "host: mm unit and property tests" cargo \
             cargo test -p mm --features std --release -- "${cargo_filter[@]}"
+        run_step "host: fwparse property tests" cargo \
+            cargo test -p fwparse --release -- "${cargo_filter[@]}"
         run_step "host: QEMU runner unit tests" cargo \
             cargo test -p boot-tests --release --lib --bins -- "${cargo_filter[@]}"
     fi
