@@ -4,6 +4,8 @@
 #   ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
 #   ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 #   ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+#   ./run-qemu.sh image --opts "mode=test"   images with kernel options baked in, for a real
+#                              machine: target/images/baked/{bios,uefi}.img
 #   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
 #
 # Setup installs what is missing: Debian's qemu-system-x86 and ovmf (apt-get, through
@@ -39,7 +41,9 @@ set -euo pipefail
 # the 100 000-shootdown stress take ~6 minutes. It runs once, on 4 CPUs, under
 # single-threaded TCG (vCPUs interleaved on one thread), where it takes ~15 s. The
 # 100 000-migration test (1 GiB pages need a 4 GiB+ guest) runs on 4 CPUs/4 GiB BIOS and
-# 8 CPUs/2 GiB; the last line is a 2-node NUMA guest from QEMU's -numa options.
+# 8 CPUs/2 GiB; a CPU model without 1 GiB pages checks the 2 MiB fallback of the
+# physical map and of user faults (every other line gets 1 GiB pages from the runner's
+# `-cpu qemu64,+pdpe1gb`); the last line is a 2-node NUMA guest from QEMU's -numa options.
 KERNEL_TEST_CONFIGS=(
     "bios 4 4G skip=tlb::stress noskip=mem::,smp::,_1g,vm::writers"
     "bios 4 4G filter=tlb::stress qemu=-accel qemu=tcg,thread=single"
@@ -50,6 +54,7 @@ KERNEL_TEST_CONFIGS=(
     "bios 8 2G skip=tlb::stress"
     "uefi 8 2G filter=smp::"
     "bios 4 8G skip=tlb::stress,vm::writers"
+    "bios 2 4G filter=mem:: qemu=-cpu qemu=qemu64,-pdpe1gb"
     "bios 4 6G filter=vm:: skip=vm::writers qemu=-object qemu=memory-backend-ram,id=m0,size=3G qemu=-object qemu=memory-backend-ram,id=m1,size=3G qemu=-numa qemu=node,nodeid=0,cpus=0-1,memdev=m0 qemu=-numa qemu=node,nodeid=1,cpus=2-3,memdev=m1"
 )
 TEST_TIMEOUT=${MMK_TEST_TIMEOUT:-600}
@@ -73,6 +78,8 @@ usage() {
 ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
 ./run-qemu.sh bench --quick   each figure once, short (the lines, not the timings)
+./run-qemu.sh image --opts "OPTIONS"   images with the kernel options baked in (for a real
+                           machine, no fw_cfg there): target/images/baked/{bios,uefi}.img
 options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
 USAGE
 }
@@ -96,6 +103,7 @@ GDB=0
 SEED=""
 FILTER=""
 QUICK=0
+OPTS=""
 
 need_value() {
     [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see ./run-qemu.sh --help)"
@@ -103,7 +111,9 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case $1 in
-        demo | test | bench) COMMAND=$1 ;;
+        demo | test | bench | image) COMMAND=$1 ;;
+        --opts) need_value "$@"; OPTS=$2; shift ;;
+        --opts=*) OPTS=${1#*=} ;;
         --uefi) UEFI=1 ;;
         --gdb) GDB=1 ;;
         --quick) QUICK=1 ;;
@@ -125,6 +135,8 @@ done
 [[ -z $MEM || $MEM =~ ^[1-9][0-9]*([MGT]|MiB|GiB|TiB)?$ ]] || die "--mem wants a size like 256M or 8G, not '$MEM'"
 [[ -z $SEED || $SEED =~ ^[0-9]+$ ]] || die "--seed wants a number, not '$SEED'"
 [[ $FILTER =~ ^[^[:space:]]*$ ]] || die "--filter TEXT must not contain spaces"
+[[ -z $OPTS || $COMMAND == image ]] || die "--opts is for the image command (other commands pass options through fw_cfg)"
+[[ $COMMAND != image || -n $OPTS ]] || die "image wants --opts \"OPTIONS\" (e.g. --opts \"mode=test\")"
 [[ $TEST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_TEST_TIMEOUT wants seconds, not '$TEST_TIMEOUT'"
 [[ $HOST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_HOST_TIMEOUT wants seconds, not '$HOST_TIMEOUT'"
 
@@ -210,6 +222,16 @@ build() {
     mv -f "$staging/bios.img" "$IMAGES/bios.img"
     mv -f "$staging/uefi.img" "$IMAGES/uefi.img"
     rmdir "$staging"
+}
+
+# Images with the kernel options in $OPTS baked in (the bootloader's ramdisk), for
+# machines without fw_cfg.
+image() {
+    local out=$IMAGES/baked
+    "$TARGET_DIR/release/boot" "$KERNEL_ELF" "$out" --opts "$OPTS" >/dev/null
+    note "kernel options \"$OPTS\" baked into:"
+    echo "$out/bios.img"
+    echo "$out/uefi.img"
 }
 
 # ---------------------------------------------------------------- QEMU
@@ -364,6 +386,7 @@ lint() {
     (cd kernel && cargo fmt --check)
     cargo clippy --release -p mm --features std --all-targets -- -D warnings
     cargo clippy --release -p boot-tests --all-targets -- -D warnings
+    cargo clippy --release -p fwparse --all-targets -- -D warnings
     cargo kclippy
 }
 
@@ -383,6 +406,8 @@ test_all() {
     if [[ $GDB -eq 0 ]]; then
         run_step "host: mm unit and property tests" cargo \
             cargo test -p mm --features std --release -- "${cargo_filter[@]}"
+        run_step "host: fwparse property tests" cargo \
+            cargo test -p fwparse --release -- "${cargo_filter[@]}"
         run_step "host: QEMU runner unit tests" cargo \
             cargo test -p boot-tests --release --lib --bins -- "${cargo_filter[@]}"
     fi
@@ -424,6 +449,9 @@ test_all() {
         run_step "host: QEMU boot tests" cargo \
             env MMK_REQUIRE_IMAGES=1 MMK_IMAGES="$IMAGES" \
             cargo test -p boot-tests --release --test boot -- --test-threads=2 "${cargo_filter[@]}"
+        run_step "host: baked-options boot tests" cargo \
+            env MMK_REQUIRE_IMAGES=1 MMK_BOOT_BIN="$TARGET_DIR/release/boot" MMK_KERNEL_ELF="$KERNEL_ELF" \
+            cargo test -p boot-tests --release --test baked_options -- --test-threads=1 "${cargo_filter[@]}"
     fi
 
     local i total_passed=0 total_failed=0 total_skipped=0 all_ok=1
@@ -456,5 +484,6 @@ fi
 case $COMMAND in
     demo) build; demo ;;
     bench) build; bench ;;
+    image) build; image ;;
     test) test_all ;;
 esac

@@ -34,10 +34,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Read the options from fw_cfg (empty when absent).
+    /// Read the options from QEMU's fw_cfg, else from the boot image's ramdisk (see
+    /// [`crate::arch::baked`]; only once memory setup has copied them out); empty when
+    /// neither has any.
     pub fn load() -> Options {
         let mut raw = [0u8; MAX_LEN];
-        let len = fw_cfg::read_file(fw_cfg::CMDLINE_FILE, &mut raw).unwrap_or(0);
+        let len = fw_cfg::read_file(fw_cfg::CMDLINE_FILE, &mut raw)
+            .or_else(|| crate::arch::baked::read(&mut raw))
+            .unwrap_or(0);
         let len = raw[..len].iter().position(|&b| b == 0).unwrap_or(len);
         Options { raw, len }
     }

@@ -295,6 +295,10 @@ pub fn qemu_args(config: &QemuConfig, ovmf: Option<(&Path, &Path)>) -> Vec<OsStr
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-no-reboot",
+        // QEMU's default CPU model lacks 1 GiB pages, which the kernel only uses when
+        // CPUID lists them; a later `-cpu` in the extra arguments replaces this one.
+        "-cpu",
+        "qemu64,+pdpe1gb",
         "-m",
     ];
     args.extend(fixed.iter().map(OsString::from));

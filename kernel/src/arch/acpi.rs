@@ -1,5 +1,7 @@
-//! ACPI tables through the `acpi` crate, read through the linear physical map: which
-//! processors the MADT lists.
+//! ACPI tables: the `acpi` crate finds them (through the linear map, or the firmware
+//! window for tables outside RAM); their entries are decoded by `fwparse` from a copy of
+//! the table's bytes, so a corrupt table cannot make the kernel read out of bounds.
+//! From the MADT: which processors to start, and where the interrupt controllers are.
 //!
 //! The crate is built without its AML interpreter; of [`acpi::Handler`] it then only
 //! maps tables. The register, port and PCI accessors it also requires are implemented
@@ -8,36 +10,50 @@
 
 use crate::mem::physmap;
 use crate::percpu::MAX_CPUS;
-use acpi::sdt::madt::{Madt, MadtEntry};
+use acpi::sdt::madt::Madt;
 use acpi::{AcpiTable, AcpiTables, PciAddress, PhysicalMapping};
+use alloc::vec::Vec;
 use core::ops::Not;
 use core::ptr::NonNull;
+use fwparse::acpi::{madt_entries, MadtEntry, MADT_ENTRIES_OFFSET, MADT_LAPIC_ADDRESS_OFFSET};
 use spin::Mutex;
 use x86_64::instructions::port::{Port, PortRead, PortWrite};
 use x86_64::PhysAddr;
-
-/// MADT processor flag: the processor is usable.
-const PROCESSOR_ENABLED: u32 = 1;
 
 /// Gives the `acpi` crate access to physical memory through the linear map.
 #[derive(Clone, Copy, Debug)]
 pub struct PhysMapHandler;
 
-fn phys_ptr<T>(address: usize) -> *mut T {
-    physmap::virt(PhysAddr::new_truncate(address as u64)).as_mut_ptr()
+/// Where the registers of `size_of::<T>()` bytes at `address` are mapped (uncached).
+fn register_ptr<T>(address: usize) -> Option<*mut T> {
+    let pa = PhysAddr::try_new(address as u64).ok()?;
+    crate::mem::map_mmio(pa, core::mem::size_of::<T>() as u64)
+        .ok()
+        .map(|va| va.as_mut_ptr())
 }
 
-fn mem_read<T>(address: usize) -> T {
-    // SAFETY: the crate only names registers the firmware's tables describe; the linear
-    // map covers all physical memory and device space below its end.
-    unsafe { phys_ptr::<T>(address).read_volatile() }
+/// A register read; all ones (as from an absent device) if it cannot be mapped.
+fn mem_read<T: Default + Not<Output = T>>(address: usize) -> T {
+    match register_ptr::<T>(address) {
+        // SAFETY: the crate only names registers the firmware's tables describe, mapped
+        // uncached above.
+        Some(p) => unsafe { p.read_volatile() },
+        None => !T::default(),
+    }
 }
 
+/// A register write; dropped if it cannot be mapped.
 fn mem_write<T>(address: usize, value: T) {
-    // SAFETY: as in `mem_read`; writing a firmware-described register is what the
-    // firmware's tables ask for.
-    unsafe { phys_ptr::<T>(address).write_volatile(value) }
+    if let Some(p) = register_ptr::<T>(address) {
+        // SAFETY: as in `mem_read`; writing a firmware-described register is what the
+        // firmware's tables ask for.
+        unsafe { p.write_volatile(value) }
+    }
 }
+
+/// What a table the firmware window cannot reach reads as: zeros, which no table's
+/// signature matches, so the crate refuses it.
+static NOTHING: [u64; 512] = [0; 512];
 
 fn io_read<T: PortRead>(port: u16) -> T {
     // SAFETY: the port is one the firmware's tables describe.
@@ -86,13 +102,22 @@ impl acpi::Handler for PhysMapHandler {
         physical_address: usize,
         size: usize,
     ) -> PhysicalMapping<Self, T> {
-        let virtual_start = NonNull::new(phys_ptr::<T>(physical_address))
-            .expect("the linear map starts far above address 0");
+        let pa = PhysAddr::new_truncate(physical_address as u64);
+        let reached = physmap::firmware_ptr(pa, size as u64);
+        let ptr = reached
+            .unwrap_or(NOTHING.as_ptr().cast())
+            .cast_mut()
+            .cast::<T>();
+        let len = if reached.is_some() {
+            size
+        } else {
+            size.min(core::mem::size_of_val(&NOTHING))
+        };
         PhysicalMapping {
             physical_start: physical_address,
-            virtual_start,
-            region_length: size,
-            mapped_length: size,
+            virtual_start: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+            region_length: len,
+            mapped_length: len,
             handler: *self,
         }
     }
@@ -192,60 +217,85 @@ impl core::fmt::Display for AcpiCpuError {
 }
 
 /// The enabled processors of the MADT, by APIC ID, in table order, without duplicates
-/// (firmware may list a CPU both as a local APIC and as a local x2APIC).
-pub struct MadtCpus {
-    apic_ids: [u32; MAX_CPUS],
-    len: usize,
-    /// Enabled processors listed past [`MAX_CPUS`]: never started.
-    pub dropped: usize,
+/// (firmware may list a CPU both as a local APIC and as a local x2APIC), at most
+/// [`MAX_CPUS`]; decoded by [`fwparse::acpi`], which counts what it dropped.
+pub type MadtCpus = fwparse::acpi::Cpus<MAX_CPUS>;
+
+/// The ACPI tables through the RSDP at `rsdp`.
+fn tables(rsdp: PhysAddr) -> Result<AcpiTables<PhysMapHandler>, acpi::AcpiError> {
+    // SAFETY: `rsdp` is the RSDP address the firmware handed the bootloader; the crate
+    // checks its signature before following it.
+    unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp.as_u64() as usize) }
 }
 
-impl MadtCpus {
-    /// The APIC IDs.
-    pub fn apic_ids(&self) -> &[u32] {
-        &self.apic_ids[..self.len]
-    }
+/// The ACPI tables through the RSDP at `rsdp`, if there is one and they can be read.
+pub(super) fn tables_at(rsdp: Option<u64>) -> Option<AcpiTables<PhysMapHandler>> {
+    tables(PhysAddr::new_truncate(rsdp?)).ok()
+}
 
-    fn push(&mut self, apic_id: u32) {
-        if self.apic_ids().contains(&apic_id) {
-            return;
-        }
-        match self.apic_ids.get_mut(self.len) {
-            Some(slot) => {
-                *slot = apic_id;
-                self.len += 1;
-            }
-            None => self.dropped += 1,
-        }
+/// A copy of the bytes of table `T` (its header's length of them), if there is one.
+pub(super) fn table_bytes<T: AcpiTable>(tables: &AcpiTables<PhysMapHandler>) -> Option<Vec<u8>> {
+    let table = tables.find_table::<T>()?;
+    if let Err(e) = table.get().validate() {
+        log::warn!(
+            "{:?} fails validation ({e:?}); using it anyway",
+            T::SIGNATURE
+        );
     }
+    let base = table.physical_start as u64;
+    let len = u64::from(table.get().header().length);
+    Some(
+        (base..base.saturating_add(len))
+            .map(|pa| physmap::read_firmware_byte(PhysAddr::new_truncate(pa)))
+            .collect(),
+    )
+}
+
+/// The MADT's bytes through the RSDP at `rsdp`.
+fn madt_bytes(rsdp: PhysAddr) -> Result<Vec<u8>, AcpiCpuError> {
+    let tables = tables(rsdp).map_err(AcpiCpuError::Tables)?;
+    table_bytes::<Madt>(&tables).ok_or(AcpiCpuError::NoMadt)
 }
 
 /// The enabled processors listed in the MADT found through the RSDP at `rsdp`.
 pub fn madt_cpus(rsdp: PhysAddr) -> Result<MadtCpus, AcpiCpuError> {
-    // SAFETY: `rsdp` is the RSDP address the firmware handed the bootloader; the crate
-    // checks its signature before following it.
-    let tables = unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp.as_u64() as usize) }
-        .map_err(AcpiCpuError::Tables)?;
-    let madt = tables.find_table::<Madt>().ok_or(AcpiCpuError::NoMadt)?;
-    if let Err(e) = madt.get().validate() {
-        log::warn!("MADT fails validation ({e:?}); using it anyway");
+    let bytes = madt_bytes(rsdp)?;
+    let cpus = fwparse::acpi::madt_cpus(bytes.get(MADT_ENTRIES_OFFSET..).unwrap_or(&[]));
+    if cpus.malformed > 0 || cpus.duplicates > 0 {
+        log::warn!(
+            "MADT: {} malformed entries skipped, {} repeated APIC IDs ignored",
+            cpus.malformed,
+            cpus.duplicates
+        );
     }
-    let mut cpus = MadtCpus {
-        apic_ids: [0; MAX_CPUS],
-        len: 0,
-        dropped: 0,
-    };
-    for entry in madt.get().entries() {
-        match entry {
-            MadtEntry::LocalApic(e) if e.flags & PROCESSOR_ENABLED != 0 => {
-                cpus.push(u32::from(e.apic_id))
-            }
-            MadtEntry::LocalX2Apic(e) if e.flags & PROCESSOR_ENABLED != 0 => cpus.push(e.x2apic_id),
-            _ => {}
-        }
-    }
-    if cpus.len == 0 {
+    if cpus.apic_ids().is_empty() {
         return Err(AcpiCpuError::NoProcessors);
     }
     Ok(cpus)
+}
+
+/// The physical addresses of the device registers the ACPI tables name: the local APIC
+/// (MADT header or its 64-bit override), each I/O APIC (MADT), the HPET.
+pub fn device_registers(rsdp: PhysAddr) -> Vec<(&'static str, u64)> {
+    let mut out = Vec::new();
+    if let Ok(bytes) = madt_bytes(rsdp) {
+        let mut lapic = u64::from(u32::from_le_bytes(
+            bytes
+                .get(MADT_LAPIC_ADDRESS_OFFSET..MADT_LAPIC_ADDRESS_OFFSET + 4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 4]),
+        ));
+        for entry in madt_entries(bytes.get(MADT_ENTRIES_OFFSET..).unwrap_or(&[])) {
+            match entry {
+                MadtEntry::IoApic { address, .. } => out.push(("I/O APIC", u64::from(address))),
+                MadtEntry::LapicAddressOverride(address) => lapic = address,
+                _ => {}
+            }
+        }
+        out.push(("local APIC", lapic));
+    }
+    if let Ok(hpet) = tables(rsdp).and_then(|t| acpi::HpetInfo::new(&t)) {
+        out.push(("HPET", hpet.base_address as u64));
+    }
+    out
 }

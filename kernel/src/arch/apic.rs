@@ -166,12 +166,12 @@ fn disable_pic() {
 
 /// Disable the PICs, choose x2APIC or xAPIC, and enable the boot CPU's local APIC.
 pub(super) fn init_boot_cpu() -> Result<(), ApicError> {
-    let leaf1 = core::arch::x86_64::__cpuid(1);
-    if leaf1.edx & (1 << 9) == 0 {
+    let cpu = super::cpuid::features();
+    if !cpu.apic {
         return Err(ApicError::NoApic);
     }
     disable_pic();
-    let mode = if leaf1.ecx & (1 << 21) != 0 {
+    let mode = if cpu.x2apic {
         log::info!("local APIC: x2APIC mode");
         Mode::X2Apic
     } else {
@@ -204,6 +204,11 @@ pub(super) fn init_this_cpu() {
     write(Reg::Esr, 0);
     write(Reg::Svr, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
     eoi();
+}
+
+/// Whether the local APICs run in x2APIC mode (registers are MSRs, no MMIO page).
+pub fn is_x2apic() -> bool {
+    matches!(mode(), Mode::X2Apic)
 }
 
 /// The running CPU's local APIC ID.

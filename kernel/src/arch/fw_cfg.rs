@@ -1,6 +1,8 @@
-//! QEMU's firmware configuration device: tells whether we run under QEMU and carries
-//! the kernel options (`-fw_cfg name=opt/mmk/cmdline,string=...`) so that one disk image
+//! QEMU's firmware configuration device: carries the kernel options (`-fw_cfg name=opt/mmk/cmdline,string=...`) so that one disk image
 //! can run the demonstration, the tests or the benchmarks without being rebuilt.
+//!
+//! Its I/O ports are only touched when the machine says it is QEMU
+//! ([`super::is_qemu`]): elsewhere ports 0x510/0x511 may belong to another device.
 
 use x86_64::instructions::port::Port;
 
@@ -12,8 +14,8 @@ const SEL_FILE_DIR: u16 = 0x0019;
 pub const CMDLINE_FILE: &[u8] = b"opt/mmk/cmdline";
 
 fn select(selector: u16) {
-    // SAFETY: port 0x510 is the fw_cfg selector on QEMU's PC machines; on other machines
-    // the write goes to an unused ISA port and the reads below return all-ones.
+    // SAFETY: only called once `present` saw QEMU (CPUID or ACPI), whose PC machines have
+    // the fw_cfg selector at port 0x510.
     unsafe { Port::<u16>::new(SELECTOR_PORT).write(selector) }
 }
 
@@ -26,8 +28,11 @@ fn read_bytes(buf: &mut [u8]) {
     }
 }
 
-/// Whether the QEMU fw_cfg device answers with its signature.
-pub fn is_qemu() -> bool {
+/// Whether the machine is QEMU and its fw_cfg device answers with its signature.
+pub fn present() -> bool {
+    if !super::is_qemu() {
+        return false;
+    }
     select(SEL_SIGNATURE);
     let mut sig = [0u8; 4];
     read_bytes(&mut sig);
@@ -37,7 +42,7 @@ pub fn is_qemu() -> bool {
 /// Read the fw_cfg file `name` into `buf`; returns the number of bytes stored (the file
 /// is truncated to `buf`), or None when not under QEMU or the file does not exist.
 pub fn read_file(name: &[u8], buf: &mut [u8]) -> Option<usize> {
-    if !is_qemu() {
+    if !present() {
         return None;
     }
     select(SEL_FILE_DIR);

@@ -1,8 +1,10 @@
-//! x86_64-specific pieces: serial console, descriptor tables, exceptions, QEMU detection
-//! and how a run ends.
+//! x86_64-specific pieces: serial console, descriptor tables, exceptions, CPU features,
+//! QEMU detection and how a run ends.
 
 pub mod acpi;
 pub mod apic;
+pub mod baked;
+pub mod cpuid;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod guard;
@@ -13,7 +15,41 @@ pub mod smp;
 pub mod srat;
 pub mod timer;
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
+use x86_64::PhysAddr;
+
+/// Physical address of the ACPI RSDP (0: none given), for [`is_qemu`].
+static RSDP: AtomicU64 = AtomicU64::new(0);
+
+/// Offset of the OEM id in the RSDP.
+const RSDP_OEM_OFFSET: u64 = 9;
+
+/// Tell [`is_qemu`] where the firmware's RSDP is.
+pub fn set_rsdp(rsdp: Option<u64>) {
+    RSDP.store(rsdp.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Whether the machine says it is QEMU: the CPUID hypervisor leaf names TCG or KVM, or
+/// the ACPI RSDP carries QEMU's OEM id. Only then are QEMU's I/O ports (fw_cfg, the
+/// debug-exit device) touched; on any other machine those ports may belong to something
+/// else.
+pub fn is_qemu() -> bool {
+    qemu_evidence().is_some()
+}
+
+/// What says the machine is QEMU, if anything.
+pub fn qemu_evidence() -> Option<fwparse::platform::QemuEvidence> {
+    let rsdp = RSDP.load(Ordering::Relaxed);
+    let oem = (rsdp != 0).then(|| {
+        let mut oem = [0u8; 6];
+        for (i, b) in (0u64..).zip(oem.iter_mut()) {
+            *b = crate::mem::physmap::read_firmware_byte(PhysAddr::new(rsdp + RSDP_OEM_OFFSET + i));
+        }
+        oem
+    });
+    fwparse::platform::qemu_evidence(cpuid::features().hypervisor.as_ref(), oem.as_ref())
+}
 
 /// How a run ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +67,7 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// End the run: under QEMU leave through isa-debug-exit (status 33 for success, 35 for
 /// failure); on real hardware (or if the device is absent) halt forever.
 pub fn exit(status: ExitStatus) -> ! {
-    if fw_cfg::is_qemu() {
+    if is_qemu() {
         let code: u32 = match status {
             ExitStatus::Success => 0x10,
             ExitStatus::Failure => 0x11,

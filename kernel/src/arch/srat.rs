@@ -3,9 +3,9 @@
 //!
 //! The `acpi` crate finds and validates the table, but its entry iterator reads the
 //! one-byte entry length as two bytes (and its `MemoryAffinity::length` takes the high
-//! half of the length from the base address), so the entries are decoded here from the
-//! table's bytes, as ACPI 6.5 section 5.2.16 lays them out: a header of type (1 byte) and
-//! length (1 byte), then
+//! half of the length from the base address), so the entries are decoded by
+//! `fwparse::acpi` from a copy of the table's bytes, as ACPI 6.5 section 5.2.16 lays
+//! them out: a header of type (1 byte) and length (1 byte), then
 //!
 //! - type 0, processor local APIC affinity (16 bytes): proximity domain bits 0-7 at 2,
 //!   APIC ID at 3, flags (bit 0: enabled) at 4, proximity domain bits 8-31 at 9;
@@ -15,21 +15,15 @@
 //!   ID at 8, flags at 12.
 //!
 //! Disabled entries are skipped; hot-pluggable ranges are kept apart (nothing is plugged
-//! there at boot); entries of other types are ignored, a truncated one ends the walk.
+//! there at boot); entries of other types are ignored, one too short for its type or a
+//! range whose end overflows is skipped with a warning, a truncated one ends the walk.
 
 use super::acpi::PhysMapHandler;
-use crate::mem::physmap;
 use acpi::sdt::srat::Srat;
-use acpi::{AcpiTable, AcpiTables};
+use acpi::AcpiTables;
 use alloc::vec::Vec;
+use fwparse::acpi::{srat_entries, SratEntry, SRAT_ENTRIES_OFFSET};
 use x86_64::PhysAddr;
-
-/// Bytes before the first entry: the SDT header and 12 reserved bytes.
-const ENTRIES_OFFSET: u64 = 48;
-/// Flag bit 0 of every affinity structure: the entry is enabled.
-const ENABLED: u32 = 1 << 0;
-/// Memory affinity flag bit 1: the range is hot-pluggable.
-const HOT_PLUGGABLE: u32 = 1 << 1;
 
 /// A physical memory range of one proximity domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,13 +74,6 @@ impl core::fmt::Display for SratError {
     }
 }
 
-/// A little-endian value of `N` bytes at physical address `pa`.
-fn read_le<const N: usize>(pa: u64) -> u64 {
-    (0..N as u64).fold(0, |v, i| {
-        v | u64::from(physmap::read_byte(PhysAddr::new(pa + i))) << (8 * i)
-    })
-}
-
 /// The enabled memory and processor affinities of the SRAT found through the RSDP at
 /// `rsdp`.
 pub fn affinity(rsdp: PhysAddr) -> Result<Affinity, SratError> {
@@ -94,44 +81,32 @@ pub fn affinity(rsdp: PhysAddr) -> Result<Affinity, SratError> {
     // checks its signature before following it.
     let tables = unsafe { AcpiTables::from_rsdp(PhysMapHandler, rsdp.as_u64() as usize) }
         .map_err(SratError::Tables)?;
-    let srat = tables.find_table::<Srat>().ok_or(SratError::NoSrat)?;
-    if let Err(e) = srat.get().validate() {
-        log::warn!("SRAT fails validation ({e:?}); using it anyway");
-    }
-    let base = srat.physical_start as u64;
-    let end = base + u64::from(srat.get().header().length);
+    let bytes = super::acpi::table_bytes::<Srat>(&tables).ok_or(SratError::NoSrat)?;
     let mut out = Affinity::default();
-    let mut at = base + ENTRIES_OFFSET;
-    while at + 2 <= end {
-        let (kind, len) = (read_le::<1>(at), read_le::<1>(at + 1));
-        if len < 2 || at + len > end {
-            log::warn!("SRAT entry of type {kind} at {at:#x} is truncated; ignoring the rest");
-            break;
-        }
-        let flags = |offset| read_le::<4>(at + offset) as u32;
-        match (kind, len) {
-            (0, 16..) if flags(4) & ENABLED != 0 => out.processors.push(ProcessorAffinity {
-                apic_id: read_le::<1>(at + 3) as u32,
-                domain: (read_le::<1>(at + 2) | read_le::<3>(at + 9) << 8) as u32,
-            }),
-            (1, 40..) if flags(28) & ENABLED != 0 => {
-                let len = read_le::<8>(at + 16);
-                if len > 0 {
-                    out.memory.push(MemoryAffinity {
-                        base: read_le::<8>(at + 8),
-                        len,
-                        domain: read_le::<4>(at + 2) as u32,
-                        hot_pluggable: flags(28) & HOT_PLUGGABLE != 0,
-                    });
-                }
+    for entry in srat_entries(bytes.get(SRAT_ENTRIES_OFFSET..).unwrap_or(&[])) {
+        match entry {
+            SratEntry::Processor { apic_id, domain } => {
+                out.processors.push(ProcessorAffinity { apic_id, domain })
             }
-            (2, 24..) if flags(12) & ENABLED != 0 => out.processors.push(ProcessorAffinity {
-                apic_id: read_le::<4>(at + 8) as u32,
-                domain: read_le::<4>(at + 4) as u32,
+            SratEntry::Memory {
+                base,
+                len,
+                domain,
+                hot_pluggable,
+            } => out.memory.push(MemoryAffinity {
+                base,
+                len,
+                domain,
+                hot_pluggable,
             }),
-            _ => {}
+            SratEntry::Ignored => {}
+            SratEntry::Malformed { kind, offset } => {
+                log::warn!("SRAT entry of type {kind} at offset {offset} is malformed; skipped")
+            }
+            SratEntry::Truncated { offset } => {
+                log::warn!("SRAT entry at offset {offset} is truncated; ignoring the rest")
+            }
         }
-        at += len;
     }
     Ok(out)
 }

@@ -143,6 +143,8 @@ macro_rules! check_eq {
 /// Every test suite of the kernel.
 const SUITES: &[&[KernelTest]] = &[
     crate::mem::tests::TESTS,
+    crate::mem::kernel_space_tests::TESTS,
+    crate::arch::timer::tests::TESTS,
     crate::arch::smp::tests::TESTS,
     crate::tlb::tests::TESTS,
     crate::vm::tests::TESTS,

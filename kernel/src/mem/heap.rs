@@ -16,7 +16,7 @@ use spin::Mutex;
 use x86_64::structures::paging::PageTableFlags as F;
 
 /// Growth step: one 2 MiB block when the allocator has one.
-const CHUNK: u64 = 2 << 20;
+pub(super) const CHUNK: u64 = 2 << 20;
 
 struct KernelHeap {
     heap: Mutex<Option<Heap>>,
@@ -28,13 +28,14 @@ static HEAP: KernelHeap = KernelHeap {
 };
 
 /// Map `[va, va + CHUNK)` with fresh frames: one 2 MiB leaf if a 2 MiB block is free,
-/// otherwise 512 single frames.
-fn back_chunk(va: u64) -> Result<(), MemError> {
+/// otherwise 512 single frames. All or nothing: when a frame or a table runs out half
+/// way, what was mapped is unmapped and freed again.
+pub(super) fn back_chunk(va: u64) -> Result<(), MemError> {
     let flags = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
     if let Ok(pfn) =
         frames::with_buddy(|b| b.alloc(PageSize::Size2M.order(), MigrateType::Unmovable))
     {
-        return kernel_space::with_kernel(|pt, flush| {
+        let mapped = kernel_space::with_kernel(|pt, flush| {
             pt.map(
                 va,
                 pfn.addr(),
@@ -43,22 +44,55 @@ fn back_chunk(va: u64) -> Result<(), MemError> {
                 &mut KernelTableAlloc,
                 flush,
             )
-        })
-        .map_err(MemError::Map);
+        });
+        if let Err(e) = mapped {
+            frames::free(pfn.addr(), PageSize::Size2M.order())?;
+            return Err(MemError::Map(e));
+        }
+        return Ok(());
     }
     for i in 0..CHUNK / PAGE_SIZE {
-        let frame = frames::alloc_zeroed(0, MigrateType::Unmovable)?;
-        kernel_space::with_kernel(|pt, flush| {
-            pt.map(
-                va + i * PAGE_SIZE,
-                frame,
-                PageSize::Size4K,
-                flags,
-                &mut KernelTableAlloc,
-                flush,
-            )
-        })
-        .map_err(MemError::Map)?;
+        let mapped = frames::alloc_zeroed(0, MigrateType::Unmovable).and_then(|frame| {
+            kernel_space::with_kernel(|pt, flush| {
+                pt.map(
+                    va + i * PAGE_SIZE,
+                    frame,
+                    PageSize::Size4K,
+                    flags,
+                    &mut KernelTableAlloc,
+                    flush,
+                )
+            })
+            .map_err(|e| {
+                if let Err(free) = frames::free(frame, 0) {
+                    log::error!("heap: returning frame {frame:?} failed: {free:?}");
+                }
+                MemError::Map(e)
+            })
+        });
+        if let Err(e) = mapped {
+            release(va, i * PAGE_SIZE)?;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmap `[va, va + len)` (mapped by [`back_chunk`]) and free its frames.
+pub(super) fn release(va: u64, len: u64) -> Result<(), MemError> {
+    let mut at = va;
+    while at < va + len {
+        let leaf = kernel_space::with_kernel(|pt, flush| {
+            let size = pt.query(at)?.size;
+            pt.unmap(at, size, flush).ok()
+        });
+        match leaf {
+            Some(leaf) => {
+                frames::free(leaf.pa, leaf.size.order())?;
+                at += leaf.size.bytes();
+            }
+            None => at += PAGE_SIZE,
+        }
     }
     Ok(())
 }
@@ -83,21 +117,36 @@ pub fn usage() -> (usize, usize) {
     })
 }
 
-fn grow(heap: &mut Heap, at_least: usize) -> Result<(), MemError> {
+/// Grow `heap` (whose range ends at `limit`) by at least `at_least` bytes, mapping
+/// chunks above its top with `back`. A chunk that fails ends the growth, but the chunks
+/// mapped before it are added: the heap stays usable, and its top stays where the next
+/// growth will map.
+pub(super) fn grow_with(
+    heap: &mut Heap,
+    at_least: usize,
+    limit: u64,
+    mut back: impl FnMut(u64) -> Result<(), MemError>,
+) -> Result<(), MemError> {
     let top = heap.top() as u64;
     let want = (at_least as u64 + PAGE_SIZE).next_multiple_of(CHUNK);
-    if top + want > HEAP_BASE + HEAP_MAX {
+    if top + want > limit {
         return Err(MemError::HeapExhausted);
     }
     let mut done = 0;
+    let mut result = Ok(());
     while done < want {
-        back_chunk(top + done)?;
+        if let Err(e) = back(top + done) {
+            result = Err(e);
+            break;
+        }
         done += CHUNK;
     }
-    // SAFETY: the bytes just above the heap's top were mapped writable above and belong
-    // to the heap's reserved virtual range, which nothing else uses.
-    unsafe { heap.extend(want as usize) };
-    Ok(())
+    if done > 0 {
+        // SAFETY: the `done` bytes just above the heap's top were mapped writable by
+        // `back` and belong to the heap's reserved virtual range, which nothing else uses.
+        unsafe { heap.extend(done as usize) };
+    }
+    result
 }
 
 // SAFETY: every block handed out comes from the linked-list heap under its lock; the heap
@@ -114,8 +163,10 @@ unsafe impl GlobalAlloc for KernelHeap {
             if let Ok(p) = heap.allocate_first_fit(layout) {
                 return p.as_ptr();
             }
-            if grow(heap, layout.size() + layout.align()).is_err() {
-                return core::ptr::null_mut();
+            // A growth that fails half way still adds what it mapped: try it anyway.
+            let limit = HEAP_BASE + HEAP_MAX;
+            if let Err(e) = grow_with(heap, layout.size() + layout.align(), limit, back_chunk) {
+                log::warn!("heap: growing by {} bytes failed: {e:?}", layout.size());
             }
             heap.allocate_first_fit(layout)
                 .map_or(core::ptr::null_mut(), NonNull::as_ptr)

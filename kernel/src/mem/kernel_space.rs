@@ -1,14 +1,22 @@
 //! The kernel's own page tables: built from scratch at boot, then loaded in CR3 for good.
 //!
 //! Layout of the kernel half:
-//! - [`crate::PHYS_MAP_BASE`]: all physical memory, with the largest pages that fit;
+//! - [`crate::PHYS_MAP_BASE`]: the linear map, write-back, of the RAM the memory map
+//!   lists (usable, ACPI tables and NVS, bootloader and firmware regions) and nothing
+//!   else: never a reserved range or an MMIO hole. Each RAM range gets the largest leaves
+//!   that fit inside it (1 GiB only when the CPU has 1 GiB pages);
+//! - [`FIRMWARE_BASE`]` + pa`: firmware tables outside RAM (ACPI tables in a reserved
+//!   range, the BIOS's RSDP), mapped read-only write-back, page by page, on first use;
 //! - [`HEAP_BASE`]: the kernel heap, grown on demand;
 //! - [`STACKS_BASE`]: kernel stacks, one slot per CPU, each above an unmapped guard page;
-//! - [`MMIO_BASE`]: uncached device mappings (local APIC, I/O APIC);
+//! - [`MMIO_BASE`]` + pa`: uncached device registers (local APIC, I/O APIC, HPET), each
+//!   page mapped once whoever asks, never a page of RAM;
 //! - 0xFFFF_FFFF_8000_0000: the kernel image, W^X: text read+execute, rodata read-only,
 //!   data and bss read+write no-execute.
 //!
-//! Kernel mappings are global (they are the same in every address space).
+//! Kernel mappings are global (they are the same in every address space). So every
+//! physical page has at most one memory type: write-back RAM and firmware tables,
+//! uncached devices.
 //!
 //! Address spaces copy the 256 upper PML4 entries when they are created, so those entries
 //! must never change afterwards: [`preallocate_upper_half`] gives every one of them its
@@ -20,7 +28,8 @@
 use super::elf::{self, SegmentKind};
 use super::{frames, physmap, MemError};
 use crate::tlb::{lock_serving, KernelFlush};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use fwparse::memmap::Range;
 use mm::backend::phys::PhysMem;
 use mm::base::addr::{PageSize, PAGE_SIZE};
 use mm::frame::buddy::MigrateType;
@@ -41,6 +50,33 @@ pub const STACK_SLOT: u64 = 1 << 20;
 pub const STACK_PAGES: u64 = 64;
 /// Start of the uncached device-mapping range.
 pub const MMIO_BASE: u64 = 0xFFFF_E000_0000_0000;
+/// Device registers above this physical address cannot be mapped.
+pub const MMIO_MAX: u64 = 1 << 44;
+/// Start of the firmware-table window.
+pub const FIRMWARE_BASE: u64 = 0xFFFF_B000_0000_0000;
+/// Firmware tables above this physical address cannot be mapped.
+pub const FIRMWARE_MAX: u64 = 1 << 44;
+/// RAM above this physical address is left out of the linear map (and of the frame
+/// allocator); the 16 TiB above it hold test mappings.
+pub const LINEAR_MAX: u64 = 1 << 45;
+
+/// Whether our own tables are in CR3 (before, the bootloader's map all of physical
+/// memory at the same place).
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`switch_to`] has loaded the kernel's own page tables.
+pub fn own_tables_loaded() -> bool {
+    LOADED.load(Ordering::Acquire)
+}
+
+/// The largest leaf this CPU can map: 1 GiB if CPUID says so, else 2 MiB.
+pub fn max_leaf() -> PageSize {
+    if crate::arch::cpuid::features().page_1g {
+        PageSize::Size1G
+    } else {
+        PageSize::Size2M
+    }
+}
 
 /// The kernel page tables.
 static KERNEL: Once<Mutex<PageTable<'static, physmap::KernelPhys>>> = Once::new();
@@ -152,7 +188,8 @@ pub fn root() -> PhysAddr {
     with_kernel(|pt, _| pt.root())
 }
 
-/// Map `[va, va + len)` to `[pa, pa + len)` with the largest pages that fit.
+/// Map `[va, va + len)` to `[pa, pa + len)` with the largest pages that fit (up to
+/// [`max_leaf`]).
 fn map_linear(
     pt: &mut PageTable<'static, physmap::KernelPhys>,
     va: u64,
@@ -161,10 +198,12 @@ fn map_linear(
     flags: F,
     flush: &mut KernelFlush,
 ) -> Result<(), MemError> {
+    let max = max_leaf();
     let mut off = 0;
     while off < len {
         let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
             .into_iter()
+            .filter(|&s| s <= max)
             .find(|s| {
                 (va + off).is_multiple_of(s.bytes())
                     && (pa + off).is_multiple_of(s.bytes())
@@ -193,22 +232,24 @@ pub struct Built {
     pub stack_top: VirtAddr,
 }
 
-/// Build the kernel page tables: the linear map of `[0, phys_end)`, the kernel image
+/// Build the kernel page tables: the linear map of the `ram` ranges, the kernel image
 /// (from its ELF segments, translated through the bootloader's tables) and the boot
 /// CPU's stack. Nothing is loaded yet.
-pub fn build(phys_end: u64, kernel_elf: (u64, u64, u64)) -> Result<Built, MemError> {
+pub fn build(ram: &[Range], kernel_elf: (u64, u64, u64)) -> Result<Built, MemError> {
     let mut alloc = KernelTableAlloc;
     let mut pt = PageTable::new(&physmap::PHYS, &mut alloc).ok_or(MemError::OutOfFrames)?;
     let mut flush = KernelFlush::new();
     let data = F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
-    map_linear(
-        &mut pt,
-        crate::PHYS_MAP_BASE,
-        0,
-        phys_end.next_multiple_of(1 << 21),
-        data,
-        &mut flush,
-    )?;
+    for r in ram {
+        map_linear(
+            &mut pt,
+            crate::PHYS_MAP_BASE + r.start,
+            r.start,
+            r.len(),
+            data,
+            &mut flush,
+        )?;
+    }
 
     // SAFETY: CR3 holds the bootloader's PML4, a valid 4-level table reachable through
     // the linear map; we only read it.
@@ -287,6 +328,7 @@ pub fn switch_to(built: &Built, next: extern "sysv64" fn(usize) -> !, arg: usize
         Efer::update(|f| f.insert(EferFlags::NO_EXECUTE_ENABLE));
         Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT));
         Cr4::update(|f| f.insert(Cr4Flags::PAGE_GLOBAL));
+        LOADED.store(true, Ordering::Release);
         enter(built.root.as_u64(), built.stack_top.as_u64(), next, arg)
     }
 }
@@ -307,25 +349,59 @@ unsafe extern "sysv64" {
     fn enter(cr3: u64, stack_top: u64, next: extern "sysv64" fn(usize) -> !, arg: usize) -> !;
 }
 
-/// Map `len` bytes of device memory at `pa` uncached; returns where.
-pub fn map_mmio(pa: PhysAddr, len: u64) -> Result<VirtAddr, MemError> {
-    use core::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
-    let first = pa.as_u64() & !(PAGE_SIZE - 1);
-    let pages = (pa.as_u64() + len - first).div_ceil(PAGE_SIZE);
-    let va = NEXT.fetch_add((pages + 1) * PAGE_SIZE, Ordering::Relaxed);
+/// Map the pages of `[pa, pa + len)` at `base + pa` with `flags`, skipping those already
+/// mapped there; returns the address of `pa`. Mapping the same page twice is harmless.
+fn map_window(base: u64, limit: u64, pa: u64, len: u64, flags: F) -> Result<VirtAddr, MemError> {
+    let end = pa
+        .checked_add(len.max(1))
+        .filter(|&end| end <= limit)
+        .ok_or(MemError::OutsideWindow(pa))?;
+    let first = pa & !(PAGE_SIZE - 1);
     with_kernel(|pt, flush| {
-        for i in 0..pages {
-            pt.map(
-                va + i * PAGE_SIZE,
-                PhysAddr::new(first + i * PAGE_SIZE),
-                PageSize::Size4K,
-                F::WRITABLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH | F::GLOBAL,
-                &mut KernelTableAlloc,
-                flush,
-            )
-            .map_err(MemError::Map)?;
+        let mut page = first;
+        while page < end {
+            if pt.query(base + page).is_none() {
+                pt.map(
+                    base + page,
+                    PhysAddr::new(page),
+                    PageSize::Size4K,
+                    flags,
+                    &mut KernelTableAlloc,
+                    flush,
+                )
+                .map_err(MemError::Map)?;
+            }
+            page += PAGE_SIZE;
         }
-        Ok(VirtAddr::new(va + (pa.as_u64() - first)))
+        Ok(VirtAddr::new(base + pa))
     })
+}
+
+/// Map `len` bytes of device registers at `pa` uncached, at [`MMIO_BASE`]` + pa` (each
+/// page once, however often it is asked for); returns where. Refused for RAM, which the
+/// linear map has write-back.
+pub fn map_mmio(pa: PhysAddr, len: u64) -> Result<VirtAddr, MemError> {
+    let (start, end) = (pa.as_u64(), pa.as_u64().saturating_add(len.max(1)));
+    if super::boot_memory().ram.overlaps(start, end) {
+        return Err(MemError::MmioOverRam(start));
+    }
+    map_window(
+        MMIO_BASE,
+        MMIO_MAX,
+        start,
+        len,
+        F::WRITABLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH | F::GLOBAL,
+    )
+}
+
+/// Map `len` bytes of firmware tables at `pa` (outside RAM) read-only write-back, at
+/// [`FIRMWARE_BASE`]` + pa`; returns where.
+pub fn map_firmware(pa: PhysAddr, len: u64) -> Result<VirtAddr, MemError> {
+    map_window(
+        FIRMWARE_BASE,
+        FIRMWARE_MAX,
+        pa.as_u64(),
+        len,
+        F::NO_EXECUTE | F::GLOBAL,
+    )
 }

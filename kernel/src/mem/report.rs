@@ -95,6 +95,7 @@ pub fn page_tables() {
             s if s >= kernel_space::MMIO_BASE => "device memory",
             s if s >= kernel_space::STACKS_BASE => "kernel stack",
             s if s >= kernel_space::HEAP_BASE => "kernel heap",
+            s if s >= kernel_space::FIRMWARE_BASE => "firmware tables",
             s if s >= crate::PHYS_MAP_BASE => "physical memory map",
             _ => "lower half",
         };

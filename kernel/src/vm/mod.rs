@@ -91,7 +91,8 @@ pub fn init(rsdp: Option<u64>) -> Result<(), MemError> {
     numa::init(rsdp);
     let root = kernel_space::root();
     KERNEL_ROOT.call_once(|| root);
-    MM.call_once(|| Mm::new(&physmap::PHYS, &FRAMES, &SHOOTDOWN, Some(root)));
+    MM.call_once(|| Mm::new(&physmap::PHYS, &FRAMES, &SHOOTDOWN, Some(root)))
+        .set_max_leaf(kernel_space::max_leaf());
     log::info!("address spaces: kernel half shared through 256 PDPTs ({added} allocated now)");
     Ok(())
 }

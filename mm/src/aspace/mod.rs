@@ -85,7 +85,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
@@ -301,6 +301,9 @@ pub struct Mm<'m, M: PhysMem> {
     /// below zero would mean broken accounting); [`rmap_audit`](Self::rmap_audit)
     /// reports them.
     pub(crate) count_errors: AtomicU64,
+    /// The buddy order of the largest leaf the fault path may map (see
+    /// [`Mm::set_max_leaf`]).
+    max_leaf_order: AtomicU8,
 }
 
 /// The leaf flags of a user mapping.
@@ -336,7 +339,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             next_space: AtomicU64::new(1),
             epoch: AtomicU64::new(0),
             count_errors: AtomicU64::new(0),
+            max_leaf_order: AtomicU8::new(PageSize::Size1G.order()),
         }
+    }
+
+    /// Cap the leaves new faults map at `size` (default 1 GiB), e.g. 2 MiB on a CPU
+    /// without 1 GiB pages: a huge-page VMA then gets 2 MiB leaves. Existing mappings are
+    /// left as they are.
+    pub fn set_max_leaf(&self, size: PageSize) {
+        self.max_leaf_order.store(size.order(), Ordering::Relaxed);
+    }
+
+    /// The largest leaf new faults may map.
+    pub fn max_leaf(&self) -> PageSize {
+        size_of_order(self.max_leaf_order.load(Ordering::Relaxed)).unwrap_or(PageSize::Size4K)
     }
 
     /// The frame source.

@@ -301,7 +301,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 frame,
             })));
         }
-        let max = PageSize::at_level(level.min(3)).unwrap_or(PageSize::Size4K);
+        let max = PageSize::at_level(level.min(3))
+            .unwrap_or(PageSize::Size4K)
+            .min(self.max_leaf());
         let huge = match vma.flags.huge {
             HugePolicy::Never => false,
             HugePolicy::Always => true,

@@ -10,6 +10,11 @@
 //! an IPI or a timer tick. A CPU that does not come up in time is sent INIT again
 //! (parking it) and reported; the others still start.
 //!
+//! CPU indices follow the MADT's order (the boot CPU is 0; repeated APIC IDs and CPUs
+//! past [`percpu::MAX_CPUS`] are left out by the parser). A CPU that fails to start
+//! keeps its index, never online: indices are dense only when every CPU came up, so code
+//! walks [`percpu::online`] rather than counting up to the number of CPUs.
+//!
 //! [`run_on`] queues a closure for one CPU and wakes it with an IPI; [`run_on_set`] and
 //! [`broadcast`] do it for several. Work meant for the calling CPU runs at once, in the
 //! caller. A CPU waiting on a [`Pending`] serves its own queue meanwhile, so CPUs that
@@ -21,7 +26,7 @@ mod trampoline;
 use super::acpi::{self, AcpiCpuError};
 use super::apic::{self, ApicError};
 use super::gdt::{self, CpuTables};
-use super::timer::{self, Deadline, TimerError};
+use super::timer::{self, Deadline};
 use crate::mem::{self, MemError};
 use crate::percpu::{self, CpuSet, PerCpuError};
 use alloc::boxed::Box;
@@ -50,8 +55,6 @@ pub enum SmpError {
     Acpi(AcpiCpuError),
     /// The local APIC could not be set up, or an IPI not sent.
     Apic(ApicError),
-    /// The timers could not be calibrated.
-    Timer(TimerError),
     /// A stack or a mapping could not be made.
     Mem(MemError),
     /// The AP trampoline could not be installed or removed.
@@ -72,7 +75,6 @@ impl core::fmt::Display for SmpError {
             SmpError::NoRsdp => write!(f, "the firmware gave no ACPI RSDP"),
             SmpError::Acpi(e) => write!(f, "finding the CPUs: {e}"),
             SmpError::Apic(e) => write!(f, "local APIC: {e:?}"),
-            SmpError::Timer(e) => write!(f, "timer calibration: {e:?}"),
             SmpError::Mem(e) => write!(f, "memory for a CPU: {e:?}"),
             SmpError::Trampoline(e) => write!(f, "AP trampoline: {e:?}"),
             SmpError::PerCpu(e) => write!(f, "per-CPU data: {e:?}"),
@@ -120,7 +122,12 @@ pub fn init(rsdp: Option<u64>) -> Result<usize, SmpError> {
     let boot_id = apic::id();
     percpu::prepare(0, boot_id, None).map_err(SmpError::PerCpu)?;
     percpu::enter(0).map_err(SmpError::PerCpu)?;
-    timer::init().map_err(SmpError::Timer)?;
+    if let Err(e) = timer::init(rsdp) {
+        // Every timeout and delay reads the TSC: without its frequency they would all
+        // expire at once. Stop here, saying why.
+        log::error!("timer calibration failed ({e:?}); the kernel cannot go on without a timer");
+        super::exit(super::ExitStatus::Failure);
+    }
     timer::start_this_cpu();
     percpu::mark_online();
     x86_64::instructions::interrupts::enable();
