@@ -358,12 +358,14 @@ const ROUNDS: usize = 200;
 /// the hardware does, atomically and only while it is present, but only if it is clean.
 /// Returns whether this call made it dirty.
 fn mmu_dirty(arena: &Arena, root: PhysAddr, va: u64) -> bool {
-    let Some((word, _)) = leaf_word(arena, root, va) else {
+    let Some((word, size)) = leaf_word(arena, root, va) else {
         return false;
     };
     let current = word.load(Ordering::Acquire);
     let dirty = PageTableFlags::DIRTY.bits();
-    current & PageTableFlags::PRESENT.bits() != 0
+    // Like the MMU's locked update, only a present leaf of the size just walked is
+    // dirtied: the slot may have become a table pointer since the walk read it.
+    Entry::from_raw(current).leaf_size(size.level()) == Some(size)
         && current & dirty == 0
         && word
             .compare_exchange(
