@@ -159,6 +159,33 @@ fn the_cursor_covers_empty_space_coarsely_and_both_ends_of_the_address_space() {
     assert_eq!(got.last(), Some(&(top, 1, "leaf")));
     // Three table slots (PML4, PDPT, PD), the unused PD slot below, the 512 PT slots.
     assert_eq!(got.len(), 3 + 1 + 512);
+    // Out of a PT, up past the end of its PD and PDPT, into the next PML4 slot's tables.
+    let g512 = 1u64 << 39;
+    for va in [g512 - K4, g512] {
+        pt.map(
+            va,
+            PhysAddr::new(K4),
+            PageSize::Size4K,
+            F::WRITABLE,
+            &mut alloc,
+            &mut sink,
+        )
+        .unwrap();
+    }
+    let got = slots(&pt, g512 - K4, g512 + K4);
+    assert_eq!(
+        got,
+        [
+            (0, 4, "table"),
+            (g512 - G1, 3, "table"),
+            (g512 - M2, 2, "table"),
+            (g512 - K4, 1, "leaf"),
+            (g512, 4, "table"),
+            (g512, 3, "table"),
+            (g512, 2, "table"),
+            (g512, 1, "leaf"),
+        ]
+    );
     assert_eq!(pt.cursor(K4, K4).unwrap().count(), 0);
     assert_eq!(
         pt.cursor(LOWER_HALF_END - K4, UPPER_HALF_START + K4).err(),

@@ -33,11 +33,9 @@ fn words<M: PhysMem>(pt: &PageTable<'_, M>) -> Vec<u64> {
 
 /// Map 512 leaves of `child` size from `va` to contiguous frames from `first` with
 /// `flags`, the leaf `odd` (if any) getting `odd_pa` / `odd_flags` instead.
-#[allow(clippy::too_many_arguments)]
 fn map_children(
     pt: &mut PageTable<'_, Arena>,
-    alloc: &mut ListTableAlloc,
-    sink: &mut RecordingSink,
+    (alloc, sink): (&mut ListTableAlloc, &mut RecordingSink),
     va: u64,
     child: PageSize,
     first: u64,
@@ -145,8 +143,7 @@ fn accessed_dirty_bits_survive_split_and_collapse() {
     let va = BASE + G1;
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         va,
         PageSize::Size4K,
         4 * M2,
@@ -181,8 +178,7 @@ fn collapse_refusals_leave_the_table_untouched() {
     // One 2 MiB region per refusal, each with one odd child (index 9).
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         BASE,
         k4,
         0,
@@ -191,8 +187,7 @@ fn collapse_refusals_leave_the_table_untouched() {
     );
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         BASE + M2,
         k4,
         M2,
@@ -201,8 +196,7 @@ fn collapse_refusals_leave_the_table_untouched() {
     );
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         BASE + 2 * M2,
         k4,
         2 * M2 + K4,
@@ -211,8 +205,7 @@ fn collapse_refusals_leave_the_table_untouched() {
     );
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         BASE + 3 * M2,
         k4,
         3 * M2,
@@ -222,8 +215,7 @@ fn collapse_refusals_leave_the_table_untouched() {
     let _ = pt.unmap(at(3).as_u64(), k4, &mut sink).unwrap();
     map_children(
         &mut pt,
-        &mut alloc,
-        &mut sink,
+        (&mut alloc, &mut sink),
         BASE + 4 * M2,
         k4,
         4 * M2,
@@ -236,7 +228,7 @@ fn collapse_refusals_leave_the_table_untouched() {
         .unwrap();
     pt.map(BASE + 5 * M2, pa(5 * M2), m2, rw, &mut alloc, &mut sink)
         .unwrap();
-    map_children(&mut pt, &mut alloc, &mut sink, BASE + G1, m2, 0, rw, None);
+    map_children(&mut pt, (&mut alloc, &mut sink), BASE + G1, m2, 0, rw, None);
     let _ = pt.unmap(BASE + G1 + 9 * M2, m2, &mut sink).unwrap();
     pt.map(
         BASE + G1 + 9 * M2,
