@@ -10,7 +10,7 @@ use crate::base::addr::{PageSize, Pfn};
 use crate::frame::meta::FrameState;
 use crate::mapping::region;
 use crate::mapping::rmap::{RmapEntry, SpaceId};
-use crate::paging::LOWER_HALF_END;
+use crate::paging::{MigrationEntry, SlotKind, SoftwareEntry, LOWER_HALF_END};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
@@ -59,6 +59,12 @@ pub enum RmapAuditError {
         space: SpaceId,
         /// The leaf.
         va: VirtAddr,
+    },
+    /// The list of migration entries in flight disagrees with the software entries
+    /// found in the page table.
+    MigratingList {
+        /// The address space.
+        space: SpaceId,
     },
     /// A leaf lies outside every VMA, or its flags do not match its VMA's.
     BadLeaf {
@@ -123,17 +129,42 @@ impl<M: PhysMem> Mm<'_, M> {
         for space in &spaces {
             let id = space.id();
             let st = space.state.lock();
+            // Every present leaf and every software entry, read from the page table
+            // itself (not from the list of migrations in flight, which must agree).
             let mut found = Vec::new();
-            for (va, t) in st.pt.walk(0, LOWER_HALF_END) {
-                found.push((va, t.size, Pfn::containing(t.leaf_base_pa), t.flags));
+            let mut migrating = BTreeMap::new();
+            let slots = st
+                .pt
+                .cursor(0, LOWER_HALF_END)
+                .map_err(|_| RmapAuditError::BadLeaf {
+                    space: id,
+                    va: VirtAddr::zero(),
+                })?;
+            for slot in slots {
+                match slot.kind {
+                    SlotKind::Leaf(t) => {
+                        found.push((slot.va, t.size, Pfn::containing(t.leaf_base_pa), t.flags))
+                    }
+                    SlotKind::Software(SoftwareEntry::Migration(mig)) => {
+                        migrating.insert(slot.va.as_u64(), mig);
+                        found.push((slot.va, mig.size(), mig.source_pfn(), mig.flags()));
+                    }
+                    SlotKind::Software(_) => {
+                        return Err(RmapAuditError::BadLeaf {
+                            space: id,
+                            va: slot.va,
+                        })
+                    }
+                    SlotKind::Absent | SlotKind::Table(_) => {}
+                }
             }
-            for (&va, &(size, mig)) in &st.migrating {
-                found.push((
-                    VirtAddr::new_truncate(va),
-                    size,
-                    mig.source_pfn(),
-                    mig.flags(),
-                ));
+            let listed: BTreeMap<u64, MigrationEntry> = st
+                .migrating
+                .iter()
+                .map(|(&va, &(_, mig))| (va, mig))
+                .collect();
+            if listed != migrating {
+                return Err(RmapAuditError::MigratingList { space: id });
             }
             for (va, size, pfn, flags) in found {
                 let bad = RmapAuditError::BadLeaf { space: id, va };

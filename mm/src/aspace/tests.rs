@@ -778,3 +778,34 @@ fn a_flush_dropped_without_completing_frees_nothing() {
         assert!(leaked_frames() >= leaked + 5);
     });
 }
+
+#[test]
+fn the_audit_reads_software_entries_from_the_page_table() {
+    arena(|env| {
+        let s = env.mm.new_space().unwrap();
+        env.mm
+            .map_anon(&s, 0x10_0000, K4, private(HugePolicy::Never))
+            .unwrap();
+        mapped(env, &s, 0x10_0000, true);
+        env.audit();
+        // A migration entry that no migration lists (a CPU faulting on it would wait
+        // for ever): the audit finds it in the table.
+        let mut st = s.state.lock();
+        let leaf = st.pt.entry_at(0x10_0000, 1).unwrap();
+        let mig = MigrationEntry::from_leaf(leaf, PageSize::Size4K).unwrap();
+        st.pt
+            .compare_exchange_leaf(0x10_0000, 1, leaf, mig.entry())
+            .unwrap();
+        drop(st);
+        assert_eq!(
+            env.mm.rmap_audit(),
+            Err(RmapAuditError::MigratingList { space: s.id() })
+        );
+        let mut st = s.state.lock();
+        st.pt
+            .compare_exchange_leaf(0x10_0000, 1, mig.entry(), leaf)
+            .unwrap();
+        drop(st);
+        env.audit();
+    });
+}
