@@ -13,7 +13,7 @@
 //! - [`expect`] holds the assertions the boot tests (`tests/boot.rs`) use; each prints
 //!   the run's output when it fails.
 //!
-//! The `qemu-run` binary (`src/bin/qemu-run.rs`) is the command-line face of [`run`];
+//! The `qemu-run` binary (`src/bin/qemu-run/main.rs`) is the command-line face of [`run`];
 //! `run-qemu.sh` calls it.
 //!
 //! Exit convention: the kernel writes QEMU's isa-debug-exit port, so QEMU exits with 33
