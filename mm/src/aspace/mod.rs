@@ -80,7 +80,9 @@ use crate::frame::refs::{CountError, Released};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
 use crate::mapping::vma::{check_user_addr, check_user_range, Vma, VmaError, VmaFlags, VmaSet};
 use crate::paging::MigrationEntry;
-use crate::paging::{Entry, PageTable, RangeError, Translation, UnmappedLeaf, LOWER_HALF_END};
+use crate::paging::{
+    Entry, PageTable, RangeError, SplitError, Translation, UnmappedLeaf, LOWER_HALF_END,
+};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -128,6 +130,9 @@ pub enum SpaceError {
     Count(CountError),
     /// The page-table layer refused a range operation.
     PageTable(RangeError),
+    /// The page-table layer refused to split a huge leaf (for a reason other than
+    /// memory).
+    Split(SplitError),
     /// A write to a read-only VMA.
     ReadOnly,
     /// A page-table slot holds a non-present entry that is neither empty nor a software
@@ -184,6 +189,7 @@ impl fmt::Display for SpaceError {
             SpaceError::NoSuchNode => f.write_str("no such NUMA node"),
             SpaceError::Count(e) => write!(f, "{e}"),
             SpaceError::PageTable(e) => write!(f, "page table: {e}"),
+            SpaceError::Split(e) => write!(f, "split: {e}"),
             SpaceError::ReadOnly => f.write_str("write to a read-only VMA"),
             SpaceError::BadEntry => f.write_str("corrupt page-table entry"),
         }
@@ -683,14 +689,19 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let mut split_flush = Flush::new();
         let token = match st.pt.begin_split(va, t.size, &mut tables, &mut split_flush) {
             Ok(token) => token,
-            Err(_) => {
+            Err(e) => {
                 unreserve();
-                return Err(SpaceError::OutOfMemory);
+                return Err(match e {
+                    SplitError::OutOfTables => SpaceError::OutOfMemory,
+                    other => SpaceError::Split(other),
+                });
             }
         };
         split_flush.complete(self, space);
+        // Under the space lock nothing else writes the slot, so this only fails if the
+        // tables are corrupt; the cause is kept.
         st.pt.finish_split(token).map_err(|_| {
-            SpaceError::PageTable(RangeError::Busy {
+            SpaceError::Split(SplitError::Busy {
                 va: VirtAddr::new_truncate(va),
                 size: t.size,
             })

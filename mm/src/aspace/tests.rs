@@ -809,3 +809,25 @@ fn the_audit_reads_software_entries_from_the_page_table() {
         env.audit();
     });
 }
+
+#[test]
+fn fault_and_space_errors_keep_their_cause() {
+    // Space errors with no fault equivalent used to become `NonCanonical`.
+    for e in [
+        SpaceError::RegionInUse,
+        SpaceError::InUse,
+        SpaceError::NoSuchNode,
+        SpaceError::Split(SplitError::NotMapped),
+    ] {
+        assert_eq!(FaultError::from(e), FaultError::Space(e));
+        assert_eq!(SpaceError::from(FaultError::from(e)), e);
+    }
+    assert_eq!(
+        FaultError::from(SpaceError::KernelHalf),
+        FaultError::KernelHalf
+    );
+    assert_eq!(
+        FaultError::from(VmaError::Overlap),
+        FaultError::Space(SpaceError::Overlap)
+    );
+}
