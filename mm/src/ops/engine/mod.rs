@@ -193,9 +193,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
                 unit.mv.transform(self, &unit.claimed);
             }
-            for unit in &mut installed {
-                self.remap_unit(unit);
-            }
+            self.remap_all(&mut installed);
             for unit in installed {
                 let lost = unit.claimed.iter().any(|c| c.lost > 0);
                 let result = unit.mv.finish(self, &unit.claimed);
@@ -467,56 +465,76 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
     }
 
-    /// Step 5 for one unit: holders, then leaves, to the targets.
-    fn remap_unit<T: Move<'m, M>>(&self, unit: &mut Unit<'m, M, T>) {
-        let targets: Vec<Pfn> = (0..unit.claimed.len()).map(|i| unit.mv.target(i)).collect();
-        self.move_holders(&unit.claimed, &targets);
-        let mut by_space: BTreeMap<SpaceId, Vec<(usize, usize)>> = BTreeMap::new();
-        for (i, c) in unit.claimed.iter().enumerate() {
-            for (j, inst) in c.installed.iter().enumerate() {
-                by_space.entry(inst.space.id()).or_default().push((i, j));
+    /// Step 5 for the whole batch: each unit's holders, then every leaf, to the
+    /// targets, with one lock of each address space (and of the reverse map under it)
+    /// for all the batch's migration entries in that space.
+    fn remap_all<T: Move<'m, M>>(&self, units: &mut [Unit<'m, M, T>]) {
+        let targets: Vec<Vec<Pfn>> = units
+            .iter()
+            .map(|u| (0..u.claimed.len()).map(|i| u.mv.target(i)).collect())
+            .collect();
+        let any_holder = {
+            let rmap = self.rmap.lock();
+            units
+                .iter()
+                .flat_map(|u| &u.claimed)
+                .any(|c| rmap.holder(c.head).is_some())
+        };
+        if any_holder {
+            for (unit, targets) in units.iter().zip(&targets) {
+                self.move_holders(&unit.claimed, targets);
             }
         }
+        // (unit, claimed block, installed entry), by address space.
+        let mut by_space: BTreeMap<SpaceId, Vec<(usize, usize, usize)>> = BTreeMap::new();
+        for (u, unit) in units.iter().enumerate() {
+            for (i, c) in unit.claimed.iter().enumerate() {
+                for (j, inst) in c.installed.iter().enumerate() {
+                    by_space.entry(inst.space.id()).or_default().push((u, i, j));
+                }
+            }
+        }
+        let mut gone = Vec::new();
         for items in by_space.into_values() {
-            let space = unit.claimed[items[0].0].installed[items[0].1].space.clone();
+            let (u0, i0, j0) = items[0];
+            let space = units[u0].claimed[i0].installed[j0].space.clone();
             let mut st = space.state.lock();
+            let mut rmap = self.rmap.lock();
             // Take every moved mapping off its old block first, then add them to their
             // new ones: in an exchange the two blocks trade mappings.
             let mut moved = Vec::with_capacity(items.len());
-            let mut gone = Vec::new();
-            {
-                let mut rmap = self.rmap.lock();
-                for &(i, j) in &items {
-                    let c = &unit.claimed[i];
-                    let inst = &c.installed[j];
-                    let level = inst.mig.size().level();
-                    let new = inst.mig.retarget(targets[i].add(inst.offset).addr());
-                    st.migrating.remove(&inst.va);
-                    let swapped =
-                        st.pt
-                            .compare_exchange_leaf(inst.va, level, inst.mig.entry(), new);
-                    let entry = rmap.remove(c.head, space.id(), inst.va);
-                    match (swapped, entry) {
-                        (Ok(()), Some(entry)) => moved.push((i, entry)),
-                        (_, entry) => gone.push((i, entry.is_some())),
-                    }
-                }
-                for &(i, entry) in &moved {
-                    let (Some(from), Some(to)) =
-                        (self.meta(unit.claimed[i].head), self.meta(targets[i]))
-                    else {
-                        continue;
-                    };
-                    rmap.insert(targets[i], entry);
-                    self.count_result(from.move_mapping_to(to));
+            for &(u, i, j) in &items {
+                let c = &units[u].claimed[i];
+                let inst = &c.installed[j];
+                let level = inst.mig.size().level();
+                let new = inst.mig.retarget(targets[u][i].add(inst.offset).addr());
+                st.migrating.remove(&inst.va);
+                let swapped = st
+                    .pt
+                    .compare_exchange_leaf(inst.va, level, inst.mig.entry(), new);
+                let entry = rmap.remove(c.head, space.id(), inst.va);
+                match (swapped, entry) {
+                    (Ok(()), Some(entry)) => moved.push((u, i, entry)),
+                    (_, entry) => gone.push((u, i, entry.is_some())),
                 }
             }
-            drop(st);
+            for &(u, i, entry) in &moved {
+                let to = targets[u][i];
+                let (Some(from), Some(to_meta)) =
+                    (self.meta(units[u].claimed[i].head), self.meta(to))
+                else {
+                    continue;
+                };
+                rmap.insert(to, entry);
+                self.count_result(from.move_mapping_to(to_meta));
+            }
+        }
+        if !gone.is_empty() {
             // The batch's shootdown already covered these addresses: the flush only
             // carries the references.
             let mut flush = Flush::new();
-            for (i, had_entry) in gone {
-                let c = &mut unit.claimed[i];
+            for (u, i, had_entry) in gone {
+                let c = &mut units[u].claimed[i];
                 c.lost += 1;
                 if had_entry {
                     if let Some(meta) = self.meta(c.head) {
@@ -527,7 +545,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             flush.complete_on(self, CpuSet::new());
         }
-        for c in &mut unit.claimed {
+        for c in units.iter_mut().flat_map(|u| &mut u.claimed) {
             c.installed.clear();
         }
     }
