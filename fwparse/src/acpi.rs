@@ -87,21 +87,7 @@ pub enum MadtEntry {
 
 /// The MADT entries in `entries` (the bytes after [`MADT_ENTRIES_OFFSET`]).
 pub fn madt_entries(entries: &[u8]) -> impl Iterator<Item = MadtEntry> + '_ {
-    let mut walk = Entries {
-        bytes: entries,
-        at: 0,
-        truncated: false,
-    };
-    let mut done = false;
-    core::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let offset = walk.at;
-        let Some((kind, e)) = walk.next() else {
-            done = true;
-            return walk.truncated.then_some(MadtEntry::Truncated { offset });
-        };
+    decoded_entries(entries, |kind, offset, e| {
         let need = match kind {
             0 => 8,
             1 | 5 => 12,
@@ -109,9 +95,9 @@ pub fn madt_entries(entries: &[u8]) -> impl Iterator<Item = MadtEntry> + '_ {
             _ => 2,
         };
         if e.len() < need {
-            return Some(MadtEntry::Malformed { kind, offset });
+            return MadtEntry::Malformed { kind, offset };
         }
-        Some(match kind {
+        match kind {
             0 => MadtEntry::Processor {
                 apic_id: le(e, 3, 1) as u32,
                 enabled: le(e, 4, 4) as u32 & ENABLED != 0,
@@ -127,7 +113,33 @@ pub fn madt_entries(entries: &[u8]) -> impl Iterator<Item = MadtEntry> + '_ {
             },
             5 => MadtEntry::LapicAddressOverride(le(e, 4, 8)),
             other => MadtEntry::Other(other),
-        })
+        }
+    })
+    .map(|entry| entry.unwrap_or_else(|offset| MadtEntry::Truncated { offset }))
+}
+
+/// The entries of an ACPI entry list, each decoded by `decode(kind, offset, bytes)`;
+/// a list that ends in a truncated entry yields `Err(offset)` for it, last.
+fn decoded_entries<'a, T: 'a>(
+    entries: &'a [u8],
+    decode: impl Fn(u8, usize, &[u8]) -> T + 'a,
+) -> impl Iterator<Item = Result<T, usize>> + 'a {
+    let mut walk = Entries {
+        bytes: entries,
+        at: 0,
+        truncated: false,
+    };
+    let mut done = false;
+    core::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let offset = walk.at;
+        let Some((kind, e)) = walk.next() else {
+            done = true;
+            return walk.truncated.then_some(Err(offset));
+        };
+        Some(Ok(decode(kind, offset, e)))
     })
 }
 
@@ -224,21 +236,7 @@ pub enum SratEntry {
 
 /// The SRAT entries in `entries` (the bytes after [`SRAT_ENTRIES_OFFSET`]).
 pub fn srat_entries(entries: &[u8]) -> impl Iterator<Item = SratEntry> + '_ {
-    let mut walk = Entries {
-        bytes: entries,
-        at: 0,
-        truncated: false,
-    };
-    let mut done = false;
-    core::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let offset = walk.at;
-        let Some((kind, e)) = walk.next() else {
-            done = true;
-            return walk.truncated.then_some(SratEntry::Truncated { offset });
-        };
+    decoded_entries(entries, |kind, offset, e| {
         let need = match kind {
             0 => 16,
             1 => 40,
@@ -246,10 +244,10 @@ pub fn srat_entries(entries: &[u8]) -> impl Iterator<Item = SratEntry> + '_ {
             _ => 2,
         };
         if e.len() < need {
-            return Some(SratEntry::Malformed { kind, offset });
+            return SratEntry::Malformed { kind, offset };
         }
         let flags = |at| le(e, at, 4) as u32;
-        Some(match kind {
+        match kind {
             0 if flags(4) & ENABLED != 0 => SratEntry::Processor {
                 apic_id: le(e, 3, 1) as u32,
                 domain: (le(e, 2, 1) | le(e, 9, 3) << 8) as u32,
@@ -272,6 +270,7 @@ pub fn srat_entries(entries: &[u8]) -> impl Iterator<Item = SratEntry> + '_ {
                 }
             }
             _ => SratEntry::Ignored,
-        })
+        }
     })
+    .map(|entry| entry.unwrap_or_else(|offset| SratEntry::Truncated { offset }))
 }
