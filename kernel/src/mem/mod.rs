@@ -11,6 +11,7 @@ pub mod pcp;
 pub mod physmap;
 pub mod report;
 pub mod tests;
+pub mod zone;
 
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::BootInfo;

@@ -17,7 +17,7 @@
 //! [`drain_all`] returns every cached frame (before an audit, before comparing free
 //! areas, or when a specific frame is wanted that may be sitting in a cache).
 
-use super::frames::with_buddy;
+use super::zone::with_buddy;
 use super::MemError;
 use crate::percpu::{self, MAX_CPUS};
 use mm::base::addr::Pfn;
