@@ -345,5 +345,5 @@ pub(super) fn set_vectors(idt: &mut InterruptDescriptorTable) {
     idt[PING_VECTOR].set_handler_fn(ping);
     idt[ERROR_VECTOR].set_handler_fn(error);
     idt[SPURIOUS_VECTOR].set_handler_fn(spurious);
-    idt[crate::tlb::SHOOTDOWN_VECTOR].set_handler_fn(crate::tlb::interrupt);
+    idt[super::tlb::SHOOTDOWN_VECTOR].set_handler_fn(super::tlb::interrupt);
 }

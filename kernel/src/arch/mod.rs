@@ -14,6 +14,7 @@ pub mod serial;
 pub mod smp;
 pub mod srat;
 pub mod timer;
+pub mod tlb;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;

@@ -5,6 +5,7 @@
 pub mod elf;
 pub mod frames;
 pub mod heap;
+pub mod kernel_flush;
 pub mod kernel_space;
 pub mod kernel_space_tests;
 pub mod pcp;

@@ -7,7 +7,7 @@
 
 use super::physmap;
 use super::MemError;
-use crate::tlb::lock_serving;
+use crate::arch::tlb::lock_serving;
 use mm::base::addr::{Pfn, PAGE_SIZE};
 use mm::frame::buddy::BuddyAllocator;
 use mm::frame::meta::{FrameMeta, FrameTable};

@@ -6,11 +6,12 @@
 //! [`Helpers`] runs the helpers of a multi-CPU test (here and in the `vm` tests): a test
 //! that fails returns early, and the guard stops its helpers before it does.
 
-use super::{shootdown, KernelFlush, MAIL};
 use crate::arch::probe;
 use crate::arch::smp::{self, Pending};
 use crate::arch::timer::Deadline;
+use crate::arch::tlb::{shootdown, MAIL};
 use crate::harness::{KernelTest, TestContext, TestError, TestResult};
+use crate::mem::kernel_flush::KernelFlush;
 use crate::mem::kernel_space::{self, KernelTableAlloc};
 use crate::mem::tests::Rng;
 use crate::mem::{frames, physmap};
