@@ -17,7 +17,6 @@ mod bench;
 mod harness;
 mod mem;
 mod options;
-mod percpu;
 mod tlb;
 mod vm;
 

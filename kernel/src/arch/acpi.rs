@@ -8,8 +8,8 @@
 //! plainly (physical memory through the linear map, port I/O, PCI configuration
 //! mechanism #1) so that the handler stays correct if the interpreter is turned on.
 
+use crate::arch::percpu::MAX_CPUS;
 use crate::mem::physmap;
-use crate::percpu::MAX_CPUS;
 use acpi::sdt::madt::Madt;
 use acpi::{AcpiTable, AcpiTables, PciAddress, PhysicalMapping};
 use alloc::vec::Vec;

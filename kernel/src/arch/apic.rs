@@ -9,8 +9,8 @@
 //! write per CPU), or to all CPUs but the sender (the ICR shorthand).
 
 use super::timer::{self, Deadline};
+use crate::arch::percpu::{self, CpuSet};
 use crate::mem::{self, MemError};
-use crate::percpu::{self, CpuSet};
 use spin::Once;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::{ApicBase, ApicBaseFlags, Msr};

@@ -9,6 +9,7 @@ pub mod fw_cfg;
 pub mod gdt;
 pub mod guard;
 pub mod idt;
+pub mod percpu;
 pub mod probe;
 pub mod serial;
 pub mod smp;
@@ -98,7 +99,7 @@ pub fn panic_report(info: &core::panic::PanicInfo) -> ! {
     exit(ExitStatus::Failure)
 }
 
-/// The index of the CPU running this code (see [`crate::percpu::cpu_index`]).
+/// The index of the CPU running this code (see [`crate::arch::percpu::cpu_index`]).
 pub fn cpu_number() -> u32 {
-    crate::percpu::cpu_index()
+    crate::arch::percpu::cpu_index()
 }

@@ -11,7 +11,7 @@
 //! acknowledgement would deadlock, so [`lock_serving`] serves shootdowns while it spins.
 
 use super::apic;
-use crate::percpu::{self, CpuSet};
+use crate::arch::percpu::{self, CpuSet};
 use mm::backend::shootdown::{FlushBatch, Mailboxes, ShootdownError, TlbArch};
 use spin::{Mutex, MutexGuard};
 use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};

@@ -18,9 +18,9 @@
 
 mod selftest;
 
+use crate::arch::percpu;
 use crate::arch::{self, smp, ExitStatus};
 use crate::options::Parsed;
-use crate::percpu;
 use crate::{sprint, sprintln};
 use alloc::string::String;
 use alloc::vec::Vec;

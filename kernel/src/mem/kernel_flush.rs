@@ -4,8 +4,8 @@
 //! `KernelFlush` dropped without finishing leaks them rather than free them early.
 
 use super::{frames, kernel_space};
+use crate::arch::percpu;
 use crate::arch::tlb::{flush_local, shootdown};
-use crate::percpu;
 use mm::backend::flush::FlushSink;
 use mm::backend::shootdown::FlushBatch;
 use mm::base::addr::PageSize;

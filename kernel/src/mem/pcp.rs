@@ -19,7 +19,7 @@
 
 use super::zone::with_buddy;
 use super::MemError;
-use crate::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, MAX_CPUS};
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::{FrameFlags, FrameState, FrameTable};

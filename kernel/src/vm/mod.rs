@@ -37,9 +37,9 @@ pub mod numa;
 pub mod source;
 pub mod tests;
 
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::tlb;
 use crate::mem::{kernel_space, physmap, MemError};
-use crate::percpu::{self, MAX_CPUS};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::{AddressSpace, Mm, SpaceError};

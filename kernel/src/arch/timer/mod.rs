@@ -9,10 +9,10 @@
 //! stops rather than run with a timer of zero. The APIC timer is measured against the
 //! TSC. Every CPU then calls
 //! [`start_this_cpu`], which runs its APIC timer at [`HZ`]; each tick is counted in the
-//! CPU's [`crate::percpu::PerCpu::ticks`]. [`now_ns`] and [`Deadline`] read the TSC.
+//! CPU's [`crate::arch::percpu::PerCpu::ticks`]. [`now_ns`] and [`Deadline`] read the TSC.
 
 use super::apic::{self, Reg, TIMER_VECTOR};
-use crate::percpu;
+use crate::arch::percpu;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 use x86_64::structures::idt::InterruptStackFrame;

@@ -167,7 +167,7 @@ pub fn get(index: u32) -> Option<&'static PerCpu> {
 /// Mark the running CPU online.
 pub fn mark_online() {
     ONLINE.insert(cpu_index());
-    crate::arch::tlb::cpu_online(cpu_index());
+    super::tlb::cpu_online(cpu_index());
 }
 
 /// The CPUs that are up.
