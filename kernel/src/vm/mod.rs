@@ -93,6 +93,7 @@ pub fn init(rsdp: Option<u64>) -> Result<(), MemError> {
     KERNEL_ROOT.call_once(|| root);
     MM.call_once(|| Mm::new(&physmap::PHYS, &FRAMES, &SHOOTDOWN, Some(root)))
         .set_max_leaf(kernel_space::max_leaf());
+    crate::arch::idt::set_user_fault_handler(handle_page_fault);
     log::info!("address spaces: kernel half shared through 256 PDPTs ({added} allocated now)");
     Ok(())
 }
