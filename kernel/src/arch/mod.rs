@@ -12,14 +12,18 @@ pub mod idt;
 pub mod percpu;
 pub mod probe;
 pub mod serial;
-pub mod smp;
 pub mod srat;
 pub mod timer;
 pub mod tlb;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
-use x86_64::PhysAddr;
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Maps `len` bytes of device registers at a physical address uncached and says where
+/// (None: they cannot be mapped). The memory layer provides it to the hardware code that
+/// needs registers, which cannot map anything itself.
+pub type MapRegisters<'a> = &'a dyn Fn(PhysAddr, u64) -> Option<VirtAddr>;
 
 /// Physical address of the ACPI RSDP (0: none given), for [`is_qemu`].
 static RSDP: AtomicU64 = AtomicU64::new(0);

@@ -19,7 +19,7 @@ use x86_64::VirtAddr;
 
 pub use mm::base::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
 
-/// A closure queued for a CPU (see [`crate::arch::smp::run_on`]).
+/// A closure queued for a CPU (see [`crate::smp::run_on`]).
 pub type Work = Box<dyn FnOnce() + Send>;
 
 /// The state of one CPU.

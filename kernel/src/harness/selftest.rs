@@ -4,8 +4,8 @@
 
 use super::{KernelTest, TestContext, TestResult};
 use crate::arch::percpu;
-use crate::arch::smp;
 use crate::options::SelfTest;
+use crate::smp;
 use crate::{check, skip};
 
 const PASSES: KernelTest = KernelTest {

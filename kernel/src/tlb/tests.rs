@@ -8,7 +8,6 @@
 
 use crate::arch::percpu::{self, CpuSet};
 use crate::arch::probe;
-use crate::arch::smp::{self, Pending};
 use crate::arch::timer::Deadline;
 use crate::arch::tlb::{shootdown, MAIL};
 use crate::harness::{KernelTest, TestContext, TestError, TestResult};
@@ -16,6 +15,7 @@ use crate::mem::kernel_flush::KernelFlush;
 use crate::mem::kernel_space::{self, KernelTableAlloc};
 use crate::mem::tests::Rng;
 use crate::mem::{frames, physmap};
+use crate::smp::{self, Pending};
 use crate::vm;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;

@@ -8,7 +8,8 @@
 
 use super::{activate, deactivate, migration_waits, mm, Space};
 use crate::arch::percpu;
-use crate::arch::{probe, smp};
+use crate::arch::probe;
+use crate::smp;
 use crate::sprintln;
 use alloc::string::String;
 use alloc::sync::Arc;

@@ -6,9 +6,10 @@ use super::{
     read, shared, value, write, Env, KernelMm, Space, BASE, G1, K4, M2, ORDER_1G,
 };
 use crate::arch::percpu;
-use crate::arch::{smp, timer};
+use crate::arch::timer;
 use crate::harness::{TestContext, TestResult};
 use crate::mem::frames;
+use crate::smp;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;
 use alloc::string::String;
