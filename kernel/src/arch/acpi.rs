@@ -9,7 +9,6 @@
 //! mechanism #1) so that the handler stays correct if the interpreter is turned on.
 
 use crate::arch::percpu::MAX_CPUS;
-use crate::mem::physmap;
 use acpi::sdt::madt::Madt;
 use acpi::{AcpiTable, AcpiTables, PciAddress, PhysicalMapping};
 use alloc::vec::Vec;
@@ -27,9 +26,7 @@ pub struct PhysMapHandler;
 /// Where the registers of `size_of::<T>()` bytes at `address` are mapped (uncached).
 fn register_ptr<T>(address: usize) -> Option<*mut T> {
     let pa = PhysAddr::try_new(address as u64).ok()?;
-    crate::mem::map_mmio(pa, core::mem::size_of::<T>() as u64)
-        .ok()
-        .map(|va| va.as_mut_ptr())
+    super::map_registers(pa, core::mem::size_of::<T>() as u64).map(|va| va.as_mut_ptr())
 }
 
 /// A register read; all ones (as from an absent device) if it cannot be mapped.
@@ -103,7 +100,7 @@ impl acpi::Handler for PhysMapHandler {
         size: usize,
     ) -> PhysicalMapping<Self, T> {
         let pa = PhysAddr::new_truncate(physical_address as u64);
-        let reached = physmap::firmware_ptr(pa, size as u64);
+        let reached = super::firmware_ptr(pa, size as u64);
         let ptr = reached
             .unwrap_or(NOTHING.as_ptr().cast())
             .cast_mut()
@@ -246,7 +243,7 @@ pub(super) fn table_bytes<T: AcpiTable>(tables: &AcpiTables<PhysMapHandler>) -> 
     let len = u64::from(table.get().header().length);
     Some(
         (base..base.saturating_add(len))
-            .map(|pa| physmap::read_firmware_byte(PhysAddr::new_truncate(pa)))
+            .map(|pa| super::read_firmware_byte(PhysAddr::new_truncate(pa)))
             .collect(),
     )
 }
