@@ -1,11 +1,12 @@
-//! ACPI tables: the `acpi` crate finds them (through the linear map, or the firmware
-//! window for tables outside RAM); their entries are decoded by `fwparse` from a copy of
+//! ACPI tables: the `acpi` crate finds them (through the access the memory layer hands
+//! in with [`super::set_phys_access`]: the linear map, or the firmware window for tables
+//! outside RAM); their entries are decoded by `fwparse` from a copy of
 //! the table's bytes, so a corrupt table cannot make the kernel read out of bounds.
 //! From the MADT: which processors to start, and where the interrupt controllers are.
 //!
 //! The crate is built without its AML interpreter; of [`acpi::Handler`] it then only
 //! maps tables. The register, port and PCI accessors it also requires are implemented
-//! plainly (physical memory through the linear map, port I/O, PCI configuration
+//! plainly (registers mapped through that access, port I/O, PCI configuration
 //! mechanism #1) so that the handler stays correct if the interpreter is turned on.
 
 use crate::arch::percpu::MAX_CPUS;
