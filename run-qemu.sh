@@ -411,6 +411,8 @@ test_all() {
             cargo test -p fwparse --release -- "${cargo_filter[@]}"
         run_step "host: QEMU runner unit tests" cargo \
             cargo test -p boot-tests --release --lib --bins -- "${cargo_filter[@]}"
+        run_step "host: kernel layering check" cargo \
+            cargo test -p boot-tests --release --test kernel_layers -- "${cargo_filter[@]}"
     fi
 
     local configs=("${KERNEL_TEST_CONFIGS[@]}")

@@ -17,7 +17,7 @@ mod bench;
 mod harness;
 mod mem;
 mod options;
-mod percpu;
+mod smp;
 mod tlb;
 mod vm;
 
@@ -63,7 +63,7 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         "on our own page tables (root {:#x})",
         mem::kernel_space::root().as_u64()
     );
-    if let Err(e) = arch::smp::init(mem::boot_memory().rsdp) {
+    if let Err(e) = smp::init(mem::boot_memory().rsdp) {
         log::error!("CPU bring-up: {e}");
     }
     if let Err(e) = vm::init(mem::boot_memory().rsdp) {

@@ -1,15 +1,15 @@
-//! ACPI tables: the `acpi` crate finds them (through the linear map, or the firmware
-//! window for tables outside RAM); their entries are decoded by `fwparse` from a copy of
+//! ACPI tables: the `acpi` crate finds them (through the access the memory layer hands
+//! in with [`super::set_phys_access`]: the linear map, or the firmware window for tables
+//! outside RAM); their entries are decoded by `fwparse` from a copy of
 //! the table's bytes, so a corrupt table cannot make the kernel read out of bounds.
 //! From the MADT: which processors to start, and where the interrupt controllers are.
 //!
 //! The crate is built without its AML interpreter; of [`acpi::Handler`] it then only
 //! maps tables. The register, port and PCI accessors it also requires are implemented
-//! plainly (physical memory through the linear map, port I/O, PCI configuration
+//! plainly (registers mapped through that access, port I/O, PCI configuration
 //! mechanism #1) so that the handler stays correct if the interpreter is turned on.
 
-use crate::mem::physmap;
-use crate::percpu::MAX_CPUS;
+use crate::arch::percpu::MAX_CPUS;
 use acpi::sdt::madt::Madt;
 use acpi::{AcpiTable, AcpiTables, PciAddress, PhysicalMapping};
 use alloc::vec::Vec;
@@ -27,9 +27,7 @@ pub struct PhysMapHandler;
 /// Where the registers of `size_of::<T>()` bytes at `address` are mapped (uncached).
 fn register_ptr<T>(address: usize) -> Option<*mut T> {
     let pa = PhysAddr::try_new(address as u64).ok()?;
-    crate::mem::map_mmio(pa, core::mem::size_of::<T>() as u64)
-        .ok()
-        .map(|va| va.as_mut_ptr())
+    super::map_registers(pa, core::mem::size_of::<T>() as u64).map(|va| va.as_mut_ptr())
 }
 
 /// A register read; all ones (as from an absent device) if it cannot be mapped.
@@ -103,7 +101,7 @@ impl acpi::Handler for PhysMapHandler {
         size: usize,
     ) -> PhysicalMapping<Self, T> {
         let pa = PhysAddr::new_truncate(physical_address as u64);
-        let reached = physmap::firmware_ptr(pa, size as u64);
+        let reached = super::firmware_ptr(pa, size as u64);
         let ptr = reached
             .unwrap_or(NOTHING.as_ptr().cast())
             .cast_mut()
@@ -246,7 +244,7 @@ pub(super) fn table_bytes<T: AcpiTable>(tables: &AcpiTables<PhysMapHandler>) -> 
     let len = u64::from(table.get().header().length);
     Some(
         (base..base.saturating_add(len))
-            .map(|pa| physmap::read_firmware_byte(PhysAddr::new_truncate(pa)))
+            .map(|pa| super::read_firmware_byte(PhysAddr::new_truncate(pa)))
             .collect(),
     )
 }

@@ -9,8 +9,7 @@
 //! write per CPU), or to all CPUs but the sender (the ICR shorthand).
 
 use super::timer::{self, Deadline};
-use crate::mem::{self, MemError};
-use crate::percpu::{self, CpuSet};
+use crate::arch::percpu::{self, CpuSet};
 use spin::Once;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::{ApicBase, ApicBaseFlags, Msr};
@@ -93,8 +92,8 @@ const TIMER_DIVIDE_16: u32 = 0b0011;
 pub enum ApicError {
     /// CPUID says this CPU has no local APIC.
     NoApic,
-    /// Mapping the xAPIC register page failed.
-    Map(MemError),
+    /// xAPIC mode, but the caller mapped no register page (see [`xapic_page`]).
+    XapicUnmapped,
     /// The target CPU is not online.
     Offline(u32),
     /// Vectors 0-31 are exceptions; fixed IPIs must use 32-255.
@@ -164,8 +163,17 @@ fn disable_pic() {
     }
 }
 
-/// Disable the PICs, choose x2APIC or xAPIC, and enable the boot CPU's local APIC.
-pub(super) fn init_boot_cpu() -> Result<(), ApicError> {
+/// The physical page of the xAPIC registers when the local APIC will run in xAPIC mode
+/// (None in x2APIC mode, whose registers are MSRs): the caller maps it uncached and
+/// hands the mapping to [`init_boot_cpu`].
+pub fn xapic_page() -> Option<x86_64::PhysAddr> {
+    let cpu = super::cpuid::features();
+    (cpu.apic && !cpu.x2apic).then(|| ApicBase::read().0.start_address())
+}
+
+/// Disable the PICs, choose x2APIC or xAPIC, and enable the boot CPU's local APIC;
+/// `xapic` is the uncached mapping of [`xapic_page`] (needed in xAPIC mode only).
+pub(crate) fn init_boot_cpu(xapic: Option<VirtAddr>) -> Result<(), ApicError> {
     let cpu = super::cpuid::features();
     if !cpu.apic {
         return Err(ApicError::NoApic);
@@ -176,7 +184,7 @@ pub(super) fn init_boot_cpu() -> Result<(), ApicError> {
         Mode::X2Apic
     } else {
         let pa = ApicBase::read().0.start_address();
-        let base = mem::map_mmio(pa, 4096).map_err(ApicError::Map)?;
+        let base = xapic.ok_or(ApicError::XapicUnmapped)?;
         log::info!("local APIC: xAPIC mode, registers at {:#x}", pa.as_u64());
         Mode::XApic { base }
     };
@@ -187,7 +195,7 @@ pub(super) fn init_boot_cpu() -> Result<(), ApicError> {
 
 /// Enable the running CPU's local APIC (in the mode the boot CPU chose): spurious and
 /// error vectors, no task-priority filtering, LINT0 masked, timer masked.
-pub(super) fn init_this_cpu() {
+pub(crate) fn init_this_cpu() {
     let mut flags = ApicBaseFlags::LAPIC_ENABLE;
     if matches!(mode(), Mode::X2Apic) {
         flags |= ApicBaseFlags::X2APIC_ENABLE;
@@ -310,13 +318,13 @@ pub fn send_ipi_all_but_self(vector: u8) -> Result<(), ApicError> {
 }
 
 /// Send INIT to the CPU with APIC ID `apic_id` (it waits for a SIPI afterwards).
-pub(super) fn send_init(apic_id: u32) -> Result<(), ApicError> {
+pub(crate) fn send_init(apic_id: u32) -> Result<(), ApicError> {
     send_icr(apic_id, ICR_INIT | ICR_LEVEL_ASSERT)
 }
 
 /// Send a startup IPI: the CPU with APIC ID `apic_id` starts in real mode at physical
 /// address `page << 12`.
-pub(super) fn send_startup(apic_id: u32, page: u8) -> Result<(), ApicError> {
+pub(crate) fn send_startup(apic_id: u32, page: u8) -> Result<(), ApicError> {
     send_icr(apic_id, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page))
 }
 
@@ -345,5 +353,5 @@ pub(super) fn set_vectors(idt: &mut InterruptDescriptorTable) {
     idt[PING_VECTOR].set_handler_fn(ping);
     idt[ERROR_VECTOR].set_handler_fn(error);
     idt[SPURIOUS_VECTOR].set_handler_fn(spurious);
-    idt[crate::tlb::SHOOTDOWN_VECTOR].set_handler_fn(crate::tlb::interrupt);
+    idt[super::tlb::SHOOTDOWN_VECTOR].set_handler_fn(super::tlb::interrupt);
 }

@@ -2,8 +2,9 @@
 //!
 //! Each handler prints what happened (for a page fault: the address, the error code and
 //! the instruction pointer) and ends the run as a failure, except a breakpoint (which
-//! continues), a page fault the address space loaded on the CPU resolves (see
-//! [`crate::vm::handle_page_fault`]: the access is retried) and a page fault raised by a
+//! continues), a page fault the address space loaded on the CPU resolves (through the
+//! handler the address-space layer registers with [`set_user_fault_handler`]: the access
+//! is retried) and a page fault raised by a
 //! fault probe (see [`super::probe`]), which returns to the probe's fixup. A double fault
 //! whose address lies in a stack's guard page is reported as a kernel stack overflow.
 
@@ -14,6 +15,19 @@ use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
+
+/// Resolves a page fault from `(address, error code, interrupts were on)`; true when the
+/// access can be retried.
+pub type FaultHandler = fn(u64, PageFaultErrorCode, bool) -> bool;
+
+/// The handler of resolvable page faults, registered by the layer above (none: every
+/// page fault is fatal unless a probe expects it).
+static USER_FAULT_HANDLER: Once<FaultHandler> = Once::new();
+
+/// Let `handler` resolve page faults from now on (the first registration stays).
+pub fn set_user_fault_handler(handler: FaultHandler) {
+    USER_FAULT_HANDLER.call_once(|| handler);
+}
 
 fn fatal(what: &str, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
     super::serial::emergency_unlock();
@@ -106,7 +120,10 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageF
     let interruptible = frame
         .cpu_flags
         .contains(x86_64::registers::rflags::RFlags::INTERRUPT_FLAG);
-    if crate::vm::handle_page_fault(addr, code, interruptible) {
+    if USER_FAULT_HANDLER
+        .get()
+        .is_some_and(|handle| handle(addr, code, interruptible))
+    {
         return;
     }
     if probe::fixup(&mut frame, addr) {

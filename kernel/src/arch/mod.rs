@@ -9,15 +9,66 @@ pub mod fw_cfg;
 pub mod gdt;
 pub mod guard;
 pub mod idt;
+pub mod percpu;
 pub mod probe;
 pub mod serial;
-pub mod smp;
 pub mod srat;
 pub mod timer;
+pub mod tlb;
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Once;
 use x86_64::instructions::port::Port;
-use x86_64::PhysAddr;
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Maps `len` bytes of device registers at a physical address uncached and says where
+/// (None: they cannot be mapped). The memory layer provides it to the hardware code that
+/// needs registers, which cannot map anything itself.
+pub type MapRegisters<'a> = &'a dyn Fn(PhysAddr, u64) -> Option<VirtAddr>;
+
+/// How the hardware layer reaches physical memory it does not map itself (firmware
+/// tables, device registers the ACPI tables name): given by the memory layer with
+/// [`set_phys_access`] before anything reads firmware tables.
+#[derive(Clone, Copy)]
+pub struct PhysAccess {
+    /// Where `len` bytes of firmware tables at a physical address can be read (None:
+    /// unreachable).
+    pub firmware: fn(PhysAddr, u64) -> Option<*const u8>,
+    /// Maps `len` bytes of device registers at a physical address uncached and says
+    /// where (None: they cannot be mapped).
+    pub registers: fn(PhysAddr, u64) -> Option<VirtAddr>,
+}
+
+static PHYS_ACCESS: Once<PhysAccess> = Once::new();
+
+/// Give the hardware layer its access to physical memory (the first call stays).
+pub fn set_phys_access(access: PhysAccess) {
+    PHYS_ACCESS.call_once(|| access);
+}
+
+/// Where `len` bytes of firmware tables at `pa` can be read; None before
+/// [`set_phys_access`] or when unreachable.
+pub fn firmware_ptr(pa: PhysAddr, len: u64) -> Option<*const u8> {
+    PHYS_ACCESS.get().and_then(|a| (a.firmware)(pa, len))
+}
+
+/// Device registers at `pa` mapped uncached; None before [`set_phys_access`] or when
+/// they cannot be mapped.
+pub fn map_registers(pa: PhysAddr, len: u64) -> Option<VirtAddr> {
+    PHYS_ACCESS.get().and_then(|a| (a.registers)(pa, len))
+}
+
+/// One byte of a firmware table (ACPI) at `pa`; all ones (as from nothing) if it cannot
+/// be reached.
+pub fn read_firmware_byte(pa: PhysAddr) -> u8 {
+    match firmware_ptr(pa, 1) {
+        // SAFETY: `firmware_ptr` returned a mapping of this byte (the memory layer's
+        // linear map or firmware window), which stays mapped; a byte read has no side
+        // effect.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0xFF,
+    }
+}
 
 /// Physical address of the ACPI RSDP (0: none given), for [`is_qemu`].
 static RSDP: AtomicU64 = AtomicU64::new(0);
@@ -44,7 +95,7 @@ pub fn qemu_evidence() -> Option<fwparse::platform::QemuEvidence> {
     let oem = (rsdp != 0).then(|| {
         let mut oem = [0u8; 6];
         for (i, b) in (0u64..).zip(oem.iter_mut()) {
-            *b = crate::mem::physmap::read_firmware_byte(PhysAddr::new(rsdp + RSDP_OEM_OFFSET + i));
+            *b = read_firmware_byte(PhysAddr::new(rsdp + RSDP_OEM_OFFSET + i));
         }
         oem
     });
@@ -97,7 +148,7 @@ pub fn panic_report(info: &core::panic::PanicInfo) -> ! {
     exit(ExitStatus::Failure)
 }
 
-/// The index of the CPU running this code (see [`crate::percpu::cpu_index`]).
+/// The index of the CPU running this code (see [`crate::arch::percpu::cpu_index`]).
 pub fn cpu_number() -> u32 {
-    crate::percpu::cpu_index()
+    crate::arch::percpu::cpu_index()
 }

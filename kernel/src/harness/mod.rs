@@ -18,9 +18,10 @@
 
 mod selftest;
 
-use crate::arch::{self, smp, ExitStatus};
+use crate::arch::percpu;
+use crate::arch::{self, ExitStatus};
 use crate::options::Parsed;
-use crate::percpu;
+use crate::smp;
 use crate::{sprint, sprintln};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -145,7 +146,7 @@ const SUITES: &[&[KernelTest]] = &[
     crate::mem::tests::TESTS,
     crate::mem::kernel_space_tests::TESTS,
     crate::arch::timer::tests::TESTS,
-    crate::arch::smp::tests::TESTS,
+    crate::smp::tests::TESTS,
     crate::tlb::tests::TESTS,
     crate::vm::tests::TESTS,
 ];

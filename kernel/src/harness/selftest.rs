@@ -3,9 +3,10 @@
 //! way a test can go wrong makes the run fail and names the test.
 
 use super::{KernelTest, TestContext, TestResult};
-use crate::arch::smp;
+use crate::arch::percpu;
 use crate::options::SelfTest;
-use crate::{check, percpu, skip};
+use crate::smp;
+use crate::{check, skip};
 
 const PASSES: KernelTest = KernelTest {
     name: "selftest::passes",

@@ -111,7 +111,7 @@ pub fn init() -> Result<(), MemError> {
 /// Bytes the heap currently spans and bytes in use.
 pub fn usage() -> (usize, usize) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        crate::tlb::lock_serving(&HEAP.heap)
+        crate::arch::tlb::lock_serving(&HEAP.heap)
             .as_ref()
             .map_or((0, 0), |h| (h.size(), h.used()))
     })
@@ -156,7 +156,7 @@ unsafe impl GlobalAlloc for KernelHeap {
         x86_64::instructions::interrupts::without_interrupts(|| {
             // Growing maps kernel pages and shoots them down while holding the lock:
             // waiting for it must serve shootdowns, interrupts being off.
-            let mut guard = crate::tlb::lock_serving(&self.heap);
+            let mut guard = crate::arch::tlb::lock_serving(&self.heap);
             let Some(heap) = guard.as_mut() else {
                 return core::ptr::null_mut();
             };
@@ -175,7 +175,7 @@ unsafe impl GlobalAlloc for KernelHeap {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         x86_64::instructions::interrupts::without_interrupts(|| {
-            let mut guard = crate::tlb::lock_serving(&self.heap);
+            let mut guard = crate::arch::tlb::lock_serving(&self.heap);
             if let (Some(heap), Some(ptr)) = (guard.as_mut(), NonNull::new(ptr)) {
                 // SAFETY: the caller (GlobalAlloc contract) passes a block this heap
                 // allocated with this layout.

@@ -26,8 +26,9 @@
 //! every address space shares.
 
 use super::elf::{self, SegmentKind};
+use super::kernel_flush::KernelFlush;
 use super::{frames, physmap, MemError};
-use crate::tlb::{lock_serving, KernelFlush};
+use crate::arch::tlb::lock_serving;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fwparse::memmap::Range;
 use mm::backend::phys::PhysMem;

@@ -5,12 +5,14 @@
 pub mod elf;
 pub mod frames;
 pub mod heap;
+pub mod kernel_flush;
 pub mod kernel_space;
 pub mod kernel_space_tests;
 pub mod pcp;
 pub mod physmap;
 pub mod report;
 pub mod tests;
+pub mod zone;
 
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::BootInfo;
@@ -102,6 +104,10 @@ pub fn init(
     boot_info: &'static BootInfo,
     next: extern "sysv64" fn(usize) -> !,
 ) -> Result<(), MemError> {
+    crate::arch::set_phys_access(crate::arch::PhysAccess {
+        firmware: physmap::firmware_ptr,
+        registers: |pa, len| map_mmio(pa, len).ok(),
+    });
     crate::arch::set_rsdp(boot_info.rsdp_addr.into_option());
     crate::arch::baked::capture(boot_info);
     crate::arch::cpuid::report();

@@ -17,9 +17,9 @@
 //! [`drain_all`] returns every cached frame (before an audit, before comparing free
 //! areas, or when a specific frame is wanted that may be sitting in a cache).
 
-use super::frames::with_buddy;
+use super::zone::with_buddy;
 use super::MemError;
-use crate::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, MAX_CPUS};
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::{FrameFlags, FrameState, FrameTable};
@@ -61,7 +61,7 @@ static FREE_CLAIMS: [Mutex<()>; FREE_STRIPES] = [const { Mutex::new(()) }; FREE_
 /// Run `f` under the free-claim lock of `pfn`'s stripe.
 fn claimed<R>(pfn: Pfn, f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let _claim = crate::tlb::lock_serving(&FREE_CLAIMS[pfn.0 as usize % FREE_STRIPES]);
+        let _claim = crate::arch::tlb::lock_serving(&FREE_CLAIMS[pfn.0 as usize % FREE_STRIPES]);
         f()
     })
 }
@@ -76,7 +76,7 @@ fn index(mt: MigrateType) -> usize {
 fn with_cache<R>(mt: MigrateType, f: impl FnOnce(&mut Cache) -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let cpu = percpu::cpu_index() as usize;
-        f(&mut crate::tlb::lock_serving(&CACHES[cpu][index(mt)]))
+        f(&mut crate::arch::tlb::lock_serving(&CACHES[cpu][index(mt)]))
     })
 }
 
@@ -179,7 +179,7 @@ pub fn drain_all(table: FrameTable<'static>) -> Result<usize, MemError> {
     for cpu in CACHES.iter() {
         for cache in cpu {
             x86_64::instructions::interrupts::without_interrupts(|| {
-                let mut c = crate::tlb::lock_serving(cache);
+                let mut c = crate::arch::tlb::lock_serving(cache);
                 drained += c.len;
                 spill(table, &mut c, 0)
             })?;

@@ -45,17 +45,6 @@ pub fn firmware_ptr(pa: PhysAddr, len: u64) -> Option<*const u8> {
     }
 }
 
-/// One byte of a firmware table (ACPI) at `pa`; all ones (as from nothing) if it cannot
-/// be reached.
-pub fn read_firmware_byte(pa: PhysAddr) -> u8 {
-    match firmware_ptr(pa, 1) {
-        // SAFETY: `firmware_ptr` returned a mapping of this byte (linear map or
-        // firmware window), which stays mapped; a byte read has no side effect.
-        Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => 0xFF,
-    }
-}
-
 // SAFETY: the linear map covers all RAM for the kernel's whole life (both the
 // bootloader's tables and ours map it at PHYS_MAP_BASE), each frame at its own address,
 // so pointers are valid for whole frames and aligned as the physical address is; the

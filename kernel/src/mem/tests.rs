@@ -579,7 +579,7 @@ fn pcp_concurrent(ctx: &TestContext) -> TestResult {
     check!(super::pcp::drain_all(frames::table()).is_ok());
     let before = frames::with_buddy(|b| b.free_areas());
     let seed = ctx.seed;
-    let results = crate::arch::smp::broadcast(move |cpu| {
+    let results = crate::smp::broadcast(move |cpu| {
         let mut rng = Rng::new(seed ^ u64::from(cpu) << 40);
         let mut held: Vec<Pfn> = Vec::with_capacity(256);
         let mut ok = true;

@@ -19,11 +19,11 @@
 //!
 //! With `quick` every figure is measured once (same lines and fields).
 
-use super::{flush_local, shootdown};
+use crate::arch::percpu::{self, CpuSet};
 use crate::arch::probe;
+use crate::arch::tlb::{flush_local, shootdown};
 use crate::mem::frames;
 use crate::mem::kernel_space::{self, KernelTableAlloc};
-use crate::percpu::{self, CpuSet};
 use crate::sprintln;
 use alloc::vec::Vec;
 use core::arch::x86_64::_rdtsc;

@@ -6,15 +6,16 @@
 //! [`Helpers`] runs the helpers of a multi-CPU test (here and in the `vm` tests): a test
 //! that fails returns early, and the guard stops its helpers before it does.
 
-use super::{shootdown, KernelFlush, MAIL};
+use crate::arch::percpu::{self, CpuSet};
 use crate::arch::probe;
-use crate::arch::smp::{self, Pending};
 use crate::arch::timer::Deadline;
+use crate::arch::tlb::{shootdown, MAIL};
 use crate::harness::{KernelTest, TestContext, TestError, TestResult};
+use crate::mem::kernel_flush::KernelFlush;
 use crate::mem::kernel_space::{self, KernelTableAlloc};
 use crate::mem::tests::Rng;
 use crate::mem::{frames, physmap};
-use crate::percpu::{self, CpuSet};
+use crate::smp::{self, Pending};
 use crate::vm;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;
@@ -745,7 +746,7 @@ fn bad_requests(_: &TestContext) -> TestResult {
     );
     check!(batch.is_empty());
     batch.add_page(TEST_VA, PageSize::Size4K);
-    let offline = (0..crate::percpu::MAX_CPUS as u32).find(|&c| !percpu::is_online(c));
+    let offline = (0..crate::arch::percpu::MAX_CPUS as u32).find(|&c| !percpu::is_online(c));
     if let Some(cpu) = offline {
         check_eq!(
             shootdown(CpuSet::single(cpu), &batch),

@@ -7,8 +7,9 @@
 //! up as a stale value, at the next pass or in the final check.
 
 use super::{activate, deactivate, migration_waits, mm, Space};
-use crate::arch::{probe, smp};
-use crate::percpu;
+use crate::arch::percpu;
+use crate::arch::probe;
+use crate::smp;
 use crate::sprintln;
 use alloc::string::String;
 use alloc::sync::Arc;

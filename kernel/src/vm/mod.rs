@@ -37,9 +37,9 @@ pub mod numa;
 pub mod source;
 pub mod tests;
 
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::tlb;
 use crate::mem::{kernel_space, physmap, MemError};
-use crate::percpu::{self, MAX_CPUS};
-use crate::tlb;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::{AddressSpace, Mm, SpaceError};
@@ -93,6 +93,7 @@ pub fn init(rsdp: Option<u64>) -> Result<(), MemError> {
     KERNEL_ROOT.call_once(|| root);
     MM.call_once(|| Mm::new(&physmap::PHYS, &FRAMES, &SHOOTDOWN, Some(root)))
         .set_max_leaf(kernel_space::max_leaf());
+    crate::arch::idt::set_user_fault_handler(handle_page_fault);
     log::info!("address spaces: kernel half shared through 256 PDPTs ({added} allocated now)");
     Ok(())
 }

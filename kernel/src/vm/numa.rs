@@ -7,8 +7,9 @@
 //! with `alloc_at`, as [`mm::ops::numa`] describes. Allocations without a node take the
 //! allocator's fast path and may land on any node.
 
-use crate::arch::{smp, srat};
+use crate::arch::srat;
 use crate::mem::frames;
+use crate::smp;
 use crate::sprintln;
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -9,10 +9,11 @@
 //! stops rather than run with a timer of zero. The APIC timer is measured against the
 //! TSC. Every CPU then calls
 //! [`start_this_cpu`], which runs its APIC timer at [`HZ`]; each tick is counted in the
-//! CPU's [`crate::percpu::PerCpu::ticks`]. [`now_ns`] and [`Deadline`] read the TSC.
+//! CPU's [`crate::arch::percpu::PerCpu::ticks`]. [`now_ns`] and [`Deadline`] read the TSC.
 
 use super::apic::{self, Reg, TIMER_VECTOR};
-use crate::percpu;
+use super::MapRegisters;
+use crate::arch::percpu;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 use x86_64::structures::idt::InterruptStackFrame;
@@ -158,14 +159,15 @@ pub(crate) fn measure_against(r: &Reference) -> Result<u64, TimerError> {
 }
 
 /// The HPET, from the ACPI tables, with its counter running.
-pub(crate) fn hpet(rsdp: Option<u64>) -> Result<Reference, TimerError> {
+/// `map` maps its registers (see [`MapRegisters`]).
+pub(crate) fn hpet(rsdp: Option<u64>, map: MapRegisters) -> Result<Reference, TimerError> {
     let tables = super::acpi::tables_at(rsdp).ok_or(TimerError::NotDescribed)?;
     let info = acpi::HpetInfo::new(&tables).map_err(|_| TimerError::NotDescribed)?;
-    let base = crate::mem::map_mmio(
+    let base = map(
         x86_64::PhysAddr::new_truncate(info.base_address as u64),
         0x100,
     )
-    .map_err(|_| TimerError::Unmapped)?;
+    .ok_or(TimerError::Unmapped)?;
     let reg = |off: u64| (base + off).as_mut_ptr::<u64>();
     // SAFETY: the HPET's registers, mapped uncached above; setting the enable bit of the
     // configuration register starts its main counter and changes nothing else.
@@ -227,14 +229,14 @@ pub(crate) fn measure_against_pit() -> Result<u64, TimerError> {
 }
 
 /// The TSC frequency from the first source that gives one, each failure reported.
-fn calibrate_tsc(rsdp: Option<u64>) -> Result<(TscSource, u64), TimerError> {
+fn calibrate_tsc(rsdp: Option<u64>, map: MapRegisters) -> Result<(TscSource, u64), TimerError> {
     if let Some(hz) = super::cpuid::features()
         .tsc_hz
         .filter(|hz| PLAUSIBLE_HZ.contains(hz))
     {
         return Ok((TscSource::Cpuid, hz));
     }
-    for reference in [hpet(rsdp), pm_timer(rsdp)] {
+    for reference in [hpet(rsdp, map), pm_timer(rsdp)] {
         let measured = reference.and_then(|r| {
             // The median of a few rounds: a delay between the paired reads at either
             // end skews one round, up or down.
@@ -356,9 +358,10 @@ fn apic_timer_hz(tsc_hz: u64) -> u64 {
 
 /// Calibrate the TSC (see the module doc for its sources) and the local APIC timer
 /// (boot CPU, local APIC enabled, `rsdp` the ACPI RSDP if any). The APIC timer is
-/// measured a few times, keeping the measurement least disturbed by delays.
-pub fn init(rsdp: Option<u64>) -> Result<TscSource, TimerError> {
-    let (source, hz) = calibrate_tsc(rsdp)?;
+/// measured a few times, keeping the measurement least disturbed by delays. `map` maps
+/// the registers of a timer that needs it (the HPET).
+pub fn init(rsdp: Option<u64>, map: MapRegisters) -> Result<TscSource, TimerError> {
+    let (source, hz) = calibrate_tsc(rsdp, map)?;
     TSC_ORIGIN.store(tsc(), Ordering::Relaxed);
     TSC_HZ.store(hz, Ordering::Relaxed);
 

@@ -32,7 +32,13 @@ fn sources_agree(_: &TestContext) -> TestResult {
     if let Some(hz) = crate::arch::cpuid::features().tsc_hz {
         found.push((TscSource::Cpuid, hz));
     }
-    for r in [hpet(rsdp), pm_timer(rsdp)].into_iter().flatten() {
+    for r in [
+        hpet(rsdp, &|pa, len| crate::mem::map_mmio(pa, len).ok()),
+        pm_timer(rsdp),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let hz = measure_against(&r);
         check!(hz.is_ok(), "measuring against {:?}: {hz:?}", r.source);
         found.extend(hz.ok().map(|hz| (r.source, hz)));

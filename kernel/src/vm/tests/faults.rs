@@ -5,10 +5,11 @@ use super::{
     activate, audits, available, block_at, deactivate, fail, free_1g_blocks, need_mm, private,
     read, shared, value, write, Env, KernelMm, Space, BASE, G1, K4, M2, ORDER_1G,
 };
-use crate::arch::{smp, timer};
+use crate::arch::percpu;
+use crate::arch::timer;
 use crate::harness::{TestContext, TestResult};
 use crate::mem::frames;
-use crate::percpu;
+use crate::smp;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;
 use alloc::string::String;

@@ -4,10 +4,10 @@ use super::{
     activate, audits, available, block_at, deactivate, fill, free_1g_blocks, intact, private, read,
     shared, value, write, Env, KernelMm, Space, BASE, G1, K4, M2,
 };
+use crate::arch::percpu;
 use crate::arch::timer;
 use crate::harness::{TestContext, TestError, TestResult};
 use crate::mem::tests::Rng;
-use crate::percpu;
 use crate::tlb::tests::Helpers;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;

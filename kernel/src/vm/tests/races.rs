@@ -11,10 +11,10 @@ use super::{
     activate, audits, available, block_at, deactivate, fail, fill, intact, private, shared, Env,
     KernelMm, Space, BASE, G1, K4, M2,
 };
+use crate::arch::percpu;
 use crate::arch::timer::Deadline;
 use crate::harness::{TestContext, TestResult};
 use crate::mem::frames;
-use crate::percpu;
 use crate::tlb::tests::Helpers;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;

@@ -4,10 +4,10 @@
 
 use super::{broadcast, madt_apic_ids, run_on, run_on_set, stack_guard, SmpError};
 use crate::arch::apic::{self, ApicError, PING_VECTOR};
+use crate::arch::percpu::{self, CpuSet, MAX_CPUS};
 use crate::arch::timer::{self, Deadline};
 use crate::arch::{guard, probe};
 use crate::harness::{KernelTest, TestContext, TestResult};
-use crate::percpu::{self, CpuSet, MAX_CPUS};
 use crate::{check, check_eq, check_ok, skip};
 use alloc::sync::Arc;
 use alloc::vec::Vec;

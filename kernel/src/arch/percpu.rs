@@ -19,7 +19,7 @@ use x86_64::VirtAddr;
 
 pub use mm::base::cpuset::{AtomicCpuSet, CpuSet, MAX_CPUS};
 
-/// A closure queued for a CPU (see [`crate::arch::smp::run_on`]).
+/// A closure queued for a CPU (see [`crate::smp::run_on`]).
 pub type Work = Box<dyn FnOnce() + Send>;
 
 /// The state of one CPU.
@@ -167,7 +167,7 @@ pub fn get(index: u32) -> Option<&'static PerCpu> {
 /// Mark the running CPU online.
 pub fn mark_online() {
     ONLINE.insert(cpu_index());
-    crate::tlb::cpu_online(cpu_index());
+    super::tlb::cpu_online(cpu_index());
 }
 
 /// The CPUs that are up.

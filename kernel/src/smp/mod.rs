@@ -23,12 +23,12 @@
 pub mod tests;
 mod trampoline;
 
-use super::acpi::{self, AcpiCpuError};
-use super::apic::{self, ApicError};
-use super::gdt::{self, CpuTables};
-use super::timer::{self, Deadline};
+use crate::arch::acpi::{self, AcpiCpuError};
+use crate::arch::apic::{self, ApicError};
+use crate::arch::gdt::{self, CpuTables};
+use crate::arch::percpu::{self, CpuSet, PerCpuError};
+use crate::arch::timer::{self, Deadline};
 use crate::mem::{self, MemError};
-use crate::percpu::{self, CpuSet, PerCpuError};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -118,15 +118,19 @@ fn leak_ist_stack() -> VirtAddr {
 /// whatever fails later; when some CPUs do not come up the others still run and the
 /// error names the missing ones.
 pub fn init(rsdp: Option<u64>) -> Result<usize, SmpError> {
-    apic::init_boot_cpu()?;
+    let xapic = apic::xapic_page()
+        .map(|pa| mem::map_mmio(pa, 4096))
+        .transpose()
+        .map_err(SmpError::Mem)?;
+    apic::init_boot_cpu(xapic)?;
     let boot_id = apic::id();
     percpu::prepare(0, boot_id, None).map_err(SmpError::PerCpu)?;
     percpu::enter(0).map_err(SmpError::PerCpu)?;
-    if let Err(e) = timer::init(rsdp) {
+    if let Err(e) = timer::init(rsdp, &|pa, len| mem::map_mmio(pa, len).ok()) {
         // Every timeout and delay reads the TSC: without its frequency they would all
         // expire at once. Stop here, saying why.
         log::error!("timer calibration failed ({e:?}); the kernel cannot go on without a timer");
-        super::exit(super::ExitStatus::Failure);
+        crate::arch::exit(crate::arch::ExitStatus::Failure);
     }
     timer::start_this_cpu();
     percpu::mark_online();
@@ -230,9 +234,9 @@ extern "sysv64" fn ap_main(start: u64) -> ! {
     let start: &'static ApStart = unsafe { &*(start as *const ApStart) };
     gdt::load(start.tables);
     if percpu::enter(start.index).is_err() {
-        super::halt_forever();
+        crate::arch::halt_forever();
     }
-    super::idt::init();
+    crate::arch::idt::init();
     apic::init_this_cpu();
     timer::start_this_cpu();
     percpu::mark_online();
