@@ -342,6 +342,10 @@ fn unknown_mode_or_option_is_refused_with_failure() {
         ("mode=typo", "unknown mode \"typo\""),
         ("mode=demo frobnicate=1", "unknown option \"frobnicate\""),
         ("mode=test seed=x", "seed \"x\" is not a whole number"),
+        (
+            "mode=test apfail=0",
+            "apfail=\"0\": want the index of an application processor",
+        ),
     ] {
         if let Some(config) = config(Firmware::Bios, 1, "256M", options) {
             let cli = qemu_run(&config, false);
