@@ -63,12 +63,6 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         "on our own page tables (root {:#x})",
         mem::kernel_space::root().as_u64()
     );
-    if let Err(e) = smp::init(mem::boot_memory().rsdp) {
-        log::error!("CPU bring-up: {e}");
-    }
-    if let Err(e) = vm::init(mem::boot_memory().rsdp) {
-        panic!("address-space setup failed: {e:?}");
-    }
     let opts = Options::load();
     let parsed = match opts.parse() {
         Ok(parsed) => parsed,
@@ -77,6 +71,12 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
             arch::exit(ExitStatus::Failure)
         }
     };
+    if let Err(e) = smp::init(mem::boot_memory().rsdp, parsed.apfail) {
+        log::error!("CPU bring-up: {e}");
+    }
+    if let Err(e) = vm::init(mem::boot_memory().rsdp) {
+        panic!("address-space setup failed: {e:?}");
+    }
     match parsed.mode {
         Mode::Demo => demo(parsed.selftest == Some(SelfTest::Corrupt)),
         Mode::Test => harness::run(&parsed),

@@ -5,7 +5,9 @@
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
 //! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
 //! contains A or B), `noskip=A,B` (tests whose name contains A or B must not skip here),
-//! `seed=N`, `quick=1` (benchmarks: each figure once, short). Anything else (an unknown key or mode, a word without `=`, a key given
+//! `seed=N`, `quick=1` (benchmarks: each figure once, short). Hidden, for the harness's
+//! own tests: `selftest=KIND` and `apfail=N` (bring-up treats CPU N, an application
+//! processor, as one that never answers). Anything else (an unknown key or mode, a word without `=`, a key given
 //! twice, a seed that is not a number) is refused: the kernel says why and the run ends
 //! as a failure.
 
@@ -77,6 +79,12 @@ impl Options {
                 "skip" => parsed.skip = Some(value),
                 "noskip" => parsed.noskip = Some(value),
                 "seed" => parsed.seed = value.parse().map_err(|_| OptionError::BadSeed(value))?,
+                "apfail" => {
+                    parsed.apfail = match value.parse() {
+                        Ok(0) | Err(_) => return Err(OptionError::BadApFail(value)),
+                        Ok(cpu) => Some(cpu),
+                    }
+                }
                 "quick" => {
                     parsed.quick = match value {
                         "1" => true,
@@ -100,9 +108,10 @@ impl Options {
     }
 }
 
-/// Every option key (`selftest` is for the harness's own tests and not advertised).
-const KEYS: [&str; 7] = [
-    "mode", "filter", "skip", "noskip", "seed", "quick", "selftest",
+/// Every option key (`selftest` and `apfail` are for the harness's own tests and not
+/// advertised).
+const KEYS: [&str; 8] = [
+    "mode", "filter", "skip", "noskip", "seed", "quick", "selftest", "apfail",
 ];
 
 impl Mode {
@@ -168,6 +177,10 @@ pub struct Parsed<'a> {
     pub quick: bool,
     /// A deliberately broken run (the harness's own tests).
     pub selftest: Option<SelfTest>,
+    /// The application processor (CPU index) that bring-up must treat as never
+    /// answering: it is sent no INIT/SIPI, so the start timeout runs (the harness's own
+    /// tests).
+    pub apfail: Option<u32>,
 }
 
 /// Why the options were refused.
@@ -189,6 +202,8 @@ pub enum OptionError<'a> {
     BadQuick(&'a str),
     /// A `selftest=` value this kernel does not know.
     UnknownSelfTest(&'a str),
+    /// `apfail=` is not the index of an application processor (a whole number from 1).
+    BadApFail(&'a str),
     /// This `selftest=` value needs another mode (the one given).
     SelfTestMode(&'static str),
 }
@@ -210,6 +225,12 @@ impl core::fmt::Display for OptionError<'_> {
             OptionError::BadSeed(seed) => write!(f, "seed {seed:?} is not a whole number"),
             OptionError::BadQuick(quick) => write!(f, "quick={quick:?}: want 1 or 0"),
             OptionError::UnknownSelfTest(kind) => write!(f, "unknown selftest {kind:?}"),
+            OptionError::BadApFail(cpu) => {
+                write!(
+                    f,
+                    "apfail={cpu:?}: want the index of an application processor (1 or more)"
+                )
+            }
             OptionError::SelfTestMode(mode) => write!(f, "this selftest needs mode={mode}"),
         }
     }

@@ -12,7 +12,8 @@
 //! The `harness_selftest_*` tests boot the kernel with hidden `selftest=` options (a
 //! suite with a failing, panicking, hanging or straggling test, a skip) or a filter that
 //! matches nothing, through the `qemu-run` binary exactly as a test step of
-//! `./run-qemu.sh test` runs it, and check that it fails naming the test.
+//! `./run-qemu.sh test` runs it, and check that it fails naming the test. The hidden
+//! `apfail=N` makes CPU N an AP that never answers, to check that bring-up goes on.
 //!
 //! To check more of the kernel's report, extend [`check_demo`] with
 //! `expect::assert_contains(run, "...")` or `expect::assert_line(run, "...", |l| ...)`.
@@ -313,12 +314,40 @@ fn harness_selftest_skips_are_counted_apart_and_noskip_makes_them_failures() {
     }
 }
 
+/// Bring-up continues past an AP that never answers: with the hidden `apfail=2` the
+/// kernel sends CPU 2 no INIT/SIPI, its start timeout runs, it is reported by APIC ID,
+/// the other three CPUs come up with their MADT indices (CPU 3 stays CPU 3) and the
+/// `smp::` tests run on them and pass.
+#[test]
+fn bringup_continues_past_an_ap_that_never_answers() {
+    let Some(config) = config(Firmware::Bios, 4, "256M", "mode=test apfail=2 filter=smp::") else {
+        return;
+    };
+    let cli = qemu_run(&config, true);
+    cli.assert_code(0);
+    cli.assert_stdout(
+        "CPU 2 (APIC ID 2) did not come up: no sign of life within 5000 ms",
+        true,
+    );
+    cli.assert_stdout("CPUs: 3 online (APIC IDs [0, 1, 3])", true);
+    cli.assert_stdout(
+        "CPU bring-up: CPUs (index, APIC ID) [(2, 2)] did not come up",
+        true,
+    );
+    cli.assert_stdout("test smp::all_madt_cpus_online ... ok", true);
+    cli.assert_stdout("11 passed, 0 failed, 0 skipped", true);
+}
+
 #[test]
 fn unknown_mode_or_option_is_refused_with_failure() {
     for (options, why) in [
         ("mode=typo", "unknown mode \"typo\""),
         ("mode=demo frobnicate=1", "unknown option \"frobnicate\""),
         ("mode=test seed=x", "seed \"x\" is not a whole number"),
+        (
+            "mode=test apfail=0",
+            "apfail=\"0\": want the index of an application processor",
+        ),
     ] {
         if let Some(config) = config(Firmware::Bios, 1, "256M", options) {
             let cli = qemu_run(&config, false);

@@ -8,7 +8,9 @@
 //! per-CPU data; it loads the shared IDT, enables its local APIC and timer, marks itself
 //! online and enters its idle loop: serve the work queue, halt with interrupts on until
 //! an IPI or a timer tick. A CPU that does not come up in time is sent INIT again
-//! (parking it) and reported; the others still start.
+//! (parking it) and reported; the others still start. The hidden option `apfail=N`
+//! makes CPU N such a CPU for the harness's own tests: it is sent no INIT/SIPI, so the
+//! same timeout and the same continue path run.
 //!
 //! CPU indices follow the MADT's order (the boot CPU is 0; repeated APIC IDs and CPUs
 //! past [`percpu::MAX_CPUS`] are left out by the parser). A CPU that fails to start
@@ -101,6 +103,9 @@ impl From<ApicError> for SmpError {
 /// The APIC IDs the MADT lists, in CPU-index order (the boot CPU first).
 static MADT_APIC_IDS: Once<Vec<u32>> = Once::new();
 
+/// The CPU that bring-up was told (`apfail=N`) not to start.
+static SILENCED_AP: Once<u32> = Once::new();
+
 /// Everything an application processor needs from the boot CPU, leaked for its lifetime.
 struct ApStart {
     index: u32,
@@ -114,10 +119,11 @@ fn leak_ist_stack() -> VirtAddr {
 }
 
 /// Set up the boot CPU (local APIC, per-CPU data, timers), then find the other CPUs in
-/// the MADT and start them. Returns the number of CPUs online. The boot CPU is set up
+/// the MADT and start them, except `silenced` (sent no INIT/SIPI, to test the path of a
+/// CPU that never answers). Returns the number of CPUs online. The boot CPU is set up
 /// whatever fails later; when some CPUs do not come up the others still run and the
 /// error names the missing ones.
-pub fn init(rsdp: Option<u64>) -> Result<usize, SmpError> {
+pub fn init(rsdp: Option<u64>, silenced: Option<u32>) -> Result<usize, SmpError> {
     let xapic = apic::xapic_page()
         .map(|pa| mem::map_mmio(pa, 4096))
         .transpose()
@@ -153,7 +159,16 @@ pub fn init(rsdp: Option<u64>) -> Result<usize, SmpError> {
             .take(percpu::MAX_CPUS)
             .collect()
     });
-    let missing = start_aps(ids)?;
+    if let Some(cpu) = silenced {
+        SILENCED_AP.call_once(|| cpu);
+        if cpu as usize >= ids.len() {
+            log::error!(
+                "apfail={cpu}: there is no such application processor ({} CPUs)",
+                ids.len()
+            );
+        }
+    }
+    let missing = start_aps(ids, silenced)?;
     let online = percpu::online();
     let online_ids: Vec<u32> = online
         .iter()
@@ -166,9 +181,9 @@ pub fn init(rsdp: Option<u64>) -> Result<usize, SmpError> {
     Ok(online.len())
 }
 
-/// Start the CPUs of `ids[1..]` one after the other; returns (index, APIC ID) of those
-/// that did not come up.
-fn start_aps(ids: &[u32]) -> Result<Vec<(u32, u32)>, SmpError> {
+/// Start the CPUs of `ids[1..]` one after the other (CPU `silenced` sent nothing);
+/// returns (index, APIC ID) of those that did not come up.
+fn start_aps(ids: &[u32], silenced: Option<u32>) -> Result<Vec<(u32, u32)>, SmpError> {
     let mut missing = Vec::new();
     if ids.len() < 2 {
         return Ok(missing);
@@ -177,7 +192,8 @@ fn start_aps(ids: &[u32]) -> Result<Vec<(u32, u32)>, SmpError> {
     let trampoline = Trampoline::install(root).map_err(SmpError::Trampoline)?;
     for (index, &apic_id) in ids.iter().enumerate().skip(1) {
         let index = index as u32;
-        if let Err(e) = start_one(&trampoline, root, index, apic_id) {
+        let silent = silenced == Some(index);
+        if let Err(e) = start_one(&trampoline, root, index, apic_id, silent) {
             log::error!("CPU {index} (APIC ID {apic_id}) did not come up: {e}");
             // Park it: a CPU still on its way must not run the trampoline prepared for
             // the next one.
@@ -189,13 +205,14 @@ fn start_aps(ids: &[u32]) -> Result<Vec<(u32, u32)>, SmpError> {
     Ok(missing)
 }
 
-/// Give CPU `index` its stacks and tables, send it INIT-SIPI-SIPI and wait until it is
-/// online.
+/// Give CPU `index` its stacks and tables, send it INIT-SIPI-SIPI (nothing when
+/// `silent`) and wait until it is online.
 fn start_one(
     trampoline: &Trampoline,
     root: PhysAddr,
     index: u32,
     apic_id: u32,
+    silent: bool,
 ) -> Result<(), SmpError> {
     let stack_top = mem::alloc_stack(index).map_err(SmpError::Mem)?;
     let tss = Box::leak(Box::new(gdt::make_tss([
@@ -208,13 +225,17 @@ fn start_one(
     percpu::prepare(index, apic_id, Some(stack_top)).map_err(SmpError::PerCpu)?;
     trampoline.prepare(root, stack_top, ap_main, start as *const ApStart as u64);
 
-    apic::send_init(apic_id)?;
-    timer::delay_us(INIT_DELAY_US);
-    for _ in 0..2 {
-        apic::send_startup(apic_id, trampoline.sipi_page())?;
-        timer::delay_us(SIPI_DELAY_US);
-        if percpu::is_online(index) {
-            return Ok(());
+    if silent {
+        log::warn!("CPU {index} (APIC ID {apic_id}): apfail={index}, sending it no INIT/SIPI");
+    } else {
+        apic::send_init(apic_id)?;
+        timer::delay_us(INIT_DELAY_US);
+        for _ in 0..2 {
+            apic::send_startup(apic_id, trampoline.sipi_page())?;
+            timer::delay_us(SIPI_DELAY_US);
+            if percpu::is_online(index) {
+                return Ok(());
+            }
         }
     }
     let deadline = Deadline::after_ms(AP_START_TIMEOUT_MS);
@@ -274,6 +295,11 @@ pub fn serve_one() -> bool {
 /// The APIC IDs the MADT lists, in CPU-index order (empty before [`init`]).
 pub fn madt_apic_ids() -> &'static [u32] {
     MADT_APIC_IDS.get().map_or(&[], Vec::as_slice)
+}
+
+/// The CPU that `apfail=N` told bring-up not to start, if any.
+pub fn silenced_ap() -> Option<u32> {
+    SILENCED_AP.get().copied()
 }
 
 /// Where a queued closure leaves its result.

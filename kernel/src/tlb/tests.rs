@@ -481,8 +481,10 @@ impl Changing {
         .map_err(|e| format!("map {va:#x}: {e:?}"))
     }
 
-    /// Pages for CPUs 0 to `cpus - 1`, each at generation 0.
-    fn new(cpus: u32) -> Result<Arc<Changing>, TestError> {
+    /// Pages for every CPU index up to the highest of `online` (indices have gaps when
+    /// a CPU failed to start), each at generation 0.
+    fn new(online: &CpuSet) -> Result<Arc<Changing>, TestError> {
+        let cpus = online.iter().max().map_or(0, |cpu| cpu + 1);
         let frame =
             || frames::alloc_zeroed(0, MigrateType::Unmovable).map_err(|e| fail(format!("{e:?}")));
         let mut changing = Changing {
@@ -593,7 +595,7 @@ fn stress(ctx: &TestContext) -> TestResult {
     let total: u64 = 100_000;
     let per_cpu = total / online.len() as u64;
     let seed = ctx.seed;
-    let changing = Changing::new(online.len() as u32)?;
+    let changing = Changing::new(&online)?;
     let before: u64 = online.iter().map(|c| MAIL.served(c)).sum();
     let pages = changing.clone();
     let results = smp::broadcast(move |cpu| {
@@ -634,8 +636,10 @@ fn stress(ctx: &TestContext) -> TestResult {
             }
             done += 1;
             checked.check(&pages, cpu, cpu);
-            let other = rng.below(online.len() as u64) as u32;
-            checked.check(&pages, cpu, other);
+            let nth = rng.below(online.len() as u64) as usize;
+            if let Some(other) = online.iter().nth(nth) {
+                checked.check(&pages, cpu, other);
+            }
         }
         Ok::<_, String>((done, remote, changes, checked))
     });
@@ -681,7 +685,7 @@ fn interrupts_disabled(_: &TestContext) -> TestResult {
     if n < 2 {
         skip!("needs 2 CPUs: with one there is no other CPU to flush");
     }
-    let changing = Changing::new(n as u32)?;
+    let changing = Changing::new(&online)?;
     let before: u64 = online.iter().map(|c| MAIL.served(c)).sum();
     // Every CPU at once changes its page and shoots it down on every CPU with interrupts
     // off (each must serve the others' requests while waiting for its own
