@@ -426,11 +426,9 @@ fn overlaps(model: &Model, start: u64, last: u64) -> bool {
     covering(model, start).is_some() || model.range(start..=last).next().is_some()
 }
 
+/// The leaves a huge leaf of `size` splits into (4 KiB for 4 KiB).
 fn smaller(size: PageSize) -> PageSize {
-    match size {
-        PageSize::Size1G => PageSize::Size2M,
-        _ => PageSize::Size4K,
-    }
+    size.smaller().unwrap_or(PageSize::Size4K)
 }
 
 fn larger(size: PageSize) -> PageSize {

@@ -176,15 +176,6 @@ const fn vaddr(va: u64) -> VirtAddr {
     VirtAddr::new_truncate(va)
 }
 
-/// The next smaller leaf size.
-const fn smaller(size: PageSize) -> Option<PageSize> {
-    match size {
-        PageSize::Size4K => None,
-        PageSize::Size2M => Some(PageSize::Size4K),
-        PageSize::Size1G => Some(PageSize::Size2M),
-    }
-}
-
 /// The first address and the size of the slot at `level` that covers `va` (a level-4
 /// slot, which spans 512 GiB, is reported as 1 GiB: no page size is larger).
 const fn slot_of(va: u64, level: u8) -> (VirtAddr, PageSize) {

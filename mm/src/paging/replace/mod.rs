@@ -27,7 +27,7 @@
 
 use super::swentry::replacing;
 use super::{
-    index, is_canonical, slot_of, smaller, vaddr, CollapseError, Entry, PageTable, SoftwareEntry,
+    index, is_canonical, slot_of, vaddr, CollapseError, Entry, PageTable, SoftwareEntry,
     SplitError, TableAlloc, Unfinished, UnmapError, ACCESSED_DIRTY, ENTRIES,
 };
 use crate::backend::flush::FlushSink;
@@ -146,7 +146,7 @@ impl<M: PhysMem> PageTable<'_, M> {
         if !is_canonical(va) {
             return Err(SplitError::NonCanonical);
         }
-        let Some(child) = smaller(size) else {
+        let Some(child) = size.smaller() else {
             return Err(SplitError::NotHuge);
         };
         if !size.is_aligned_va(vaddr(va)) {
@@ -210,7 +210,7 @@ impl<M: PhysMem> PageTable<'_, M> {
         if !is_canonical(va) {
             return Err(CollapseError::NonCanonical);
         }
-        let Some(child) = smaller(size) else {
+        let Some(child) = size.smaller() else {
             return Err(CollapseError::NotHuge);
         };
         if !size.is_aligned_va(vaddr(va)) {
