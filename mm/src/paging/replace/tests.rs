@@ -70,7 +70,7 @@ fn split_then_collapse_returns_to_the_same_mapping() {
             .unwrap();
         let before = leaves(&pt);
         let level = size.level();
-        let child = smaller(size).unwrap();
+        let child = size.smaller().unwrap();
         sink.clear();
 
         let token = pt.begin_split(va, size, &mut alloc, &mut sink).unwrap();
