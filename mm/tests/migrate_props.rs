@@ -9,26 +9,22 @@
 #![cfg(feature = "std")]
 
 use mm::aspace::testing::{
-    cached_leaves, read_user, uncovered_free, with_env, write_user, Env, Event, SparseMem,
+    cached_leaves, read_user, uncovered_free, with_env, write_user, EmuCpu, EmuTlb, Env, Event,
+    SparseMem,
 };
 use mm::aspace::{leaked_frames, AddressSpace, Mm, PinError, SpaceError};
 use mm::backend::phys::{Arena, PhysMem};
-use mm::backend::shootdown::{FlushBatch, ShootdownError};
 use mm::backend::source::BuddyFrames;
 use mm::backend::source::FrameSource;
-use mm::backend::tlb::TlbShootdown;
 use mm::base::addr::{PageSize, Pfn};
-use mm::base::cpuset::CpuSet;
 use mm::frame::buddy::BuddyAllocator;
 use mm::frame::meta::FrameTable;
 use mm::frame::node::{NodeId, NodeMap};
 use mm::mapping::region::SharedRegion;
 use mm::mapping::vma::{HugePolicy, Mobility, SharedBacking, VmaFlags};
-use mm::ops::fault::FaultOutcome;
 use mm::ops::migrate::{Destination, MigrateError};
 use mm::paging::testing::leaf_word;
-use mm::paging::Entry;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::VirtAddr;
@@ -545,74 +541,6 @@ fn moving_a_range_to_a_node_keeps_huge_pages_huge() {
     );
 }
 
-/// An emulated TLB shootdown over emulated CPUs: each CPU's "TLB" lives for one access
-/// (a translation is looked up, used and dropped), so a shootdown is complete once every
-/// targeted CPU has finished the access it was in when the shootdown started.
-struct EmuTlb {
-    /// Per CPU: odd while inside an access.
-    seq: [AtomicU64; 4],
-    calls: AtomicUsize,
-}
-
-impl TlbShootdown for EmuTlb {
-    fn shootdown(&self, cpus: CpuSet, _: &FlushBatch) -> Result<(), ShootdownError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        for cpu in cpus.iter().map(|c| c as usize).filter(|&c| c < 4) {
-            let s = self.seq[cpu].load(Ordering::SeqCst);
-            if s % 2 == 1 {
-                while self.seq[cpu].load(Ordering::SeqCst) == s {
-                    std::thread::yield_now();
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// An emulated CPU: it reaches memory through the page tables of an address space.
-struct EmuCpu<'x, 'a, M: PhysMem> {
-    mm: &'x Mm<'a, M>,
-    mem: &'x M,
-    tlb: &'x EmuTlb,
-    cpu: usize,
-}
-
-impl<'a, M: PhysMem> EmuCpu<'_, 'a, M> {
-    /// One access to the word at `va`: walk the tables like the MMU; on a fault, let the
-    /// `Mm` resolve it (waiting out migrations) and retry.
-    fn access<R>(
-        &self,
-        space: &AddressSpace<'a, M>,
-        va: u64,
-        write: bool,
-        f: impl Fn(&AtomicU64) -> R,
-    ) -> R {
-        let seq = &self.tlb.seq[self.cpu];
-        loop {
-            seq.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if let Some((word, size)) = leaf_word(self.mem, space.root(), va) {
-                let e = Entry::from_raw(word.load(Ordering::Acquire));
-                if e.is_present() {
-                    let pa = e.leaf_addr(size) + (va & (size.bytes() - 1));
-                    let r = f(self.mem.word(pa));
-                    seq.fetch_add(1, Ordering::SeqCst);
-                    return r;
-                }
-            }
-            seq.fetch_add(1, Ordering::SeqCst);
-            match self.mm.handle_fault(space, va, write) {
-                Ok(FaultOutcome::WaitMigration(w)) => {
-                    self.mm.wait_migration_with(&w, std::thread::yield_now)
-                }
-                Ok(_) => {}
-                Err(e) => panic!("fault at {va:#x}: {e:?}"),
-            }
-        }
-    }
-}
-
 /// Pages the churning CPU has mapped now: (address space, address).
 type Published<'a> = Mutex<Vec<(Arc<AddressSpace<'a, Arena>>, u64)>>;
 
@@ -621,7 +549,7 @@ type Published<'a> = Mutex<Vec<(Arc<AddressSpace<'a, Arena>>, u64)>>;
 /// the emulated MMU while the migrator may move any of it; then part protected read-only,
 /// part unmapped, the rest destroyed with the space, and the region released.
 fn churn<'a>(cpu: &EmuCpu<'_, 'a, Arena>, published: &Published<'a>, round: u64) {
-    let mm = cpu.mm;
+    let mm = cpu.mm();
     let c = mm.new_space().unwrap();
     let region = SharedRegion::new(M2).unwrap();
     let base = 0x10_0000_0000u64;
@@ -683,10 +611,7 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
     let mut buddy = BuddyAllocator::new(table);
     buddy.add_free_range(Pfn(1), Pfn(STRESS_FRAMES)).unwrap();
     let frames = BuddyFrames::new(buddy, NodeMap::single(Pfn(0), Pfn(STRESS_FRAMES)));
-    let tlb = EmuTlb {
-        seq: Default::default(),
-        calls: AtomicUsize::new(0),
-    };
+    let tlb = EmuTlb::default();
     let mm = Mm::new(&mem, &frames, &tlb, None);
     let a = mm.new_space().unwrap();
     let b = mm.new_space().unwrap();
@@ -726,12 +651,7 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
             scope.spawn(move || {
                 a.cpus().insert(w as u32);
                 b.cpus().insert(w as u32);
-                let cpu = EmuCpu {
-                    mm,
-                    mem,
-                    tlb,
-                    cpu: w,
-                };
+                let cpu = EmuCpu::new(mm, mem, tlb, w);
                 let base = 0x4000_0000 + w as u64 * 0x1000_0000;
                 let mut value = 0u64;
                 while !done.load(Ordering::Acquire) {
@@ -770,12 +690,7 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
         let churner = (&mm, &mem, &tlb, &a, &done, &churned, &churn_rounds, &pins);
         scope.spawn(move || {
             let (mm, mem, tlb, a, done, churned, churn_rounds, pins) = churner;
-            let cpu = EmuCpu {
-                mm,
-                mem,
-                tlb,
-                cpu: 3,
-            };
+            let cpu = EmuCpu::new(mm, mem, tlb, 3);
             let mut round = 0u64;
             while !done.load(Ordering::Acquire) {
                 round += 1;
@@ -851,7 +766,7 @@ fn writers_on_three_cpus_never_lose_data_while_a_fourth_migrates() {
         "the churning CPU ran"
     );
     assert!(pins.load(Ordering::Relaxed) > 0, "pins went through");
-    assert!(tlb.calls.load(Ordering::Relaxed) >= MIGRATIONS);
+    assert!(tlb.calls() >= MIGRATIONS);
     mm.rmap_audit().unwrap();
     frames.lock().audit().unwrap();
     mm.destroy_space(&a).unwrap();

@@ -12,6 +12,7 @@ use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::FrameTable;
 use mm::frame::node::NodeId;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 /// The kernel's frames, as the memory manager sees them.
@@ -20,6 +21,8 @@ pub struct KernelFrames {
     table: Once<FrameTable<'static>>,
     /// Faults to inject, for tests.
     pub injector: Injector<'static, KernelPhys>,
+    /// Blocks handed out so far (see [`FrameSource::allocations`]).
+    allocations: AtomicU64,
 }
 
 impl Default for KernelFrames {
@@ -34,6 +37,7 @@ impl KernelFrames {
         KernelFrames {
             table: Once::new(),
             injector: Injector::new(),
+            allocations: AtomicU64::new(0),
         }
     }
 
@@ -63,17 +67,21 @@ impl FrameSource for KernelFrames {
         if self.injected_failure(order) {
             return Err(AllocError::OutOfMemory);
         }
-        match node {
+        let block = match node {
             None => frames::alloc(order, mt).map_err(alloc_error),
             Some(node) => numa::alloc_on(node, order, mt),
-        }
+        }?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
     }
 
     fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
         if self.injected_failure(order) {
             return Err(AllocError::OutOfMemory);
         }
-        frames::alloc_at(pfn, order, mt).map_err(alloc_error)
+        let block = frames::alloc_at(pfn, order, mt).map_err(alloc_error)?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
     }
 
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
@@ -90,5 +98,9 @@ impl FrameSource for KernelFrames {
 
     fn node_exists(&self, node: NodeId) -> bool {
         numa::node_exists(node)
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
     }
 }

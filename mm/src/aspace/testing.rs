@@ -339,6 +339,10 @@ impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
     fn node_exists(&self, node: NodeId) -> bool {
         self.inner.node_exists(node)
     }
+
+    fn allocations(&self) -> u64 {
+        self.inner.allocations()
+    }
 }
 
 /// A test machine: memory, allocator, shootdown recorder and the `Mm` over them.
@@ -433,4 +437,95 @@ pub fn read_user<M: PhysMem>(mem: &M, space: &super::AddressSpace<'_, M>, va: u6
     space
         .translate(va)
         .map(|t| mem.word(t.pa).load(Ordering::Acquire))
+}
+
+/// An emulated TLB shootdown over emulated CPUs ([`EmuCpu`]): each CPU's "TLB" lives for
+/// one access (a translation is looked up, used and dropped), so a shootdown is complete
+/// once every targeted CPU has finished the access it was in when the shootdown started.
+#[derive(Default)]
+pub struct EmuTlb {
+    /// Per CPU: odd while inside an access.
+    seq: [AtomicU64; 4],
+    calls: AtomicUsize,
+}
+
+impl EmuTlb {
+    /// Shootdowns so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl TlbShootdown for EmuTlb {
+    fn shootdown(&self, cpus: CpuSet, _: &FlushBatch) -> Result<(), ShootdownError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        for cpu in cpus.iter().map(|c| c as usize).filter(|&c| c < 4) {
+            let s = self.seq[cpu].load(Ordering::SeqCst);
+            if s % 2 == 1 {
+                while self.seq[cpu].load(Ordering::SeqCst) == s {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An emulated CPU (0 to 3): it reaches memory through the page tables of an address
+/// space, as the MMU would, and its accesses are what [`EmuTlb`] waits for.
+pub struct EmuCpu<'x, 'a, M: PhysMem> {
+    mm: &'x Mm<'a, M>,
+    mem: &'x M,
+    tlb: &'x EmuTlb,
+    cpu: usize,
+}
+
+impl<'x, 'a, M: PhysMem> EmuCpu<'x, 'a, M> {
+    /// CPU `cpu` (below 4) of the machine `mm`, `mem`, `tlb`.
+    pub fn new(mm: &'x Mm<'a, M>, mem: &'x M, tlb: &'x EmuTlb, cpu: usize) -> Self {
+        assert!(cpu < 4, "EmuTlb tracks CPUs 0 to 3");
+        EmuCpu { mm, mem, tlb, cpu }
+    }
+
+    /// The memory manager this CPU faults into.
+    pub fn mm(&self) -> &'x Mm<'a, M> {
+        self.mm
+    }
+
+    /// One access to the word at `va`: walk the tables like the MMU; on a fault, let the
+    /// `Mm` resolve it (waiting out migrations) and retry. Panics (a test helper) on a
+    /// fault the `Mm` refuses.
+    pub fn access<R>(
+        &self,
+        space: &AddressSpace<'a, M>,
+        va: u64,
+        write: bool,
+        f: impl Fn(&AtomicU64) -> R,
+    ) -> R {
+        let seq = &self.tlb.seq[self.cpu];
+        loop {
+            seq.fetch_add(1, Ordering::SeqCst);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            if let Some((word, size)) =
+                crate::paging::testing::leaf_word(self.mem, space.root(), va)
+            {
+                let e = crate::paging::Entry::from_raw(word.load(Ordering::Acquire));
+                if e.is_present() {
+                    let pa = e.leaf_addr(size) + (va & (size.bytes() - 1));
+                    let r = f(self.mem.word(pa));
+                    seq.fetch_add(1, Ordering::SeqCst);
+                    return r;
+                }
+            }
+            seq.fetch_add(1, Ordering::SeqCst);
+            match self.mm.handle_fault(space, va, write) {
+                Ok(crate::ops::fault::FaultOutcome::WaitMigration(w)) => {
+                    self.mm.wait_migration_with(&w, std::thread::yield_now)
+                }
+                Ok(_) => {}
+                Err(e) => panic!("fault at {va:#x}: {e:?}"),
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ use crate::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
 use crate::frame::meta::FrameTable;
 use crate::frame::node::{alloc_on_node, node_usage, NodeId, NodeMap, NodeUsage};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, MutexGuard};
 
 /// Where frames come from: the kernel's buddy allocator(s) and frame table.
@@ -34,11 +35,16 @@ pub trait FrameSource: Sync {
         let _ = node;
         false
     }
+    /// How many blocks `alloc` and `alloc_at` have handed out so far (successful calls,
+    /// whatever their order): tests and reports read it to prove that an operation
+    /// allocated nothing.
+    fn allocations(&self) -> u64;
 }
 
 /// A node-aware [`FrameSource`] over one buddy allocator behind a spin lock.
 pub struct BuddyFrames<'a> {
     buddy: Mutex<BuddyAllocator<'a>>,
+    allocations: AtomicU64,
     table: FrameTable<'a>,
     nodes: NodeMap,
 }
@@ -49,6 +55,7 @@ impl<'a> BuddyFrames<'a> {
         BuddyFrames {
             table: buddy.table(),
             buddy: Mutex::new(buddy),
+            allocations: AtomicU64::new(0),
             nodes,
         }
     }
@@ -76,14 +83,22 @@ impl FrameSource for BuddyFrames<'_> {
             return Err(AllocError::InvalidOrder);
         }
         let mut buddy = self.buddy.lock();
-        match node {
+        let block = match node {
             None => buddy.alloc(order, mt),
             Some(node) => alloc_on_node(&self.nodes, &mut buddy, node, order, mt),
-        }
+        }?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
     }
 
     fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
-        self.buddy.lock().alloc_at(pfn, order, mt)
+        let block = self.buddy.lock().alloc_at(pfn, order, mt)?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
     }
 
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {

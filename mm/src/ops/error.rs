@@ -42,6 +42,8 @@ pub enum MigrateError {
     Changed,
     /// The same block appears twice in one unit (an exchange of a block with itself).
     SameBlock,
+    /// The two blocks of an exchange are of different sizes.
+    SizeMismatch,
     /// A frame counter would overflow.
     Count(CountError),
 }
@@ -65,6 +67,7 @@ impl fmt::Display for MigrateError {
             MigrateError::Inconsistent => "page tables disagree with the reverse map",
             MigrateError::Changed => "block changed before it could be claimed",
             MigrateError::SameBlock => "the same block twice",
+            MigrateError::SizeMismatch => "blocks of different sizes",
             MigrateError::Count(e) => return write!(f, "{e}"),
         })
     }

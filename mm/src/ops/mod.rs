@@ -1,9 +1,10 @@
 //! Layer 6, the operations on address spaces: page faults ([`fault`]), the move engine
-//! (`engine`) and its error ([`error`]), migration ([`migrate`]) and moving a range to a NUMA node ([`numa`]). Imports every layer below;
+//! (`engine`) and its error ([`error`]), migration ([`migrate`]), exchange of two in-use blocks ([`exchange`]) and moving a range to a NUMA node ([`numa`]). Imports every layer below;
 //! nothing below imports it.
 
 pub(crate) mod engine;
 pub mod error;
+pub mod exchange;
 pub mod fault;
 pub mod migrate;
 pub mod numa;

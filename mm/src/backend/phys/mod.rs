@@ -54,7 +54,35 @@ pub unsafe trait PhysMem: Sync {
         // distinct frames don't alias (trait contract).
         unsafe { core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), PAGE_SIZE as usize) }
     }
+
+    /// Exchange the contents of the frames containing `a` and `b`, `buf.len()` words at a
+    /// time (at most one frame: [`SWAP_CHUNK_MAX`]) through `buf`; nothing when they are
+    /// the same frame or `buf` is empty.
+    fn swap_frame(&self, a: PhysAddr, b: PhysAddr, buf: &mut [u64]) {
+        let (a, b) = (a.align_down(PAGE_SIZE), b.align_down(PAGE_SIZE));
+        let chunk = (buf.len() * 8).min(SWAP_CHUNK_MAX);
+        if a == b || chunk == 0 {
+            return;
+        }
+        let (pa, pb, tmp) = (self.ptr(a), self.ptr(b), buf.as_mut_ptr() as *mut u8);
+        let mut off = 0;
+        while off < SWAP_CHUNK_MAX {
+            let n = chunk.min(SWAP_CHUNK_MAX - off);
+            // SAFETY: both frames are valid for PAGE_SIZE bytes from their starts and
+            // distinct frames don't alias (trait contract), `off + n <= PAGE_SIZE`; `buf`
+            // is a separate, exclusively borrowed buffer of at least `n` bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(pa.add(off), tmp, n);
+                core::ptr::copy_nonoverlapping(pb.add(off), pa.add(off), n);
+                core::ptr::copy_nonoverlapping(tmp, pb.add(off), n);
+            }
+            off += n;
+        }
+    }
 }
+
+/// Bytes the largest buffer of [`PhysMem::swap_frame`] swaps at a time: one frame.
+pub const SWAP_CHUNK_MAX: usize = PAGE_SIZE as usize;
 
 /// A heap buffer posing as `size` bytes of physical memory starting at physical address 0.
 #[cfg(any(test, feature = "std"))]

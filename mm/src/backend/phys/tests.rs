@@ -47,3 +47,49 @@ fn frames_are_the_ones_that_contain_the_addresses() {
         5
     );
 }
+
+#[test]
+fn swap_frame_exchanges_two_frames_whole_with_any_buffer_size() {
+    use core::sync::atomic::Ordering::Relaxed;
+    for words in [0usize, 1, 3, 64, 512, 700] {
+        let mem = Arena::new(4);
+        let w = |pa: u64| mem.word(PhysAddr::new(pa));
+        for i in 0..PAGE_SIZE / 8 {
+            w(PAGE_SIZE + i * 8).store(i, Relaxed);
+            w(2 * PAGE_SIZE + i * 8).store(!i, Relaxed);
+        }
+        w(3 * PAGE_SIZE).store(99, Relaxed);
+        let mut buf = std::vec![0u64; words];
+        mem.swap_frame(
+            PhysAddr::new(PAGE_SIZE + 5),
+            PhysAddr::new(2 * PAGE_SIZE),
+            &mut buf,
+        );
+        let swapped = words > 0;
+        for i in 0..PAGE_SIZE / 8 {
+            let (a, b) = if swapped { (!i, i) } else { (i, !i) };
+            assert_eq!(
+                w(PAGE_SIZE + i * 8).load(Relaxed),
+                a,
+                "{words} words, word {i}"
+            );
+            assert_eq!(
+                w(2 * PAGE_SIZE + i * 8).load(Relaxed),
+                b,
+                "{words} words, word {i}"
+            );
+        }
+        assert_eq!(
+            w(3 * PAGE_SIZE).load(Relaxed),
+            99,
+            "nothing past the frames"
+        );
+        // A frame with itself: nothing happens.
+        mem.swap_frame(
+            PhysAddr::new(PAGE_SIZE),
+            PhysAddr::new(PAGE_SIZE + 8),
+            &mut buf,
+        );
+        assert_eq!(w(PAGE_SIZE + 8).load(Relaxed), if swapped { !1 } else { 1 });
+    }
+}

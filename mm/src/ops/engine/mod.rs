@@ -197,8 +197,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             for unit in installed {
                 let lost = unit.claimed.iter().any(|c| c.lost > 0);
                 let result = unit.mv.finish(self, &unit.claimed);
+                // A lost mapping is the news, even when the block then lost its last
+                // user because of it.
                 results[unit.slot] = Some(if lost {
-                    result.and(Err(MigrateError::Inconsistent))
+                    Err(MigrateError::Inconsistent)
                 } else {
                     result
                 });

@@ -1,13 +1,12 @@
-//! Host tests of the move engine: a second kind of move (a swap of two blocks, written
-//! here only to show that a move plugs in without copying the engine), the claim under
+//! Host tests of the move engine (exchange and migration have their own): the claim under
 //! the lock, remap failures that must not leave migration entries behind, and one
 //! shootdown per batch whatever the number of address spaces.
 
 use super::*;
 use crate::aspace::testing::{read_user, with_env, write_user, Env, Event};
 use crate::backend::phys::Arena;
-use crate::base::addr::PAGE_SIZE;
 use crate::mapping::vma::{HugePolicy, VmaFlags};
+use crate::ops::exchange::{Exchange, SwapBuffer};
 use crate::ops::migrate::Destination;
 use crate::paging::Entry;
 use std::vec;
@@ -22,92 +21,6 @@ fn arena<R>(f: impl FnOnce(&Env<'_, Arena>) -> R) -> R {
 fn head_at<'a>(env: &Env<'a, Arena>, space: &AddressSpace<'a, Arena>, va: u64) -> Pfn {
     let t = space.translate(va).expect("mapped");
     env.mm.head_of(Pfn::containing(t.pa)).expect("allocated")
-}
-
-/// A toy move: swap the contents and mappings of two blocks of one order, word by word,
-/// allocating nothing.
-struct Swap {
-    blocks: [Pfn; 2],
-}
-
-impl<'m, M: PhysMem> Move<'m, M> for Swap {
-    type Output = ();
-
-    fn blocks(&self) -> &[Pfn] {
-        &self.blocks
-    }
-
-    fn check(&self, _mm: &Mm<'m, M>, orders: &[u8]) -> Result<(), MigrateError> {
-        if orders[0] == orders[1] {
-            Ok(())
-        } else {
-            Err(MigrateError::NotInUse)
-        }
-    }
-
-    fn prepare(
-        &mut self,
-        _mm: &Mm<'m, M>,
-        _claimed: &[Claimed<'m, M>],
-    ) -> Result<(), MigrateError> {
-        Ok(())
-    }
-
-    fn abandon(&mut self, _mm: &Mm<'m, M>, _claimed: &[Claimed<'m, M>]) {}
-
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
-        let words = (PAGE_SIZE / 8) << claimed[0].order;
-        for w in 0..words {
-            let a = mm.mem.word(claimed[0].head.addr() + w * 8);
-            let b = mm.mem.word(claimed[1].head.addr() + w * 8);
-            let x = a.load(Ordering::Relaxed);
-            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
-            b.store(x, Ordering::Relaxed);
-        }
-    }
-
-    fn target(&self, i: usize) -> Pfn {
-        self.blocks[1 - i]
-    }
-
-    fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
-        for c in claimed {
-            let _ = mm.drop_claim(c.head, c.order);
-        }
-        Ok(())
-    }
-}
-
-#[test]
-fn a_second_kind_of_move_plugs_in_and_allocates_nothing() {
-    arena(|env| {
-        let a = env.mm.new_space().unwrap();
-        let b = env.mm.new_space().unwrap();
-        let flags = VmaFlags::private(HugePolicy::Always, true);
-        for (s, base) in [(&a, 0x4000_0000u64), (&b, 0x8000_0000)] {
-            env.mm.map_anon(s, base, M2, flags.clone()).unwrap();
-            env.mm.populate(s, base, M2).unwrap();
-        }
-        assert!(write_user(env.mem, &a, 0x4000_1000, 0xaaaa));
-        assert!(write_user(env.mem, &b, 0x8000_1000, 0xbbbb));
-        let (ha, hb) = (head_at(env, &a, 0x4000_0000), head_at(env, &b, 0x8000_0000));
-        let free = env.free_frames();
-        let results = env
-            .mm
-            .complete_moves(env.mm.begin_moves(vec![Swap { blocks: [ha, hb] }]));
-        assert_eq!(results, [Ok(())]);
-        assert_eq!(env.free_frames(), free, "a swap allocates nothing");
-        assert_eq!(head_at(env, &a, 0x4000_0000), hb);
-        assert_eq!(head_at(env, &b, 0x8000_0000), ha);
-        assert_eq!(read_user(env.mem, &a, 0x4000_1000), Some(0xaaaa));
-        assert_eq!(read_user(env.mem, &b, 0x8000_1000), Some(0xbbbb));
-        env.audit();
-        let same = env
-            .mm
-            .complete_moves(env.mm.begin_moves(vec![Swap { blocks: [ha, ha] }]));
-        assert_eq!(same, [Err(MigrateError::SameBlock)]);
-        env.audit();
-    });
 }
 
 #[test]
@@ -176,10 +89,10 @@ fn a_claim_refuses_a_block_that_changed_since_it_was_looked_at() {
     });
 }
 
-/// A swap whose transform also overwrites one of its migration entries, as corrupt
+/// An exchange whose transform also overwrites one of its migration entries, as corrupt
 /// tables would: the engine must drop that mapping rather than leave an entry behind.
 struct Corrupting<'x, 'm, M: PhysMem> {
-    swap: Swap,
+    swap: Exchange,
     space: &'x AddressSpace<'m, M>,
     va: u64,
 }
@@ -188,7 +101,7 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
     type Output = ();
 
     fn blocks(&self) -> &[Pfn] {
-        &self.swap.blocks
+        Move::<M>::blocks(&self.swap)
     }
 
     fn check(&self, mm: &Mm<'m, M>, orders: &[u8]) -> Result<(), MigrateError> {
@@ -232,7 +145,7 @@ fn a_slot_that_lost_its_migration_entry_is_reported_and_nothing_waits_forever() 
         assert!(write_user(env.mem, &s, 0x10_1000, 2));
         let (h0, h1) = (head_at(env, &s, 0x10_0000), head_at(env, &s, 0x10_1000));
         let mv = Corrupting {
-            swap: Swap { blocks: [h0, h1] },
+            swap: Exchange::new(h0, h1, SwapBuffer::Page),
             space: &s,
             va: 0x10_0000,
         };
