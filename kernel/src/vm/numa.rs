@@ -112,6 +112,13 @@ pub fn node_exists(node: NodeId) -> bool {
     TOPOLOGY.get().is_some_and(|t| t.map.contains(node))
 }
 
+/// The physical ranges of `node`, in order.
+pub fn ranges_of(node: NodeId) -> Vec<(Pfn, Pfn)> {
+    TOPOLOGY.get().map_or_else(Vec::new, |t| {
+        t.map.ranges_of(node).map(|r| (r.start, r.end)).collect()
+    })
+}
+
 /// The nodes, in increasing order.
 pub fn nodes() -> Vec<NodeId> {
     TOPOLOGY.get().map_or_else(Vec::new, |t| t.map.nodes())

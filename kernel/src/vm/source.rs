@@ -100,6 +100,10 @@ impl FrameSource for KernelFrames {
         numa::node_exists(node)
     }
 
+    fn node_ranges(&self, node: NodeId) -> alloc::vec::Vec<(Pfn, Pfn)> {
+        numa::ranges_of(node)
+    }
+
     fn allocations(&self) -> u64 {
         self.allocations.load(Ordering::Relaxed)
     }

@@ -77,6 +77,7 @@ use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::AtomicCpuSet;
 use crate::frame::meta::{FrameMeta, FrameState};
 use crate::frame::refs::{CountError, Released};
+use crate::mapping::claims::{ClaimId, PhysClaims};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
 use crate::mapping::vma::{check_user_addr, check_user_range, Vma, VmaError, VmaFlags, VmaSet};
 use crate::paging::MigrationEntry;
@@ -310,6 +311,11 @@ pub struct Mm<'m, M: PhysMem> {
     /// The buddy order of the largest leaf the fault path may map (see
     /// [`Mm::set_max_leaf`]).
     max_leaf_order: AtomicU8,
+    /// The physical windows claimed by anchored VMAs, across every address space
+    /// (taken after a space's lock, never before it).
+    pub(crate) claims: Mutex<PhysClaims>,
+    /// Source of anchor ids.
+    next_claim: AtomicU64,
 }
 
 /// The leaf flags of a user mapping.
@@ -346,6 +352,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             epoch: AtomicU64::new(0),
             count_errors: AtomicU64::new(0),
             max_leaf_order: AtomicU8::new(PageSize::Size1G.order()),
+            claims: Mutex::new(PhysClaims::new()),
+            next_claim: AtomicU64::new(1),
         }
     }
 
@@ -359,6 +367,35 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The largest leaf new faults may map.
     pub fn max_leaf(&self) -> PageSize {
         size_of_order(self.max_leaf_order.load(Ordering::Relaxed)).unwrap_or(PageSize::Size4K)
+    }
+
+    /// A fresh owner id for the windows of a new anchor.
+    pub(crate) fn new_claim_id(&self) -> ClaimId {
+        ClaimId(self.next_claim.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Give back the physical windows of the anchored parts of `removed` (VMAs, or
+    /// pieces of VMAs, that are gone).
+    pub(crate) fn release_windows(&self, removed: &[Vma]) {
+        let anchored: Vec<&Vma> = removed.iter().filter(|v| v.anchor.is_some()).collect();
+        if anchored.is_empty() {
+            return;
+        }
+        let mut claims = self.claims.lock();
+        for v in anchored {
+            if let Some(anchor) = &v.anchor {
+                for (first, end) in anchor.windows(v.start, v.end) {
+                    claims.release(first, end, anchor.claim);
+                }
+            }
+        }
+    }
+
+    /// Frames claimed by the windows of anchored VMAs, and the number of ranges.
+    pub fn claimed_windows(&self) -> (u64, usize) {
+        let claims = self.claims.lock();
+        let frames = claims.ranges().map(|(a, b, _)| b.0 - a.0).sum();
+        (frames, claims.len())
     }
 
     /// The frame source.
@@ -466,7 +503,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if st.dead {
             return Err(SpaceError::SpaceDestroyed);
         }
-        st.vmas.insert(Vma { start, end, flags })?;
+        st.vmas.insert(Vma {
+            start,
+            end,
+            flags,
+            anchor: None,
+        })?;
         st.generation += 1;
         Ok(())
     }
@@ -491,7 +533,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         });
         drop(st);
         flush.complete(self, space);
-        drop(removed?);
+        self.release_windows(&removed?);
         Ok(())
     }
 
@@ -615,7 +657,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             flush.defer_free_table(space.root);
             flush.flush_all();
             flush.complete(self, space);
-            drop(vmas);
+            self.release_windows(&vmas);
             return Ok(());
         }
     }

@@ -340,6 +340,10 @@ impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
         self.inner.node_exists(node)
     }
 
+    fn node_ranges(&self, node: NodeId) -> Vec<(Pfn, Pfn)> {
+        self.inner.node_ranges(node)
+    }
+
     fn allocations(&self) -> u64 {
         self.inner.allocations()
     }

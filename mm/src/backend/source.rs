@@ -35,6 +35,12 @@ pub trait FrameSource: Sync {
         let _ = node;
         false
     }
+    /// The physical ranges `[start, end)` of `node`, in order (empty when the source
+    /// knows no nodes).
+    fn node_ranges(&self, node: NodeId) -> Vec<(Pfn, Pfn)> {
+        let _ = node;
+        Vec::new()
+    }
     /// How many blocks `alloc` and `alloc_at` have handed out so far (successful calls,
     /// whatever their order): tests and reports read it to prove that an operation
     /// allocated nothing.
@@ -115,6 +121,13 @@ impl FrameSource for BuddyFrames<'_> {
 
     fn node_exists(&self, node: NodeId) -> bool {
         self.nodes.contains(node)
+    }
+
+    fn node_ranges(&self, node: NodeId) -> Vec<(Pfn, Pfn)> {
+        self.nodes
+            .ranges_of(node)
+            .map(|r| (r.start, r.end))
+            .collect()
     }
 }
 

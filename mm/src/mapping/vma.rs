@@ -10,6 +10,7 @@
 use crate::base::addr::PAGE_SIZE;
 
 use crate::frame::node::NodeId;
+use crate::mapping::anchor::Anchor;
 use crate::mapping::region::SharedRegion;
 use crate::paging::{LOWER_HALF_END, UPPER_HALF_START};
 use alloc::collections::BTreeMap;
@@ -96,6 +97,8 @@ pub struct Vma {
     pub end: u64,
     /// Attributes.
     pub flags: VmaFlags,
+    /// Where its pages belong, once contiguity generation anchored it.
+    pub anchor: Option<Anchor>,
 }
 
 impl Vma {
@@ -270,6 +273,7 @@ impl VmaSet {
             start: at,
             end: v.end,
             flags: v.flags.advanced(at - v.start),
+            anchor: v.anchor.clone(),
         };
         v.end = at;
         self.map.insert(at, right);
@@ -300,6 +304,18 @@ impl VmaSet {
             if let Some(v) = self.map.get_mut(&s) {
                 v.flags.writable = writable;
             }
+        }
+    }
+
+    /// Set the anchor of the VMA that is exactly `[start, end)`; `false` (nothing
+    /// changed) if there is none.
+    pub fn set_anchor(&mut self, start: u64, end: u64, anchor: Option<Anchor>) -> bool {
+        match self.map.get_mut(&start).filter(|v| v.end == end) {
+            Some(v) => {
+                v.anchor = anchor;
+                true
+            }
+            None => false,
         }
     }
 

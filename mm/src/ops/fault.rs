@@ -154,6 +154,8 @@ struct Plan {
     writable: bool,
     /// The region and the offset of the faulting page in it, for a shared VMA.
     shared: Option<(Arc<SharedRegion>, u64)>,
+    /// For an anchored VMA: per candidate size, the block its leaf belongs at.
+    targets: Vec<(PageSize, Pfn)>,
 }
 
 enum Step {
@@ -400,6 +402,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let shared = Some((region, offset));
             return Ok(Step::Allocate(self.plan(
                 &vma,
+                va,
                 st.generation,
                 sizes,
                 shared,
@@ -409,17 +412,37 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .into_iter()
             .filter(|&s| s == PageSize::Size4K || allowed(s))
             .collect();
-        Ok(Step::Allocate(self.plan(&vma, st.generation, sizes, None)))
+        Ok(Step::Allocate(self.plan(
+            &vma,
+            va,
+            st.generation,
+            sizes,
+            None,
+        )))
     }
 
     fn plan(
         &self,
         vma: &Vma,
+        va: u64,
         generation: u64,
         sizes: Vec<PageSize>,
         shared: Option<(Arc<SharedRegion>, u64)>,
     ) -> Plan {
         let pinned = vma.flags.mobility == Mobility::Pinned;
+        // A page faulted into an anchored VMA goes to its target frame when that is free
+        // (a block of a size the anchor keeps aligned).
+        let targets = vma.anchor.as_ref().map_or_else(Vec::new, |anchor| {
+            sizes
+                .iter()
+                .filter_map(|&size| {
+                    let t = anchor.target(base(va, size))?;
+                    let last = anchor.target(base(va, size) + size.bytes() - PAGE_SIZE)?;
+                    (t.is_aligned(size.order()) && last == t.add(size.bytes() / PAGE_SIZE - 1))
+                        .then_some((size, t))
+                })
+                .collect()
+        });
         Plan {
             generation,
             sizes,
@@ -432,6 +455,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             node: vma.flags.node,
             writable: vma.flags.writable,
             shared,
+            targets,
         }
     }
 
@@ -439,6 +463,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     fn alloc_fault_frame(&self, plan: &Plan) -> Result<(Pfn, PageSize), FaultError> {
         for &size in &plan.sizes {
             let order = size.order();
+            let target = plan.targets.iter().find(|(s, _)| *s == size);
+            if let Some(pfn) =
+                target.and_then(|&(_, t)| self.frames.alloc_at(t, order, plan.mt).ok())
+            {
+                return Ok((pfn, size));
+            }
             let on_node = plan
                 .node
                 .and_then(|n| self.frames.alloc(order, plan.mt, Some(n)).ok());

@@ -1,7 +1,8 @@
 //! Layer 6, the operations on address spaces: page faults ([`fault`]), the move engine
-//! (`engine`) and its error ([`error`]), migration ([`migrate`]), exchange of two in-use blocks ([`exchange`]) and moving a range to a NUMA node ([`numa`]). Imports every layer below;
+//! (`engine`) and its error ([`error`]), migration ([`migrate`]), exchange of two in-use blocks ([`exchange`]), contiguity generation ([`contig`]) and moving a range to a NUMA node ([`numa`]). Imports every layer below;
 //! nothing below imports it.
 
+pub mod contig;
 pub(crate) mod engine;
 pub mod error;
 pub mod exchange;

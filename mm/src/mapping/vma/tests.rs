@@ -11,6 +11,7 @@ fn vma(start: u64, end: u64) -> Vma {
         start,
         end,
         flags: flags(true),
+        anchor: None,
     }
 }
 
@@ -90,6 +91,7 @@ fn remove_range_splits_and_keeps_shared_offsets() {
         start: 0x10000,
         end: 0x30000,
         flags: f,
+        anchor: None,
     })
     .unwrap();
     let removed = set.remove_range(0x18000, 0x20000);
@@ -120,6 +122,7 @@ fn set_writable_splits_only_where_it_changes() {
         start: 0x20000,
         end: 0x30000,
         flags: flags(false),
+        anchor: None,
     })
     .unwrap();
     set.set_writable(0x18000, 0x28000, false);
@@ -142,4 +145,33 @@ fn set_writable_splits_only_where_it_changes() {
             (0x24000, 0x30000, false)
         ]
     );
+}
+
+#[test]
+fn both_pieces_of_a_split_keep_the_anchor_line() {
+    use crate::base::addr::Pfn;
+    use crate::mapping::anchor::{Anchor, AnchorSegment};
+    use crate::mapping::claims::ClaimId;
+    let mut set = VmaSet::new();
+    set.insert(vma(0x10_0000, 0x50_0000)).unwrap();
+    let anchor = Anchor {
+        claim: ClaimId(3),
+        segments: alloc::vec![AnchorSegment {
+            start: 0x10_0000,
+            end: 0x50_0000,
+            pfn: Pfn(0x900),
+        }],
+    };
+    assert!(!set.set_anchor(0x10_0000, 0x40_0000, Some(anchor.clone())));
+    assert!(set.set_anchor(0x10_0000, 0x50_0000, Some(anchor)));
+    set.set_writable(0x20_0000, 0x30_0000, false);
+    let removed = set.remove_range(0x40_0000, 0x50_0000);
+    let target = |v: &Vma, va: u64| v.anchor.as_ref().and_then(|a| a.target(va));
+    for v in set.iter().chain(&removed) {
+        assert_eq!(
+            target(v, v.start),
+            Some(Pfn(0x900 + (v.start - 0x10_0000) / 4096))
+        );
+    }
+    assert_eq!(set.len(), 3);
 }

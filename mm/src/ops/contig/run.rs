@@ -1,0 +1,678 @@
+//! Contiguity generation of one VMA, one address space or all of them (the protocol is
+//! in the module doc of [`crate::ops::contig`]).
+
+use crate::aspace::{AddressSpace, Mm, SpaceError};
+use crate::backend::phys::PhysMem;
+use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::frame::meta::FrameState;
+use crate::frame::node::NodeId;
+use crate::mapping::anchor::{Anchor, AnchorSegment};
+use crate::mapping::claims::ClaimId;
+use crate::mapping::rmap::SpaceId;
+use crate::mapping::vma::{check_user_addr, Vma};
+use crate::ops::contig::anchor::{choose, Choice, FrameClass, PhysView, Unit};
+use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Placement};
+use crate::ops::contig::stats::{chunk_stats, ChunkStats};
+use crate::ops::contig::view::block_class;
+use crate::ops::migrate::Destination;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// Pages in a 1 GiB block.
+const G1_PAGES: u64 = 1 << 18;
+/// Pages in a 2 MiB block.
+const M2_PAGES: u64 = 512;
+/// Passes over the remaining pages before the operation gives up on them.
+const MAX_PASSES: usize = 64;
+/// Tries per page whose move was refused by a transient cause.
+const MAX_TRIES: u8 = 3;
+
+/// One resident block of the VMA: where its head would be in the VMA's virtual pages.
+#[derive(Clone, Copy, Debug)]
+struct Resident {
+    vpn: u64,
+    head: Pfn,
+    order: u8,
+    pinned: bool,
+}
+
+impl Resident {
+    fn pages(&self) -> u64 {
+        1 << self.order
+    }
+}
+
+/// What the frames a block belongs at hold now.
+enum Target {
+    /// All free.
+    Free,
+    /// Exactly one movable block of the same order, headed at the target.
+    Exact(Pfn),
+    /// Movable blocks of other sizes (heads and orders) that must move out first.
+    Occupied(Vec<(Pfn, u8)>),
+    /// Something that never moves (kernel, reserved, pinned, unmovable).
+    Blocked,
+}
+
+/// A misplaced block still to be put in place.
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    head: Pfn,
+    order: u8,
+    target: Pfn,
+    tries: u8,
+}
+
+/// The VMA as the operation found it.
+struct Found {
+    vma: Vma,
+    /// Present leaves: (vpn, pfn, pages).
+    leaves: Vec<(u64, u64, u64)>,
+    units: Vec<Resident>,
+}
+
+impl<'m, M: PhysMem> Mm<'m, M> {
+    /// Make the VMA containing `va` physically contiguous (see the module doc), moving at
+    /// most `opts.max_pages` pages.
+    pub fn make_vma_contiguous(
+        &self,
+        space: &Arc<AddressSpace<'m, M>>,
+        va: u64,
+        opts: &ContigOptions,
+    ) -> Result<ContigReport, ContigError> {
+        let mut budget = opts.max_pages;
+        self.contig_vma(space, va, opts, &mut budget)
+    }
+
+    /// Make every VMA of `space` contiguous, in address order, moving at most
+    /// `opts.max_pages` pages in all; one result per VMA visited.
+    pub fn make_space_contiguous(
+        &self,
+        space: &Arc<AddressSpace<'m, M>>,
+        opts: &ContigOptions,
+    ) -> Result<Vec<Result<ContigReport, ContigError>>, ContigError> {
+        self.check_space(space)?;
+        if space.is_destroyed() {
+            return Err(SpaceError::SpaceDestroyed.into());
+        }
+        let mut budget = opts.max_pages;
+        Ok(self.contig_space(space, opts, &mut budget))
+    }
+
+    /// Make every VMA of every address space contiguous, moving at most
+    /// `opts.max_pages` pages in all; one result per VMA visited, with its space.
+    pub fn make_all_contiguous(
+        &self,
+        opts: &ContigOptions,
+    ) -> Vec<(SpaceId, Result<ContigReport, ContigError>)> {
+        let mut budget = opts.max_pages;
+        let mut out = Vec::new();
+        for space in self.spaces() {
+            for r in self.contig_space(&space, opts, &mut budget) {
+                out.push((space.id(), r));
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn contig_space(
+        &self,
+        space: &Arc<AddressSpace<'m, M>>,
+        opts: &ContigOptions,
+        budget: &mut u64,
+    ) -> Vec<Result<ContigReport, ContigError>> {
+        let mut out = Vec::new();
+        for vma in space.vmas() {
+            if *budget == 0 {
+                break;
+            }
+            out.push(self.contig_vma(space, vma.start, opts, budget));
+        }
+        out
+    }
+
+    /// One VMA: find it, choose and claim its anchor, move its pages, report.
+    fn contig_vma(
+        &self,
+        space: &Arc<AddressSpace<'m, M>>,
+        va: u64,
+        opts: &ContigOptions,
+        budget: &mut u64,
+    ) -> Result<ContigReport, ContigError> {
+        self.check_space(space)?;
+        check_user_addr(va).map_err(SpaceError::from)?;
+        let found = self.find_resident(space, va)?;
+        let vma = &found.vma;
+        let ranges = self.placement_ranges(&found, opts.placement)?;
+        let own = vma
+            .anchor
+            .as_ref()
+            .map_or_else(|| self.new_claim_id(), |a| a.claim);
+        // The VMA's old windows are given back first so that its new ones may reuse them.
+        self.claims.lock().release_owner(own);
+        let segments = match self.plan_segments(&found, &ranges, own, opts) {
+            Some(s) => s,
+            None => {
+                self.drop_anchor(space, vma);
+                return Err(ContigError::NoRoom);
+            }
+        };
+        let anchor = Anchor {
+            claim: own,
+            segments,
+        };
+        self.claim_windows(&anchor, vma)?;
+        if !space
+            .state
+            .lock()
+            .vmas
+            .set_anchor(vma.start, vma.end, Some(anchor.clone()))
+        {
+            self.claims.lock().release_owner(own);
+            return Err(ContigError::Changed);
+        }
+        let mut report = ContigReport {
+            space: space.id(),
+            start: vma.start,
+            end: vma.end,
+            before: chunk_stats(&found.leaves),
+            after: ChunkStats::default(),
+            pinned: found
+                .units
+                .iter()
+                .filter(|u| u.pinned)
+                .map(|u| u.pages())
+                .sum(),
+            misplaced: 0,
+            migrated: 0,
+            exchanged: 0,
+            displaced: 0,
+            frames_allocated_by_exchange: 0,
+            segments: anchor.segments.len() as u64,
+            failed: 0,
+            complete: true,
+        };
+        let mut todo = Vec::new();
+        let first_vpn = vma.start / PAGE_SIZE;
+        for u in found.units.iter().filter(|u| !u.pinned) {
+            // Where the head belongs, from the block's first page inside the VMA (a
+            // block cut by a split of the VMA may begin before it).
+            let inside = u.vpn.max(first_vpn);
+            let target = anchor
+                .target(inside * PAGE_SIZE)
+                .and_then(|t| t.0.checked_sub(inside - u.vpn))
+                .map(Pfn);
+            if target == Some(u.head) {
+                continue;
+            }
+            report.misplaced += u.pages();
+            match target.filter(|t| t.is_aligned(u.order)) {
+                Some(target) => todo.push(Work {
+                    head: u.head,
+                    order: u.order,
+                    target,
+                    tries: 0,
+                }),
+                None => report.failed += u.pages(),
+            }
+        }
+        let node = ranges_node(&found, opts.placement, self);
+        self.place(space, vma, todo, node, opts, budget, &mut report);
+        report.after = chunk_stats(
+            &self
+                .find_resident(space, vma.start)
+                .map_or_else(|_| Vec::new(), |f| f.leaves),
+        );
+        Ok(report)
+    }
+
+    /// The VMA containing `va`, its present leaves and its resident blocks.
+    fn find_resident(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<Found, ContigError> {
+        let (vma, walked) = {
+            let st = space.state.lock();
+            if st.dead {
+                return Err(SpaceError::SpaceDestroyed.into());
+            }
+            let vma = st.vmas.find(va).cloned().ok_or(ContigError::NotMapped)?;
+            let walked: Vec<(u64, Pfn, PageSize)> = st
+                .pt
+                .walk(vma.start, vma.end)
+                .map(|(v, t)| (v.as_u64(), Pfn::containing(t.leaf_base_pa), t.size))
+                .collect();
+            (vma, walked)
+        };
+        let table = self.frames.frame_table();
+        let mut units: BTreeMap<Pfn, Resident> = BTreeMap::new();
+        let mut leaves = Vec::with_capacity(walked.len());
+        for &(v, pfn, size) in &walked {
+            let pages = size.bytes() / PAGE_SIZE;
+            leaves.push((v / PAGE_SIZE, pfn.0, pages));
+            let Some(head) = table.head_of(pfn) else {
+                continue;
+            };
+            let Some(meta) = table.get(head) else {
+                continue;
+            };
+            if meta.state() != FrameState::Allocated {
+                continue;
+            }
+            let Some(vpn) = (v / PAGE_SIZE).checked_sub(pfn.0 - head.0) else {
+                continue;
+            };
+            units.entry(head).or_insert(Resident {
+                vpn,
+                head,
+                order: meta.order(),
+                pinned: block_class(meta) != FrameClass::Movable,
+            });
+        }
+        let mut units: Vec<Resident> = units.into_values().collect();
+        units.sort_by_key(|u| u.vpn);
+        Ok(Found { vma, leaves, units })
+    }
+
+    /// The physical ranges the VMA's windows may lie in.
+    fn placement_ranges(
+        &self,
+        found: &Found,
+        placement: Placement,
+    ) -> Result<Vec<(Pfn, Pfn)>, ContigError> {
+        let whole = alloc::vec![(Pfn(1), Pfn(self.frames.frame_table().len() as u64))];
+        let node = match placement {
+            Placement::Anywhere => return Ok(whole),
+            Placement::Node(n) if !self.frames.node_exists(n) => {
+                return Err(ContigError::NoSuchNode)
+            }
+            Placement::Node(n) => Some(n),
+            Placement::VmaNode => found.vma.flags.node.or_else(|| self.majority_node(found)),
+        };
+        let ranges = node.map_or_else(Vec::new, |n| self.frames.node_ranges(n));
+        Ok(if ranges.is_empty() { whole } else { ranges })
+    }
+
+    /// The node holding most of the VMA's resident pages.
+    fn majority_node(&self, found: &Found) -> Option<NodeId> {
+        let mut pages: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for u in &found.units {
+            if let Some(n) = self.frames.node_of(u.head) {
+                *pages.entry(n).or_default() += u.pages();
+            }
+        }
+        pages
+            .into_iter()
+            .max_by_key(|&(n, p)| (p, core::cmp::Reverse(n)))
+            .map(|(n, _)| n)
+    }
+
+    /// Choose the anchor's segments: the VMA's pinned blocks stay where they are, each
+    /// its own segment; every stretch between them gets the cheapest window, and is cut
+    /// and re-anchored past a page whose target is blocked (at most
+    /// `opts.max_reanchors` times). `None` if some stretch with resident pages finds no
+    /// window at all.
+    fn plan_segments(
+        &self,
+        found: &Found,
+        ranges: &[(Pfn, Pfn)],
+        own: ClaimId,
+        opts: &ContigOptions,
+    ) -> Option<Vec<AnchorSegment>> {
+        let (vs, ve) = (found.vma.start / PAGE_SIZE, found.vma.end / PAGE_SIZE);
+        let mut segments = Vec::new();
+        let mut stretches = Vec::new();
+        let mut at = vs;
+        for u in found.units.iter().filter(|u| u.pinned) {
+            let (a, b) = (u.vpn.max(vs), (u.vpn + u.pages()).min(ve));
+            if a < at || a >= b {
+                continue;
+            }
+            if a > at {
+                stretches.push((at, a));
+            }
+            segments.push(AnchorSegment {
+                start: a * PAGE_SIZE,
+                end: b * PAGE_SIZE,
+                pfn: u.head.add(a - u.vpn),
+            });
+            at = b;
+        }
+        if at < ve {
+            stretches.push((at, ve));
+        }
+        let mut chosen: Vec<(Pfn, Pfn)> = segments
+            .iter()
+            .map(|s: &AnchorSegment| (s.pfn, s.pfn.add((s.end - s.start) / PAGE_SIZE)))
+            .collect();
+        let mut reanchors = 0;
+        for (mut a, b) in stretches {
+            loop {
+                // Each movable block's part inside the stretch (a block only partly
+                // mapped, or cut by a VMA split, may reach past it).
+                let units: Vec<Unit> = found
+                    .units
+                    .iter()
+                    .filter(|u| !u.pinned)
+                    .filter_map(|u| {
+                        let (from, to) = (u.vpn.max(a), (u.vpn + u.pages()).min(b));
+                        (from < to).then(|| Unit {
+                            vpn: from,
+                            pfn: u.head.0 + (from - u.vpn),
+                            pages: to - from,
+                            pinned: false,
+                        })
+                    })
+                    .collect();
+                let views: Vec<PhysView> = ranges
+                    .iter()
+                    .map(|&(lo, hi)| self.phys_view_excluding(lo, hi, own, &chosen))
+                    .collect();
+                let Some((view, choice)) = best_window(&views, &units, a, b, self.max_leaf())
+                else {
+                    if units.is_empty() {
+                        break;
+                    }
+                    return None;
+                };
+                let blocked = units.iter().find(|u| {
+                    let t = choice.pfn_start + (u.vpn - a);
+                    t != u.pfn
+                        && (t..t + u.pages).any(|f| view.class(Pfn(f)) == FrameClass::Blocked)
+                });
+                let cut = blocked
+                    .map(|u| u.vpn)
+                    .filter(|&v| v > a && reanchors < opts.max_reanchors);
+                let end = cut.unwrap_or(b);
+                let seg = AnchorSegment {
+                    start: a * PAGE_SIZE,
+                    end: end * PAGE_SIZE,
+                    pfn: Pfn(choice.pfn_start),
+                };
+                chosen.push((seg.pfn, seg.pfn.add(end - a)));
+                segments.push(seg);
+                match cut {
+                    Some(v) => {
+                        reanchors += 1;
+                        a = v;
+                    }
+                    None => break,
+                }
+            }
+        }
+        segments.sort_by_key(|s| s.start);
+        Some(segments)
+    }
+
+    /// A view of `[lo, hi)` in which `extra` (windows already chosen for this VMA) is
+    /// claimed too.
+    fn phys_view_excluding(
+        &self,
+        lo: Pfn,
+        hi: Pfn,
+        own: ClaimId,
+        extra: &[(Pfn, Pfn)],
+    ) -> PhysView {
+        let base = self.phys_view(lo, hi, Some(own));
+        if extra.iter().all(|&(a, b)| b <= lo || a >= hi) {
+            return base;
+        }
+        PhysView::new(lo, hi, |pfn| {
+            if extra.iter().any(|&(a, b)| a <= pfn && pfn < b) {
+                FrameClass::Claimed
+            } else {
+                base.class(pfn)
+            }
+        })
+    }
+
+    /// Claim every segment's window for `anchor`; on failure nothing stays claimed.
+    fn claim_windows(&self, anchor: &Anchor, vma: &Vma) -> Result<(), ContigError> {
+        let mut claims = self.claims.lock();
+        for (first, end) in anchor.windows(vma.start, vma.end) {
+            if claims.claim(first, end, anchor.claim).is_err() {
+                claims.release_owner(anchor.claim);
+                return Err(ContigError::NoRoom);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the anchor of `vma` (its windows were already given back).
+    fn drop_anchor(&self, space: &AddressSpace<'m, M>, vma: &Vma) {
+        if vma.anchor.is_some() {
+            space.state.lock().vmas.set_anchor(vma.start, vma.end, None);
+        }
+    }
+
+    /// What the frames of the block of `order` at `target` hold now (read without
+    /// locks; the engine re-checks each block it claims).
+    fn target_state(&self, target: Pfn, order: u8) -> Target {
+        let table = self.frames.frame_table();
+        let end = target.add(1 << order);
+        let mut blocks = Vec::new();
+        let mut f = target;
+        if let Some(h) = table.head_of(target).filter(|&h| h != target) {
+            let Some(meta) = table.get(h) else {
+                return Target::Blocked;
+            };
+            match (meta.state(), block_class(meta)) {
+                (FrameState::Free, _) if h.add(1 << meta.order()) >= end => return Target::Free,
+                (FrameState::Allocated, FrameClass::Free) => {}
+                (FrameState::Allocated, FrameClass::Movable) => blocks.push((h, meta.order())),
+                _ => return Target::Blocked,
+            }
+            f = h.add(1 << meta.order());
+        }
+        while f < end {
+            let Some(meta) = table.get(f) else {
+                return Target::Blocked;
+            };
+            match (meta.state(), block_class(meta)) {
+                (FrameState::Free, _) | (FrameState::Allocated, FrameClass::Free) => {}
+                (FrameState::Allocated, FrameClass::Movable) => blocks.push((f, meta.order())),
+                _ => return Target::Blocked,
+            }
+            f = f.add(1 << meta.order());
+        }
+        match blocks[..] {
+            [] => Target::Free,
+            [(h, o)] if h == target && o == order => Target::Exact(h),
+            _ => Target::Occupied(blocks),
+        }
+    }
+
+    /// Put each misplaced block at its target: migrated there when the target is free,
+    /// exchanged with the block there when it is one block of the same size, or after
+    /// moving out what is there otherwise; batched, in passes until nothing moves.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        space: &AddressSpace<'m, M>,
+        vma: &Vma,
+        mut todo: Vec<Work>,
+        node: Option<NodeId>,
+        opts: &ContigOptions,
+        budget: &mut u64,
+        report: &mut ContigReport,
+    ) {
+        // Largest first: a huge block put in place frees room for small ones.
+        todo.sort_by_key(|w| (core::cmp::Reverse(w.order), w.target));
+        let away = node.map_or(Destination::Any, Destination::Node);
+        let batch = opts.batch.max(1);
+        let mut cycle_break = false;
+        for _ in 0..MAX_PASSES {
+            if todo.is_empty() {
+                break;
+            }
+            if !self.vma_unchanged(space, vma) {
+                report.complete = false;
+                break;
+            }
+            let ours: BTreeSet<Pfn> = todo.iter().map(|w| w.head).collect();
+            let mut migrations: Vec<usize> = Vec::new();
+            let mut exchanges: Vec<(usize, Pfn)> = Vec::new();
+            let mut displace: Vec<(Pfn, u8)> = Vec::new();
+            let mut blocked = Vec::new();
+            for (i, w) in todo.iter().enumerate() {
+                match self.target_state(w.target, w.order) {
+                    Target::Free => migrations.push(i),
+                    Target::Exact(h) if !ours.contains(&h) || cycle_break => exchanges.push((i, h)),
+                    Target::Exact(_) => {}
+                    Target::Occupied(blocks) => {
+                        if blocks.iter().all(|(h, _)| !ours.contains(h)) {
+                            displace.extend(blocks);
+                        }
+                    }
+                    Target::Blocked => blocked.push(i),
+                }
+            }
+            if migrations.is_empty() && exchanges.is_empty() && displace.is_empty() {
+                if blocked.len() == todo.len() || cycle_break {
+                    break;
+                }
+                // Only blocks waiting for each other are left: break the cycles with
+                // exchanges.
+                cycle_break = true;
+                continue;
+            }
+            cycle_break = false;
+            let mut done: BTreeSet<usize> = BTreeSet::new();
+            // Moving what sits in the way first, then migrations, then exchanges.
+            displace.sort_unstable();
+            displace.dedup();
+            for chunk in displace.chunks(batch) {
+                let pages: u64 = chunk.iter().map(|&(_, o)| 1u64 << o).sum();
+                if pages > *budget {
+                    report.complete = false;
+                    return;
+                }
+                let requests: Vec<(Pfn, Destination)> =
+                    chunk.iter().map(|&(h, _)| (h, away)).collect();
+                for (r, &(_, o)) in self.migrate_batch(&requests).iter().zip(chunk) {
+                    if r.is_ok() {
+                        report.displaced += 1 << o;
+                        *budget -= 1 << o;
+                    }
+                }
+            }
+            for chunk in migrations.chunks(batch) {
+                let pages: u64 = chunk.iter().map(|&i| 1u64 << todo[i].order).sum();
+                if pages > *budget {
+                    report.complete = false;
+                    return;
+                }
+                let requests: Vec<(Pfn, Destination)> = chunk
+                    .iter()
+                    .map(|&i| (todo[i].head, Destination::Frame(todo[i].target)))
+                    .collect();
+                for (r, &i) in self.migrate_batch(&requests).iter().zip(chunk) {
+                    let pages = 1u64 << todo[i].order;
+                    match r {
+                        Ok(_) => {
+                            report.migrated += pages;
+                            *budget -= pages;
+                            done.insert(i);
+                        }
+                        Err(_) => todo[i].tries += 1,
+                    }
+                }
+            }
+            for chunk in exchanges.chunks(batch) {
+                let pages: u64 = chunk.iter().map(|&(i, _)| 2u64 << todo[i].order).sum();
+                if pages > *budget {
+                    report.complete = false;
+                    return;
+                }
+                let pairs: Vec<(Pfn, Pfn)> =
+                    chunk.iter().map(|&(i, h)| (todo[i].head, h)).collect();
+                let before = self.frames.allocations();
+                let results = self.exchange_batch(&pairs);
+                report.frames_allocated_by_exchange += self.frames.allocations() - before;
+                for (r, &(i, occupant)) in results.iter().zip(chunk) {
+                    let pages = 1u64 << todo[i].order;
+                    match r {
+                        Ok(()) => {
+                            report.exchanged += pages;
+                            *budget -= 2 * pages;
+                            done.insert(i);
+                            // The occupant now sits where our block was; if it is one of
+                            // ours, it is still to be placed from there.
+                            let old = todo[i].head;
+                            if let Some(w) = todo.iter_mut().find(|w| w.head == occupant) {
+                                w.head = old;
+                                report.exchanged += pages;
+                            } else {
+                                report.displaced += pages;
+                            }
+                        }
+                        Err(_) => todo[i].tries += 1,
+                    }
+                }
+            }
+            for &i in &blocked {
+                todo[i].tries = MAX_TRIES;
+            }
+            let mut k = 0;
+            todo.retain(|w| {
+                let keep = !done.contains(&k) && w.tries < MAX_TRIES;
+                if !done.contains(&k) && w.tries >= MAX_TRIES {
+                    report.failed += 1 << w.order;
+                }
+                k += 1;
+                keep
+            });
+        }
+        report.failed += todo.iter().map(|w| 1u64 << w.order).sum::<u64>();
+    }
+
+    /// Whether the VMA is still exactly as the operation found it.
+    fn vma_unchanged(&self, space: &AddressSpace<'m, M>, vma: &Vma) -> bool {
+        let st = space.state.lock();
+        !st.dead
+            && st
+                .vmas
+                .find(vma.start)
+                .is_some_and(|v| v.start == vma.start && v.end == vma.end)
+    }
+}
+
+/// The node displaced blocks go to: the placement's.
+fn ranges_node<M: PhysMem>(found: &Found, placement: Placement, mm: &Mm<'_, M>) -> Option<NodeId> {
+    match placement {
+        Placement::Anywhere => None,
+        Placement::Node(n) => Some(n),
+        Placement::VmaNode => found.vma.flags.node.or_else(|| mm.majority_node(found)),
+    }
+}
+
+/// The cheapest window for the stretch `[a, b)` over every view, congruent modulo 1 GiB
+/// when the stretch spans an aligned gigabyte and 1 GiB leaves are allowed (unless only
+/// a 2 MiB-congruent window avoids blocked frames), else modulo 2 MiB.
+fn best_window<'v>(
+    views: &'v [PhysView],
+    units: &[Unit],
+    a: u64,
+    b: u64,
+    max_leaf: PageSize,
+) -> Option<(&'v PhysView, Choice)> {
+    let spans_1g = max_leaf == PageSize::Size1G && a.next_multiple_of(G1_PAGES) + G1_PAGES <= b;
+    let best = |align: u64| {
+        views
+            .iter()
+            .filter_map(|v| Some((v, choose(v, units, a, b, align)?)))
+            .min_by_key(|(_, c)| (c.cost, c.pfn_start))
+    };
+    let coarse = spans_1g.then(|| best(G1_PAGES)).flatten();
+    match coarse {
+        Some((v, c)) if c.cost < crate::ops::contig::anchor::BLOCK => Some((v, c)),
+        _ => {
+            let fine = best(M2_PAGES);
+            match (coarse, fine) {
+                (Some(c), Some(f)) => Some(if c.1.cost <= f.1.cost { c } else { f }),
+                (c, f) => f.or(c),
+            }
+        }
+    }
+}

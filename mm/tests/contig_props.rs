@@ -1,0 +1,445 @@
+//! Contiguity generation through the public API: VMAs whose pages were faulted in
+//! interleaved end in one chunk aligned for huge mappings, with their data; pinned pages
+//! stay put and cost at most two chunks each; huge blocks (whole or partly mapped) move
+//! whole; later faults land at their target; windows are released with their VMA; bad
+//! input gets typed errors; and writers on three emulated CPUs lose nothing while a
+//! fourth makes their VMAs contiguous and another unmaps and protects parts of them.
+#![cfg(feature = "std")]
+
+use mm::aspace::testing::{read_user, with_env, write_user, EmuCpu, EmuTlb, Env};
+use mm::aspace::{AddressSpace, Mm, SpaceError};
+use mm::backend::phys::Arena;
+use mm::backend::source::{BuddyFrames, FrameSource};
+use mm::base::addr::Pfn;
+use mm::frame::buddy::{BuddyAllocator, MigrateType};
+use mm::frame::meta::FrameTable;
+use mm::frame::node::{NodeId, NodeMap};
+use mm::mapping::region::SharedRegion;
+use mm::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
+use mm::ops::contig::{ContigError, ContigOptions, ContigReport, Phase, Placement};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const FRAMES: u64 = 16384;
+
+fn arena<R>(f: impl FnOnce(&Env<'_, Arena>) -> R) -> R {
+    with_env(Arena::new(FRAMES), FRAMES, &[], f)
+}
+
+fn small() -> VmaFlags {
+    VmaFlags::private(HugePolicy::Never, true)
+}
+
+fn tag(space: u64, va: u64) -> u64 {
+    (space << 48) ^ va ^ 0x5a5a
+}
+
+/// Fault in the pages of `vmas` (space, start, pages) one page of each in turn, so
+/// their frames interleave, writing a tag into each.
+fn interleave<'a>(env: &Env<'a, Arena>, vmas: &[(&Arc<AddressSpace<'a, Arena>>, u64, u64)]) {
+    let most = vmas.iter().map(|v| v.2).max().unwrap_or(0);
+    for i in 0..most {
+        for &(s, start, pages) in vmas {
+            if i < pages {
+                let va = start + i * K4;
+                env.mm.populate(s, va, K4).unwrap();
+                assert!(write_user(env.mem, s, va + 8, tag(s.id().0, va)));
+            }
+        }
+    }
+}
+
+fn check_tags<'a>(env: &Env<'a, Arena>, s: &AddressSpace<'a, Arena>, start: u64, pages: u64) {
+    for i in 0..pages {
+        let va = start + i * K4;
+        assert_eq!(
+            read_user(env.mem, s, va + 8),
+            Some(tag(s.id().0, va)),
+            "{va:#x}"
+        );
+    }
+}
+
+fn report<'a>(env: &Env<'a, Arena>, s: &Arc<AddressSpace<'a, Arena>>, va: u64) -> ContigReport {
+    let r = env
+        .mm
+        .make_vma_contiguous(s, va, &ContigOptions::default())
+        .unwrap();
+    std::println!("CONTIG {}", r.json(Phase::Before));
+    std::println!("CONTIG {}", r.json(Phase::After));
+    r
+}
+
+#[test]
+fn interleaved_vmas_end_in_one_aligned_chunk_each_with_their_data() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb, vc) = (0x4000_0000u64, 0x8000_0000u64, 0x4080_0000u64);
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&b, vb, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&a, vc, M2 + 64 * K4, small()).unwrap();
+        interleave(env, &[(&a, va, 1024), (&b, vb, 1024), (&a, vc, 576)]);
+        let allocations = env.frames.allocations();
+        for (s, v, pages) in [(&a, va, 1024u64), (&b, vb, 1024), (&a, vc, 576)] {
+            let r = report(env, s, v);
+            assert!(r.before.chunks > 100, "interleaved to begin with: {r:?}");
+            assert_eq!(r.after.resident_pages, pages);
+            assert_eq!(r.after.chunks, 1, "{r:?}");
+            assert_eq!(r.after.aligned_2m, pages / 512, "{r:?}");
+            assert!(r.complete && r.failed == 0, "{r:?}");
+            assert_eq!(r.frames_allocated_by_exchange, 0);
+            assert!(r.moved() as f64 <= 1.05 * r.misplaced as f64, "{r:?}");
+            check_tags(env, s, v, pages);
+        }
+        // Migrations into free targets allocate those targets, exchanges nothing; the
+        // allocator never handed out more blocks than pages were migrated.
+        assert!(env.frames.allocations() - allocations <= 2 * 1024 + 576);
+        env.audit();
+        // Again: everything is in place, nothing moves.
+        let r = report(env, &a, va);
+        assert_eq!((r.misplaced, r.moved(), r.displaced), (0, 0, 0));
+        // Unmapping gives the windows back.
+        let (claimed, _) = env.mm.claimed_windows();
+        assert!(claimed >= 2 * 1024 + 576);
+        env.mm.unmap(&b, vb, 2 * M2).unwrap();
+        assert_eq!(env.mm.claimed_windows().0, claimed - 1024);
+        env.mm.destroy_space(&a).unwrap();
+        assert_eq!(env.mm.claimed_windows(), (0, 0));
+        env.audit();
+    });
+}
+
+#[test]
+fn pinned_pages_stay_and_cost_at_most_two_chunks_each() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb) = (0x4000_0000u64, 0x8000_0000u64);
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&b, vb, 2 * M2, small()).unwrap();
+        interleave(env, &[(&a, va, 1024), (&b, vb, 1024)]);
+        let offsets = [37u64, 500, 801];
+        let pins: Vec<(u64, Pfn)> = offsets
+            .iter()
+            .map(|&o| (va + o * K4, env.mm.pin(&a, va + o * K4).unwrap()))
+            .collect();
+        let r = report(env, &a, va);
+        assert_eq!(r.pinned, 3);
+        assert!(r.after.chunks <= 2 * 3 + 1, "{r:?}");
+        assert!(r.after.chunks_99 <= 2 * 3 + 1, "{r:?}");
+        for &(v, head) in &pins {
+            let t = a.translate(v).unwrap();
+            assert_eq!(
+                Pfn::containing(t.pa),
+                head,
+                "a pinned page stays where it is"
+            );
+            env.mm.unpin(head).unwrap();
+        }
+        check_tags(env, &a, va, 1024);
+        env.audit();
+    });
+}
+
+#[test]
+fn huge_blocks_move_whole_even_when_partly_mapped() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let flags = VmaFlags::private(HugePolicy::Always, true);
+        let va = 0x4000_0000u64;
+        // Scatter: a 2 MiB block at a low address, something in between.
+        let filler = env.frames.alloc(9, MigrateType::Movable, None).unwrap();
+        env.mm.map_anon(&a, va, 4 * M2, flags).unwrap();
+        env.mm.populate(&a, va, 4 * M2).unwrap();
+        env.frames.free(filler, 9).unwrap();
+        for i in 0..4 * M2 / K4 {
+            assert!(write_user(env.mem, &a, va + i * K4, tag(1, va + i * K4)));
+        }
+        // Protect part of the third block: its 2 MiB leaf becomes 512 small leaves of one
+        // compound block; unmap part of the fourth.
+        env.mm
+            .protect(&a, va + 2 * M2 + 16 * K4, 16 * K4, false)
+            .unwrap();
+        env.mm.unmap(&a, va + 3 * M2 + M2 / 2, M2 / 2).unwrap();
+        // Three VMAs now (the protect split one); each is made contiguous on the line
+        // of the first.
+        let reports = env
+            .mm
+            .make_space_contiguous(&a, &ContigOptions::default())
+            .unwrap();
+        assert_eq!(reports.len(), 3);
+        for r in reports {
+            let r = r.unwrap();
+            std::println!("CONTIG {}", r.json(Phase::After));
+            assert!(r.complete && r.failed == 0, "{r:?}");
+        }
+        for i in 0..(3 * M2 + M2 / 2) / K4 {
+            let v = va + i * K4;
+            if a.vmas().iter().any(|m| m.contains(v)) {
+                assert_eq!(read_user(env.mem, &a, v), Some(tag(1, v)), "{v:#x}");
+            }
+        }
+        let t0 = a.translate(va).unwrap();
+        for i in 0..(3 * M2 + M2 / 2) / K4 {
+            let t = a.translate(va + i * K4).unwrap();
+            assert_eq!(
+                t.pa.as_u64(),
+                t0.pa.as_u64() + i * K4,
+                "contiguous at page {i}"
+            );
+        }
+        assert!(t0.pa.is_aligned(M2));
+        env.audit();
+    });
+}
+
+#[test]
+fn pages_faulted_later_land_at_their_target() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb) = (0x4000_0000u64, 0x8000_0000u64);
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&b, vb, 2 * M2, small()).unwrap();
+        interleave(env, &[(&a, va, 300), (&b, vb, 300)]);
+        let r = report(env, &a, va);
+        assert_eq!(r.after.chunks, 1);
+        env.mm
+            .populate(&a, va + 300 * K4, 2 * M2 - 300 * K4)
+            .unwrap();
+        interleave(env, &[(&b, vb + 300 * K4, 700)]);
+        let after = report(env, &a, va);
+        assert_eq!(
+            after.before.chunks, 1,
+            "later faults went to their targets: {after:?}"
+        );
+        assert_eq!(after.misplaced, 0);
+        env.audit();
+    });
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_changes_nothing() {
+    with_env(
+        Arena::new(FRAMES),
+        FRAMES,
+        &[(0, FRAMES / 2, 0), (FRAMES / 2, FRAMES, 1)],
+        |env| {
+            let a = env.mm.new_space().unwrap();
+            let va = 0x4000_0000u64;
+            env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+            env.mm.populate(&a, va, 2 * M2).unwrap();
+            let leaves = a.leaves();
+            let opts = ContigOptions::default();
+            let node = |n| ContigOptions {
+                placement: Placement::Node(NodeId(n)),
+                ..opts
+            };
+            assert_eq!(
+                env.mm
+                    .make_vma_contiguous(&a, 0x9000_0000, &opts)
+                    .unwrap_err(),
+                ContigError::NotMapped
+            );
+            assert_eq!(
+                env.mm.make_vma_contiguous(&a, va, &node(7)).unwrap_err(),
+                ContigError::NoSuchNode
+            );
+            assert!(matches!(
+                env.mm.make_vma_contiguous(&a, u64::MAX - 5, &opts),
+                Err(ContigError::Space(_))
+            ));
+            // A VMA larger than any window of its node.
+            let big = env.mm.new_space().unwrap();
+            env.mm.map_anon(&big, va, 20 * M2, small()).unwrap();
+            env.mm.populate(&big, va, K4).unwrap();
+            assert_eq!(
+                env.mm.make_vma_contiguous(&big, va, &node(0)).unwrap_err(),
+                ContigError::NoRoom
+            );
+            assert_eq!(a.leaves(), leaves);
+            assert_eq!(env.mm.claimed_windows(), (0, 0));
+            env.mm.destroy_space(&a).unwrap();
+            assert_eq!(
+                env.mm.make_vma_contiguous(&a, va, &opts).unwrap_err(),
+                ContigError::Space(SpaceError::SpaceDestroyed)
+            );
+            env.audit();
+        },
+    );
+}
+
+#[test]
+fn the_work_bound_stops_a_call_and_the_next_call_continues() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb) = (0x4000_0000u64, 0x8000_0000u64);
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&b, vb, 2 * M2, small()).unwrap();
+        interleave(env, &[(&a, va, 1024), (&b, vb, 1024)]);
+        let bounded = ContigOptions {
+            max_pages: 100,
+            batch: 32,
+            ..ContigOptions::default()
+        };
+        let r = env.mm.make_vma_contiguous(&a, va, &bounded).unwrap();
+        assert!(!r.complete, "{r:?}");
+        assert!(r.moved() + r.displaced <= 100, "{r:?}");
+        let r = report(env, &a, va);
+        assert_eq!(r.after.chunks, 1);
+        check_tags(env, &a, va, 1024);
+        env.audit();
+    });
+}
+
+/// Writers on three emulated CPUs keep writing changing values into private 4 KiB
+/// pages, private 2 MiB pages and a 2 MiB region shared by two spaces, while a fourth
+/// CPU makes every VMA contiguous over and over and a fifth thread (no CPU of its own)
+/// unmaps and protects pieces of a VMA being made contiguous.
+#[test]
+fn writers_never_lose_data_while_their_vmas_are_made_contiguous() {
+    let mem = Arena::new(FRAMES);
+    let records = FrameTable::boxed_records(FRAMES as usize);
+    let table = FrameTable::new(&records).unwrap();
+    let mut buddy = BuddyAllocator::new(table);
+    buddy.add_free_range(Pfn(1), Pfn(FRAMES)).unwrap();
+    let frames = BuddyFrames::new(buddy, NodeMap::single(Pfn(0), Pfn(FRAMES)));
+    let tlb = EmuTlb::default();
+    let mm = Mm::new(&mem, &frames, &tlb, None);
+    let a = mm.new_space().unwrap();
+    let b = mm.new_space().unwrap();
+    let region = SharedRegion::new(M2).unwrap();
+    let base = |w: u64| 0x4000_0000 + w * 0x1000_0000;
+    for w in 0..3u64 {
+        mm.map_anon(&a, base(w), 64 * K4, small()).unwrap();
+        mm.map_anon(&b, base(w), 64 * K4, small()).unwrap();
+    }
+    mm.map_anon(
+        &a,
+        0x9000_0000,
+        2 * M2,
+        VmaFlags::private(HugePolicy::Always, true),
+    )
+    .unwrap();
+    let shared = VmaFlags {
+        shared: Some(SharedBacking {
+            region: region.clone(),
+            offset: 0,
+        }),
+        ..VmaFlags::private(HugePolicy::Always, true)
+    };
+    mm.map_anon(&a, 0xa000_0000, M2, shared.clone()).unwrap();
+    mm.map_anon(&b, 0xa000_0000, M2, shared).unwrap();
+    // The victim VMA, cut by the churning thread while it is made contiguous.
+    mm.map_anon(&b, 0xc000_0000, 2 * M2, small()).unwrap();
+    for i in 0..64 {
+        for w in 0..3 {
+            mm.populate(&a, base(w) + i * K4, K4).unwrap();
+            mm.populate(&b, base(w) + i * K4, K4).unwrap();
+        }
+    }
+    mm.populate(&a, 0x9000_0000, 2 * M2).unwrap();
+    mm.populate(&a, 0xa000_0000, M2).unwrap();
+    mm.populate(&b, 0xc000_0000, 2 * M2).unwrap();
+    let done = AtomicBool::new(false);
+    let rounds = AtomicUsize::new(0);
+    let passes = AtomicUsize::new(0);
+    let cuts = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for w in 0..3usize {
+            let (mm, mem, tlb, a, b, done, rounds) = (&mm, &mem, &tlb, &a, &b, &done, &rounds);
+            scope.spawn(move || {
+                a.cpus().insert(w as u32);
+                b.cpus().insert(w as u32);
+                let cpu = EmuCpu::new(mm, mem, tlb, w);
+                let mut value = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    value += 1;
+                    let (wr, rd) = if value % 2 == 0 {
+                        (&**a, &**b)
+                    } else {
+                        (&**b, &**a)
+                    };
+                    let v = base(w as u64);
+                    let pages = [
+                        (v + (value % 64) * K4, &**a, &**a),
+                        (v + ((value * 7) % 64) * K4, &**b, &**b),
+                        (
+                            0x9000_0000 + w as u64 * M2 / 2 + (value % 256) * K4,
+                            &**a,
+                            &**a,
+                        ),
+                        (0xa000_0000 + w as u64 * (M2 / 4), wr, rd),
+                    ];
+                    for (k, &(va, ws, rs)) in pages.iter().enumerate() {
+                        let t = value * 8 + k as u64;
+                        cpu.access(ws, va + 16, true, |x| x.store(t, Ordering::Release));
+                        let got = cpu.access(rs, va + 16, false, |x| x.load(Ordering::Acquire));
+                        assert_eq!(got, t, "writer {w} lost a write at {va:#x}");
+                    }
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+                a.cpus().remove(w as u32);
+                b.cpus().remove(w as u32);
+            });
+        }
+        let churn = (&mm, &b, &done, &cuts);
+        scope.spawn(move || {
+            let (mm, b, done, cuts) = churn;
+            let mut i = 0u64;
+            while !done.load(Ordering::Acquire) && i < 200 {
+                let va = 0xc000_0000 + (i * 37 % 1000) * K4;
+                if i % 2 == 0 {
+                    let _ = mm.protect(b, va, K4, false);
+                } else {
+                    let _ = mm.unmap(b, va, K4);
+                }
+                cuts.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                std::thread::yield_now();
+            }
+        });
+        let gen = (&mm, &a, &b, &done, &passes);
+        scope.spawn(move || {
+            let (mm, a, b, done, passes) = gen;
+            for _ in 0..6 {
+                for s in [a, b] {
+                    for r in mm
+                        .make_space_contiguous(s, &ContigOptions::default())
+                        .unwrap()
+                    {
+                        // The victim's pieces change under it: a typed, clean result.
+                        if let Err(e) = r {
+                            assert!(
+                                matches!(e, ContigError::Changed | ContigError::NotMapped),
+                                "{e:?}"
+                            );
+                        }
+                    }
+                }
+                passes.fetch_add(1, Ordering::Relaxed);
+            }
+            done.store(true, Ordering::Release);
+        });
+    });
+    assert!(rounds.load(Ordering::Relaxed) > 0 && cuts.load(Ordering::Relaxed) > 0);
+    mm.rmap_audit().unwrap();
+    frames.lock().audit().unwrap();
+    // Every VMA of A is one chunk now (nothing cuts them).
+    for v in a.vmas() {
+        let r = mm
+            .make_vma_contiguous(&a, v.start, &ContigOptions::default())
+            .unwrap();
+        assert_eq!(r.after.chunks, 1, "{r:?}");
+    }
+    mm.destroy_space(&a).unwrap();
+    mm.destroy_space(&b).unwrap();
+    assert_eq!(mm.release_region(&region), Ok(1));
+    mm.rmap_audit().unwrap();
+    assert_eq!(mm.claimed_windows(), (0, 0));
+    assert_eq!(frames.lock().free_frames(), FRAMES as usize - 1);
+}
