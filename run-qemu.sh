@@ -2,6 +2,7 @@
 # The one command a person runs: set up, build the kernel and its disk images, boot them.
 #
 #   ./run-qemu.sh              build, boot in QEMU (BIOS, 4 CPUs, 4 GiB by default), run the demonstration
+#                              (its picture of physical memory: target/demo/physmap.png)
 #   ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 #   ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
 #   ./run-qemu.sh image --opts "mode=test"   images with kernel options baked in, for a real
@@ -255,9 +256,11 @@ kernel_options() {
     echo "$options"
 }
 
+# The demonstration; its picture of physical memory (the PHYSMAP lines) becomes
+# target/demo/physmap.png.
 demo() {
     user_qemu_args
-    "$QEMU_RUN" "${QEMU_ARGS[@]}" --opts "$(kernel_options demo)"
+    "$QEMU_RUN" "${QEMU_ARGS[@]}" --picture "$TARGET_DIR/demo/physmap.png" --opts "$(kernel_options demo)"
 }
 
 bench() {

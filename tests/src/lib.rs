@@ -10,6 +10,9 @@
 //!   pass (a failed test, no clean exit, no summary, no test at all).
 //! - [`bench_check`] checks that a quick benchmark run printed every expected `BENCH`
 //!   line once, each parsing (the `bench-check` binary; `run-qemu.sh test` runs it).
+//! - [`physmap`] reads the kernel's picture of physical memory (`PHYSMAP {json}` lines)
+//!   and [`picture`] draws it as a PNG, one band per phase (`qemu-run` writes it to
+//!   `target/demo/physmap.png` when a run printed any).
 //! - [`expect`] holds the assertions the boot tests (`tests/boot.rs`) use; each prints
 //!   the run's output when it fails.
 //!
@@ -25,6 +28,8 @@ mod config;
 mod error;
 pub mod expect;
 pub mod output;
+pub mod physmap;
+pub mod picture;
 mod runner;
 mod sys;
 

@@ -5,8 +5,11 @@
 //! every pass, after checking that the word still holds the value it wrote on the pass
 //! before: a write lost by a migration (made to the old copy after it was copied) shows
 //! up as a stale value, at the next pass or in the final check.
+//!
+//! The picture of physical memory ([`physmap`]) is printed with the page as `A`, once
+//! filled (phase `before`) and once migrated (phase `after`).
 
-use super::{activate, deactivate, migration_waits, mm, Space};
+use super::{activate, deactivate, migration_waits, mm, physmap, Space};
 use crate::arch::percpu;
 use crate::arch::probe;
 use crate::smp;
@@ -87,6 +90,14 @@ fn head_of(space: &Space) -> Option<(Pfn, PageSize)> {
     Some((head, t.size))
 }
 
+/// Print the picture of physical memory with the demo's VMA as `A`.
+fn picture(space: &Space, phase: &str) -> Result<(), String> {
+    physmap::classify(&[('A', space, VA, VA + LEN)], phase)
+        .map_err(|e| alloc::format!("physmap {phase}: {e}"))?
+        .print();
+    Ok(())
+}
+
 fn demonstrate(corrupt: bool) -> Result<String, String> {
     let mm = mm().ok_or("no memory manager")?;
     let space = mm.new_space().map_err(|e| alloc::format!("{e:?}"))?;
@@ -116,6 +127,7 @@ fn with_space(
         }
     }
     let (first, size) = head_of(space).ok_or("page not mapped")?;
+    picture(space, "before")?;
     // A writer on another CPU keeps writing new values to one word per 4 KiB.
     let writer_cpu = percpu::online().iter().find(|&c| c != percpu::cpu_index());
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,6 +162,7 @@ fn with_space(
     stop.store(true, Ordering::Release);
     let written = writer.map(|w| w.wait());
     migrated?;
+    picture(space, "after")?;
     let passes = match &written {
         Some(Some(w)) => w.passes,
         Some(None) => return Err(String::from("the writer could not load the space")),

@@ -15,6 +15,8 @@
 //!   cleared only *after* the CPU switched away, so a shootdown of the space never misses
 //!   a CPU that may cache its translations (without PCIDs a CR3 load drops every
 //!   non-global entry, so a CPU that switched away holds none).
+//! - [`physmap`] takes the picture of physical memory: free, kernel, pinned and the
+//!   frames of labelled VMAs, as a text map and `PHYSMAP` lines for the host.
 //! - [`handle_page_fault`], called by the page-fault handler, resolves faults on lower-half
 //!   addresses in the address space active on the CPU: demand-zero faults map a frame, a
 //!   fault on a migration entry waits for the migration (serving shootdown requests, since
@@ -34,12 +36,14 @@
 pub mod bench;
 pub mod demo;
 pub mod numa;
+pub mod physmap;
 pub mod source;
 pub mod tests;
 
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::tlb;
-use crate::mem::{kernel_space, physmap, MemError};
+use crate::mem::physmap::{KernelPhys, PHYS};
+use crate::mem::{kernel_space, MemError};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::{AddressSpace, Mm, SpaceError};
@@ -55,9 +59,9 @@ use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
 
 /// The kernel's memory manager.
-pub type KernelMm = Mm<'static, physmap::KernelPhys>;
+pub type KernelMm = Mm<'static, KernelPhys>;
 /// An address space of the kernel's memory manager.
-pub type Space = AddressSpace<'static, physmap::KernelPhys>;
+pub type Space = AddressSpace<'static, KernelPhys>;
 
 /// TLB shootdowns of user address spaces, with IPIs.
 pub struct SpaceShootdown;
@@ -91,7 +95,7 @@ pub fn init(rsdp: Option<u64>) -> Result<(), MemError> {
     numa::init(rsdp);
     let root = kernel_space::root();
     KERNEL_ROOT.call_once(|| root);
-    MM.call_once(|| Mm::new(&physmap::PHYS, &FRAMES, &SHOOTDOWN, Some(root)))
+    MM.call_once(|| Mm::new(&PHYS, &FRAMES, &SHOOTDOWN, Some(root)))
         .set_max_leaf(kernel_space::max_leaf());
     crate::arch::idt::set_user_fault_handler(handle_page_fault);
     log::info!("address spaces: kernel half shared through 256 PDPTs ({added} allocated now)");

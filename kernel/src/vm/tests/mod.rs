@@ -26,6 +26,7 @@ mod bad_input;
 mod faults;
 mod migration;
 mod numa;
+mod physmap;
 mod races;
 
 const K4: u64 = 4096;
@@ -85,6 +86,10 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::numa_move_range_to_node_keeps_huge_pages",
         run: numa::numa_move,
+    },
+    KernelTest {
+        name: "vm::physmap_classifies_vma_pinned_and_free_frames",
+        run: physmap::classifies_frames,
     },
 ];
 

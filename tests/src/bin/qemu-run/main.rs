@@ -4,11 +4,17 @@
 //! ```text
 //! qemu-run [--uefi] [--smp N] [--mem SIZE] [--gdb] [--opts "mode=test seed=3"]
 //!          [--timeout SECS] [--images DIR] [--qemu-arg ARG]... [--quiet] [--tests]
+//!          [--picture PATH]
 //! ```
 //!
 //! Exit status: 0 the kernel reported success; 1 it did not (failure, crash, QEMU
-//! error); 2 bad arguments or QEMU could not start; 124 timeout (after printing
-//! `TIMEOUT: <test or boot> hung after N s`); 128+signal when interrupted.
+//! error), or its `PHYSMAP` lines did not make a picture; 2 bad arguments or QEMU could
+//! not start; 124 timeout (after printing `TIMEOUT: <test or boot> hung after N s`);
+//! 128+signal when interrupted.
+//!
+//! When the kernel printed its picture of physical memory (`PHYSMAP {json}` lines, the
+//! demo does), the run ends by drawing it as a PNG ([`boot_tests::picture`]) at `--picture
+//! PATH`, by default `<repo>/target/demo/physmap.png`, and printing `picture: PATH`.
 //!
 //! With `--tests` the run is one of the in-kernel tests and passes only when, besides the
 //! kernel's success exit, the output has its summary line, that line counts at least
@@ -16,6 +22,7 @@
 //! printed as `qemu-run: <config>: FAILED: <why>` (failed tests by name), and skipped
 //! tests are listed with their reasons.
 
+use boot_tests::picture;
 use boot_tests::{
     default_images_dir, install_interrupt_handler, run, Error, Firmware, MemSize, QemuConfig,
     RunResult, RunStatus, TestRunProblem, DEFAULT_TIMEOUT,
@@ -41,6 +48,7 @@ usage: qemu-run [options]
   --gdb             start halted with a GDB stub on :1234 (no timeout)
   --quiet           do not stream the serial console
   --tests           an in-kernel test run: also require the summary line, at least one test, no FAILED
+  --picture PATH    where the PNG of the kernel's PHYSMAP lines goes, if it prints any (default <repo>/target/demo/physmap.png)
   -h, --help        this text
 exit status: 0 success, 1 failure, 2 usage or setup error, 124 timeout";
 
@@ -85,7 +93,11 @@ impl From<Error> for CliError {
 /// The parsed command line.
 enum Command {
     Help,
-    Run { config: QemuConfig, tests: bool },
+    Run {
+        config: QemuConfig,
+        tests: bool,
+        picture: PathBuf,
+    },
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
@@ -94,6 +106,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
         .timeout(DEFAULT_TIMEOUT)
         .stream(true);
     let mut tests = false;
+    let mut picture = picture::default_path();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Accept both `--smp 4` and `--smp=4`.
@@ -127,6 +140,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             "--opts" => config.options = value("--opts")?,
             "--qemu-arg" => config.extra_args.push(value("--qemu-arg")?),
             "--images" => config.images = PathBuf::from(value("--images")?),
+            "--picture" => picture = PathBuf::from(value("--picture")?),
             "--timeout" => {
                 let text = value("--timeout")?;
                 let secs = text
@@ -144,16 +158,24 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             _ => return Err(CliError::UnknownOption(arg)),
         }
     }
-    Ok(Command::Run { config, tests })
+    Ok(Command::Run {
+        config,
+        tests,
+        picture,
+    })
 }
 
 fn main() -> ExitCode {
-    let (config, tests) = match parse_args(std::env::args().skip(1)) {
+    let (config, tests, picture_path) = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run { config, tests }) => (config, tests),
+        Ok(Command::Run {
+            config,
+            tests,
+            picture,
+        }) => (config, tests, picture),
         Err(error) => {
             eprintln!("qemu-run: {error} (qemu-run --help lists the options)");
             return ExitCode::from(2);
@@ -187,8 +209,9 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    let drawn = draw_picture(&result, &picture_path);
     match &result.status {
-        RunStatus::Passed if !problems.is_empty() => ExitCode::from(1),
+        RunStatus::Passed if !problems.is_empty() || !drawn => ExitCode::from(1),
         RunStatus::Passed => {
             eprintln!("qemu-run: {}: {}", config.label(), result.describe());
             ExitCode::SUCCESS
@@ -238,6 +261,25 @@ fn report_tests(result: &RunResult) -> Vec<TestRunProblem> {
         }
     }
     problems
+}
+
+/// Draw the run's `PHYSMAP` lines, if any, at `path` and say where; false when they do
+/// not make a picture or it cannot be written.
+fn draw_picture(result: &RunResult, path: &std::path::Path) -> bool {
+    match picture::write(&result.output, path) {
+        Ok(0) => true,
+        Ok(_) => {
+            println!("picture: {}", path.display());
+            true
+        }
+        Err(error) => {
+            eprintln!(
+                "qemu-run: {}: FAILED: no picture of physical memory: {error}",
+                result.config.label()
+            );
+            false
+        }
+    }
 }
 
 /// The few slowest tests, so the time budget of a test run is easy to watch.

@@ -65,3 +65,18 @@ fn bad_input_is_an_error_not_a_panic() {
     }
     assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
 }
+
+#[test]
+fn picture_path() {
+    match parse(&["--picture", "/tmp/p.png"]) {
+        Ok(Command::Run { picture, .. }) => assert_eq!(picture, PathBuf::from("/tmp/p.png")),
+        _ => panic!("--picture refused"),
+    }
+    match parse(&[]) {
+        Ok(Command::Run { picture, .. }) => {
+            assert!(picture.ends_with("target/demo/physmap.png"), "{picture:?}")
+        }
+        _ => panic!("no arguments refused"),
+    }
+    assert!(parse(&["--picture"]).is_err());
+}
