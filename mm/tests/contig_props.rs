@@ -113,6 +113,38 @@ fn interleaved_vmas_end_in_one_aligned_chunk_each_with_their_data() {
 }
 
 #[test]
+fn with_no_free_window_pages_are_exchanged_into_place_and_nothing_is_lost() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb, vc) = (0x4000_0000u64, 0x8000_0000u64, 0xc000_0000u64);
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.map_anon(&b, vb, 2 * M2, small()).unwrap();
+        // Almost all the rest of memory: a third VMA interleaved with the other two, so
+        // that every window holds other VMAs' pages.
+        let free = env.free_frames() as u64;
+        let filler = free - 2 * 1024 - 600;
+        env.mm.map_anon(&b, vc, filler * K4, small()).unwrap();
+        interleave(env, &[(&a, va, 1024), (&b, vb, 1024), (&b, vc, filler)]);
+        let allocations = env.frames.allocations();
+        let r = report(env, &a, va);
+        assert_eq!(r.after.chunks, 1, "{r:?}");
+        assert!(
+            r.exchanged > 0,
+            "memory was tight: pages had to be exchanged: {r:?}"
+        );
+        assert_eq!(r.frames_allocated_by_exchange, 0);
+        assert!(r.moved() as f64 <= 1.05 * r.misplaced as f64, "{r:?}");
+        // Every allocation was a migration into a free target.
+        assert!(env.frames.allocations() - allocations <= r.migrated + r.displaced);
+        check_tags(env, &a, va, 1024);
+        check_tags(env, &b, vb, 1024);
+        check_tags(env, &b, vc, filler);
+        env.audit();
+    });
+}
+
+#[test]
 fn pinned_pages_stay_and_cost_at_most_two_chunks_each() {
     arena(|env| {
         let a = env.mm.new_space().unwrap();
