@@ -1,0 +1,4 @@
+//! Contiguity generation, the pure parts: measuring how contiguous a VMA's frames are
+//! ([`stats`]).
+
+pub mod stats;

@@ -1,0 +1,114 @@
+//! The contiguity figures of a VMA, from its resident blocks: how many physically
+//! contiguous chunks its pages form, how few of them hold most of its pages, and how many
+//! of its 2 MiB and 1 GiB virtual ranges could each be one huge mapping.
+//!
+//! A *chunk* is a maximal run of resident pages consecutive in both virtual and physical
+//! page number. A virtual page listed by several blocks counts once, at the first listing
+//! in (vpn, pfn) order; blocks of zero pages and blocks whose virtual or physical end
+//! would pass `u64::MAX` are ignored. Cost: O(n log n) for n blocks (a sort).
+
+use crate::base::addr::{HUGE_1G_ORDER, HUGE_2M_ORDER};
+use alloc::vec::Vec;
+
+/// Contiguity figures of one VMA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChunkStats {
+    /// Resident pages.
+    pub resident_pages: u64,
+    /// Chunks (maximal runs contiguous virtually and physically).
+    pub chunks: u64,
+    /// Fewest chunks, largest first, that cover at least 50 % of the resident pages.
+    pub chunks_50: u64,
+    /// The same for 90 %.
+    pub chunks_90: u64,
+    /// The same for 99 %.
+    pub chunks_99: u64,
+    /// 512-page-aligned virtual ranges fully resident inside one chunk whose first frame
+    /// is 512-aligned: each could be one 2 MiB mapping.
+    pub aligned_2m: u64,
+    /// The same for 262144-page (1 GiB) ranges.
+    pub aligned_1g: u64,
+}
+
+/// A run of `pages` pages from virtual page `vpn` at frames from `pfn`.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    vpn: u64,
+    pfn: u64,
+    pages: u64,
+}
+
+impl Chunk {
+    /// Aligned virtual ranges of `n` pages (a power of two) inside the chunk whose first
+    /// frame is aligned to `n` too.
+    fn aligned(&self, n: u64) -> u64 {
+        if self.vpn % n != self.pfn % n {
+            return 0;
+        }
+        let end = self.vpn + self.pages;
+        match self.vpn.checked_next_multiple_of(n) {
+            Some(first) if first <= end => (end - first) / n,
+            _ => 0,
+        }
+    }
+}
+
+/// The figures of the resident blocks `(vpn, pfn, pages)`, given in any order.
+pub fn chunk_stats(blocks: &[(u64, u64, u64)]) -> ChunkStats {
+    let chunks = chunks(blocks);
+    let resident: u64 = chunks.iter().map(|c| c.pages).sum();
+    let mut sizes: Vec<u64> = chunks.iter().map(|c| c.pages).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let aligned = |order: u8| chunks.iter().map(|c| c.aligned(1 << order)).sum();
+    ChunkStats {
+        resident_pages: resident,
+        chunks: chunks.len() as u64,
+        chunks_50: covering(&sizes, resident, 50),
+        chunks_90: covering(&sizes, resident, 90),
+        chunks_99: covering(&sizes, resident, 99),
+        aligned_2m: aligned(HUGE_2M_ORDER),
+        aligned_1g: aligned(HUGE_1G_ORDER),
+    }
+}
+
+/// The chunks of `blocks`, in virtual order.
+fn chunks(blocks: &[(u64, u64, u64)]) -> Vec<Chunk> {
+    let mut sorted: Vec<(u64, u64, u64)> = blocks
+        .iter()
+        .copied()
+        .filter(|&(v, p, n)| n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some())
+        .collect();
+    sorted.sort_unstable();
+    let mut out: Vec<Chunk> = Vec::new();
+    for (vpn, pfn, pages) in sorted {
+        // Blocks come by start, so the last chunk ends at the highest virtual page taken
+        // so far; the pages of this block below it are listed already.
+        let taken = out.last().map_or(vpn, |c| (c.vpn + c.pages).max(vpn));
+        let end = vpn + pages;
+        if taken >= end {
+            continue;
+        }
+        let (vpn, pfn, pages) = (taken, pfn + (taken - vpn), end - taken);
+        match out.last_mut() {
+            Some(c) if c.vpn + c.pages == vpn && c.pfn + c.pages == pfn => c.pages += pages,
+            _ => out.push(Chunk { vpn, pfn, pages }),
+        }
+    }
+    out
+}
+
+/// Fewest of `sizes` (largest first) whose sum is at least `percent` % of `total`.
+fn covering(sizes: &[u64], total: u64, percent: u64) -> u64 {
+    let need = u128::from(total) * u128::from(percent);
+    let mut sum = 0u128;
+    for (i, &s) in sizes.iter().enumerate() {
+        if sum >= need {
+            return i as u64;
+        }
+        sum += u128::from(s) * 100;
+    }
+    sizes.len() as u64
+}
+
+#[cfg(test)]
+mod tests;
