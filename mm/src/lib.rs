@@ -18,9 +18,9 @@
 //! 1. [`frame`]: frame metadata, the buddy allocator, the NUMA node map;
 //! 2. [`backend`]: the traits the kernel implements, and the shootdown protocol;
 //! 3. [`paging`]: page tables;
-//! 4. [`mapping`]: VMAs, the reverse map, shared regions;
+//! 4. [`mapping`]: VMAs, the reverse map, shared regions, claimed physical windows;
 //! 5. [`aspace`]: address spaces and the memory manager [`aspace::Mm`];
-//! 6. [`ops`]: faults, migration, NUMA moves.
+//! 6. [`ops`]: faults, migration, exchange, NUMA moves, contiguity generation.
 //!
 //! `ARCHITECTURE.md` at the top of the repository describes the invariants, the lock
 //! order and the protocols.

@@ -16,7 +16,7 @@
 //! # Search
 //!
 //! With `n` frames in the view, `u` units, `k ≤ (n - l) / align + 1` candidates and `p`
-//! pieces of the [`Cover`] (the unpinned units' pages as long runs and 64-page words, `p
+//! pieces of the cover (the unpinned units' pages as long runs and 64-page words, `p
 //! ≤ min(3u, 3l / 128 + 1)`):
 //!
 //! 1. The lower bound `lb` of a candidate counts each page not in place as 1, or
@@ -35,9 +35,11 @@
 //!
 //! Worst case O(u log u + k·p) time, when no window is free, the bounds do not prune and
 //! the covered pages are scattered over the whole VMA (`p ≈ l / 64`); e.g. 4 Mi frames,
-//! `l` = 2 Mi pages, align 512: 4096 candidates × 32768 words. A free window, a dense
-//! cover (long runs) or uniformly movable or blocked memory cut it to O(u log u + k).
-//! Memory O(u) besides the view.
+//! `l` = 2 Mi pages, align 512: 4096 candidates × 32768 words (a host test runs a case
+//! like it, 1563 × 3125, in under 50 ms optimised). In practice a free window, a dense
+//! cover (few long runs) or windows uniformly movable or blocked let the bounds settle
+//! nearly every candidate in O(1), close to O(u log u + k). Memory O(u) besides the
+//! view.
 
 mod bits;
 mod cover;

@@ -82,7 +82,10 @@ impl Cover {
             let f = pfn_start + at;
             let movable = view.word(Layer::Movable, f) & mask;
             let blocked = view.word(Layer::Blocked, f) & mask;
-            sum += u64::from(movable.count_ones()) + (BLOCK - 1) * u64::from(blocked.count_ones());
+            sum += u64::from(movable.count_ones());
+            if blocked != 0 {
+                sum += (BLOCK - 1) * u64::from(blocked.count_ones());
+            }
             if sum > budget {
                 return None;
             }
