@@ -61,6 +61,7 @@ mod sink;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod vmstat;
 
 use crate::mapping::region::SharedRegion;
 pub use audit::{RmapAuditError, RmapAuditReport};
@@ -90,6 +91,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
+use vmstat::{VmStat, VmStatSnapshot};
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -316,6 +318,8 @@ pub struct Mm<'m, M: PhysMem> {
     pub(crate) claims: Mutex<PhysClaims>,
     /// Source of anchor ids.
     next_claim: AtomicU64,
+    /// The event counters.
+    pub(crate) vmstat: VmStat,
 }
 
 /// The leaf flags of a user mapping.
@@ -354,6 +358,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             max_leaf_order: AtomicU8::new(PageSize::Size1G.order()),
             claims: Mutex::new(PhysClaims::new()),
             next_claim: AtomicU64::new(1),
+            vmstat: VmStat::default(),
         }
     }
 
@@ -396,6 +401,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let claims = self.claims.lock();
         let frames = claims.ranges().map(|(a, b, _)| b.0 - a.0).sum();
         (frames, claims.len())
+    }
+
+    /// The event counters now (see [`vmstat`]).
+    pub fn vmstat(&self) -> VmStatSnapshot {
+        self.vmstat.snapshot()
     }
 
     /// The frame source.

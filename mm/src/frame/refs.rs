@@ -215,6 +215,50 @@ impl FrameMeta {
         self.owner.fetch_and(!OWNER_MIGRATING, Ordering::AcqRel);
     }
 
+    /// Fusing blocks into one compound block: this head takes over `child`'s references
+    /// and mappings, and `child` (about to become a tail) is left with none and no owner.
+    /// Refused, changing nothing, on overflow.
+    pub fn absorb(&self, child: &FrameMeta) -> Result<(), CountError> {
+        let (refs, maps) = (child.refcount(), child.mapcount());
+        add(&self.mapcount, maps)?;
+        if let Err(e) = add(&self.refcount, refs) {
+            let _ = sub(&self.mapcount, maps);
+            return Err(e);
+        }
+        child.reset_free();
+        Ok(())
+    }
+
+    /// `n` mappings of the block became one (512 leaves replaced by one huge leaf): `n - 1`
+    /// mappings and their references go.
+    pub fn merge_mappings(&self, n: u32) -> Result<(), CountError> {
+        let gone = n.saturating_sub(1);
+        if self.mapcount() < gone || self.refcount() < gone {
+            return Err(CountError::Underflow);
+        }
+        sub(&self.mapcount, gone)?;
+        sub(&self.refcount, gone).map(|_| ())
+    }
+
+    /// Splitting a compound block: `maps` of this head's mappings and `refs` of its
+    /// references (mappings included) go to `child`, a new head that had none; `child`
+    /// becomes managed when it gets a reference. Refused, changing nothing, when this
+    /// head has fewer.
+    pub fn hand_to(&self, child: &FrameMeta, maps: u32, refs: u32) -> Result<(), CountError> {
+        if maps > refs || self.mapcount() < maps || self.refcount() < refs {
+            return Err(CountError::Underflow);
+        }
+        sub(&self.mapcount, maps)?;
+        sub(&self.refcount, refs)?;
+        child.refcount.store(refs, Ordering::Release);
+        child.mapcount.store(maps, Ordering::Release);
+        child.pincount.store(0, Ordering::Release);
+        child
+            .owner
+            .store(if refs > 0 { OWNER_MANAGED } else { 0 }, Ordering::Release);
+        Ok(())
+    }
+
     /// Whether the block is a managed (user) block.
     pub fn is_managed(&self) -> bool {
         self.owner() & OWNER_MANAGED != 0

@@ -17,6 +17,7 @@
 //! drops whatever it holds, waits with [`Mm::wait_migration`] (which spins on an epoch
 //! counter, not on a lock) and returns from the fault so the access is retried.
 
+use crate::aspace::vmstat::Event;
 use crate::aspace::{user_leaf_flags, AddressSpace, Flush, Mm, SpaceError, Tables};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
@@ -461,6 +462,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// The largest candidate block the allocator has (preferred node first).
     fn alloc_fault_frame(&self, plan: &Plan) -> Result<(Pfn, PageSize), FaultError> {
+        let got = self.alloc_fault_block(plan)?;
+        let wanted = plan.sizes.first().copied().unwrap_or(PageSize::Size4K);
+        match got.1 {
+            PageSize::Size2M => self.vmstat.count(Event::FaultHuge2m, 1),
+            PageSize::Size1G => self.vmstat.count(Event::FaultHuge1g, 1),
+            PageSize::Size4K => {}
+        }
+        if got.1 < wanted {
+            self.vmstat.count(Event::FaultFallback, 1);
+        }
+        Ok(got)
+    }
+
+    fn alloc_fault_block(&self, plan: &Plan) -> Result<(Pfn, PageSize), FaultError> {
         for &size in &plan.sizes {
             let order = size.order();
             let target = plan.targets.iter().find(|(s, _)| *s == size);

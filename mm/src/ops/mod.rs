@@ -7,5 +7,6 @@ pub(crate) mod engine;
 pub mod error;
 pub mod exchange;
 pub mod fault;
+pub mod huge;
 pub mod migrate;
 pub mod numa;

@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod tests;
 
+use crate::aspace::vmstat::Event;
 use crate::aspace::Mm;
 use crate::backend::phys::{PhysMem, SWAP_CHUNK_MAX};
 use crate::base::addr::Pfn;
@@ -106,6 +107,8 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
     }
 
     fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+        mm.vmstat
+            .count(Event::PagesExchanged, 2 << claimed[0].order);
         let mut released = false;
         for c in claimed {
             released |= mm.drop_claim(c.head, c.order);

@@ -18,6 +18,7 @@
 #[cfg(test)]
 mod tests;
 
+use crate::aspace::vmstat::Event;
 use crate::aspace::Mm;
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
@@ -132,6 +133,7 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         };
         // The source has no mapping and no holder left: this frees it.
         let _ = mm.drop_claim(claimed[0].head, claimed[0].order);
+        mm.vmstat.count(Event::PagesMigrated, 1 << order);
         if mm.drop_claim(dst, order) {
             Err(MigrateError::Released)
         } else {

@@ -1,0 +1,215 @@
+//! Host tests of promotion and split in place: 4 KiB to 2 MiB and 2 MiB to 1 GiB after
+//! contiguity generation, with contents, reverse map, counts and the allocator audited;
+//! split then promote returns to the same mapping; every refusal is typed and changes
+//! nothing.
+
+use super::*;
+use crate::aspace::testing::{read_user, with_env, write_user, Env, SparseMem};
+use crate::backend::phys::Arena;
+use crate::mapping::region::SharedRegion;
+use crate::mapping::vma::{Mobility, SharedBacking, VmaFlags};
+use crate::ops::contig::ContigOptions;
+use std::sync::Arc;
+
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+
+fn on_request() -> VmaFlags {
+    VmaFlags::private(HugePolicy::OnRequest, true)
+}
+
+fn tag(va: u64) -> u64 {
+    va ^ 0xfeed_0000_0000
+}
+
+/// Fault `[va, va + len)` in 4 KiB at a time, interleaved with a filler VMA, writing a
+/// tag into every page; then make the VMA contiguous.
+fn scattered_then_contiguous<'a, M: PhysMem>(
+    env: &Env<'a, M>,
+    s: &Arc<AddressSpace<'a, M>>,
+    va: u64,
+    len: u64,
+) {
+    let filler = 0x7000_0000_0000u64;
+    env.mm
+        .map_anon(s, filler, len, VmaFlags::private(HugePolicy::Never, true))
+        .unwrap();
+    for i in 0..len / K4 {
+        env.mm.handle_fault(s, va + i * K4, true).unwrap();
+        env.mm.handle_fault(s, filler + i * K4, true).unwrap();
+        assert!(write_user(env.mem, s, va + i * K4 + 8, tag(va + i * K4)));
+    }
+    env.mm.unmap(s, filler, len).unwrap();
+    let r = env
+        .mm
+        .make_vma_contiguous(s, va, &ContigOptions::default())
+        .unwrap();
+    assert_eq!(r.after.chunks, 1, "{r:?}");
+}
+
+fn check<'a, M: PhysMem>(env: &Env<'a, M>, s: &AddressSpace<'a, M>, va: u64, len: u64) {
+    for i in 0..len / K4 {
+        let v = va + i * K4;
+        assert_eq!(read_user(env.mem, s, v + 8), Some(tag(v)), "{v:#x}");
+    }
+}
+
+fn leaf<'a, M: PhysMem>(s: &AddressSpace<'a, M>, va: u64) -> (PageSize, u64) {
+    let t = s.translate(va).unwrap();
+    (t.size, t.leaf_base_pa.as_u64())
+}
+
+#[test]
+fn promote_to_2m_then_split_then_promote_again_returns_to_the_same_mapping() {
+    with_env(Arena::new(8192), 8192, &[], |env| {
+        let s = env.mm.new_space().unwrap();
+        let va = 0x4000_0000u64;
+        env.mm.map_anon(&s, va, M2, on_request()).unwrap();
+        scattered_then_contiguous(env, &s, va, M2);
+        let before = env.mm.vmstat();
+        assert_eq!(env.mm.promote(&s, va, PageSize::Size2M), Ok(()));
+        let (size, pa) = leaf(&s, va);
+        assert_eq!(size, PageSize::Size2M);
+        let head = Pfn::containing(x86_64::PhysAddr::new(pa));
+        assert_eq!(env.mm.meta(head).unwrap().order(), 9);
+        assert_eq!(env.mm.rmap_of(head).len(), 1);
+        check(env, &s, va, M2);
+        env.audit();
+        assert_eq!(env.mm.split_huge(&s, va), Ok(PageSize::Size4K));
+        assert_eq!(leaf(&s, va + 5 * K4), (PageSize::Size4K, pa + 5 * K4));
+        assert_eq!(env.mm.meta(head.add(5)).unwrap().order(), 0);
+        check(env, &s, va, M2);
+        env.audit();
+        assert_eq!(env.mm.promote(&s, va, PageSize::Size2M), Ok(()));
+        assert_eq!(
+            leaf(&s, va),
+            (PageSize::Size2M, pa),
+            "the same mapping again"
+        );
+        let d = env.mm.vmstat().since(&before);
+        assert_eq!((d.get(Event::Promote2m), d.get(Event::Split2m)), (2, 1));
+        // A promoted block is freed whole when unmapped.
+        let free = env.free_frames();
+        env.mm.unmap(&s, va, M2).unwrap();
+        assert!(
+            env.free_frames() >= free + 512,
+            "the 2 MiB block went back whole"
+        );
+        env.audit();
+    });
+}
+
+#[test]
+fn promote_512_2m_leaves_to_1g_and_split_back() {
+    const BIG: u64 = 3 << 18;
+    with_env(SparseMem::new(BIG), BIG, &[], |env| {
+        let s = env.mm.new_space().unwrap();
+        let va = G1;
+        env.mm
+            .map_anon(&s, va, G1, VmaFlags::private(HugePolicy::Always, true))
+            .unwrap();
+        env.mm.set_max_leaf(PageSize::Size2M);
+        env.mm.populate(&s, va, G1).unwrap();
+        env.mm.set_max_leaf(PageSize::Size1G);
+        for i in [0, 1, 255, 511] {
+            assert!(write_user(env.mem, &s, va + i * M2 + 16, tag(i)));
+        }
+        let r = env
+            .mm
+            .make_vma_contiguous(&s, va, &ContigOptions::default())
+            .unwrap();
+        assert_eq!(r.after.aligned_1g, 1, "{r:?}");
+        assert_eq!(env.mm.promote(&s, va, PageSize::Size1G), Ok(()));
+        let (size, pa) = leaf(&s, va);
+        assert_eq!(size, PageSize::Size1G);
+        for i in [0, 1, 255, 511] {
+            assert_eq!(read_user(env.mem, &s, va + i * M2 + 16), Some(tag(i)));
+        }
+        env.audit();
+        assert_eq!(env.mm.split_huge(&s, va + 3 * M2), Ok(PageSize::Size2M));
+        assert_eq!(leaf(&s, va + 3 * M2), (PageSize::Size2M, pa + 3 * M2));
+        env.audit();
+        assert_eq!(env.mm.promote(&s, va, PageSize::Size1G), Ok(()));
+        assert_eq!(leaf(&s, va), (PageSize::Size1G, pa));
+        env.audit();
+    });
+}
+
+#[test]
+fn every_refusal_is_typed_and_changes_nothing() {
+    with_env(Arena::new(8192), 8192, &[], |env| {
+        let s = env.mm.new_space().unwrap();
+        let va = 0x4000_0000u64;
+        env.mm.map_anon(&s, va, M2, on_request()).unwrap();
+        let never = 0x8000_0000u64;
+        env.mm
+            .map_anon(&s, never, M2, VmaFlags::private(HugePolicy::Never, true))
+            .unwrap();
+        let pinned = 0xc000_0000u64;
+        let pinned_flags = VmaFlags {
+            mobility: Mobility::Pinned,
+            ..on_request()
+        };
+        env.mm.map_anon(&s, pinned, M2, pinned_flags).unwrap();
+        let region = SharedRegion::new(M2).unwrap();
+        let shared = 0x1_0000_0000u64;
+        let shared_flags = VmaFlags {
+            shared: Some(SharedBacking {
+                region: region.clone(),
+                offset: 0,
+            }),
+            ..on_request()
+        };
+        env.mm.map_anon(&s, shared, M2, shared_flags).unwrap();
+        // Interleaved, not contiguous.
+        for i in 0..512 {
+            for base in [va, never, pinned] {
+                env.mm.handle_fault(&s, base + i * K4, true).unwrap();
+            }
+        }
+        let leaves = s.leaves();
+        let p = |v, size| env.mm.promote(&s, v, size);
+        assert!(matches!(
+            p(va, PageSize::Size2M),
+            Err(HugeError::NotContiguous(_))
+        ));
+        assert_eq!(p(va, PageSize::Size4K), Err(HugeError::BadSize));
+        assert_eq!(p(va + K4, PageSize::Size2M), Err(HugeError::Unaligned));
+        assert_eq!(p(never, PageSize::Size2M), Err(HugeError::NeverHuge));
+        assert_eq!(
+            p(0x2_0000_0000, PageSize::Size2M),
+            Err(HugeError::NotMapped)
+        );
+        assert_eq!(p(shared, PageSize::Size2M), Err(HugeError::Shared));
+        assert_eq!(
+            p(va, PageSize::Size1G),
+            Err(HugeError::NotMapped),
+            "the VMA is 2 MiB"
+        );
+        assert_eq!(p(va + M2, PageSize::Size1G), Err(HugeError::Unaligned));
+        assert!(matches!(
+            p(pinned, PageSize::Size2M),
+            Err(HugeError::NotContiguous(_) | HugeError::Unmovable)
+        ));
+        assert_eq!(s.leaves(), leaves, "refusals change no mapping");
+        // Contiguous now, but one page pinned, then one page unmapped.
+        let r = env
+            .mm
+            .make_vma_contiguous(&s, va, &ContigOptions::default())
+            .unwrap();
+        assert_eq!(r.after.chunks, 1);
+        let pin = env.mm.pin(&s, va + 77 * K4).unwrap();
+        let leaves = s.leaves();
+        assert_eq!(p(va, PageSize::Size2M), Err(HugeError::Pinned));
+        assert_eq!(s.leaves(), leaves);
+        env.mm.unpin(pin).unwrap();
+        env.mm.unmap(&s, va + 100 * K4, K4).unwrap();
+        assert!(matches!(
+            p(va, PageSize::Size2M),
+            Err(HugeError::NotMapped | HugeError::NotContiguous(CollapseError::Hole { .. }))
+        ));
+        assert_eq!(env.mm.split_huge(&s, va), Err(HugeError::BadSize));
+        env.audit();
+    });
+}
