@@ -37,6 +37,7 @@
 //! [`PageTable::begin_collapse`]: crate::paging::PageTable::begin_collapse
 //! [`PageTable::finish_collapse`]: crate::paging::PageTable::finish_collapse
 
+pub mod collapse;
 #[cfg(test)]
 mod tests;
 

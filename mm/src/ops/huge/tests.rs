@@ -213,3 +213,151 @@ fn every_refusal_is_typed_and_changes_nothing() {
         env.audit();
     });
 }
+
+mod collapse {
+    use super::*;
+    use crate::ops::huge::collapse::{
+        CollapseFailure, CollapseMethod, CollapseOptions, CollapseTarget, Collapsed,
+    };
+
+    fn opts(method: CollapseMethod) -> CollapseOptions {
+        CollapseOptions {
+            target: CollapseTarget::Size2M,
+            method,
+        }
+    }
+
+    /// Two 2 MiB ranges of 4 KiB pages scattered among a filler's.
+    fn scattered<'a, M: PhysMem>(env: &Env<'a, M>, s: &Arc<AddressSpace<'a, M>>, va: u64) {
+        let filler = 0x7000_0000_0000u64;
+        env.mm.map_anon(s, va, 2 * M2, on_request()).unwrap();
+        env.mm
+            .map_anon(
+                s,
+                filler,
+                2 * M2,
+                VmaFlags::private(HugePolicy::Never, true),
+            )
+            .unwrap();
+        for i in 0..2 * M2 / K4 {
+            env.mm.handle_fault(s, va + i * K4, true).unwrap();
+            env.mm.handle_fault(s, filler + i * K4, true).unwrap();
+            assert!(write_user(env.mem, s, va + i * K4 + 8, tag(va + i * K4)));
+        }
+    }
+
+    #[test]
+    fn in_place_and_copying_collapse_both_end_huge_with_the_data() {
+        for (method, want) in [
+            (CollapseMethod::Auto, Collapsed::InPlace),
+            (CollapseMethod::InPlace, Collapsed::InPlace),
+            (CollapseMethod::Copy, Collapsed::Copied),
+        ] {
+            with_env(Arena::new(8192), 8192, &[], |env| {
+                let s = env.mm.new_space().unwrap();
+                let va = 0x4000_0000u64;
+                scattered(env, &s, va);
+                let before = env.mm.vmstat();
+                let out = env.mm.collapse(&s, va, 2 * M2, &opts(method)).unwrap();
+                assert_eq!(out.len(), 2);
+                // The second range: in place it was made contiguous with the first.
+                assert_eq!(out[0].result, Ok(want), "{method:?}");
+                assert!(out[1].result.is_ok(), "{method:?}: {:?}", out[1]);
+                for r in &out {
+                    assert_eq!(s.translate(r.start).unwrap().size, PageSize::Size2M);
+                }
+                check(env, &s, va, 2 * M2);
+                let d = env.mm.vmstat().since(&before);
+                let counted = match want {
+                    Collapsed::Copied => d.get(Event::CollapseCopy2m),
+                    _ => d.get(Event::CollapseInPlace2m),
+                };
+                assert!(counted >= 1, "{method:?}: {}", d.json());
+                env.audit();
+            });
+        }
+    }
+
+    #[test]
+    fn never_huge_pinned_unaligned_and_missing_pages() {
+        with_env(Arena::new(8192), 8192, &[], |env| {
+            let s = env.mm.new_space().unwrap();
+            let never = 0x8000_0000u64;
+            env.mm
+                .map_anon(&s, never, M2, VmaFlags::private(HugePolicy::Never, true))
+                .unwrap();
+            let out = env
+                .mm
+                .collapse(&s, never, M2, &opts(CollapseMethod::Auto))
+                .unwrap();
+            assert_eq!(
+                out[0].result,
+                Err((CollapseFailure::Invalid, HugeError::NeverHuge))
+            );
+            assert!(s.leaves().is_empty(), "nothing faulted in a never-huge VMA");
+            // Clamped to huge alignment: nothing whole inside.
+            let va = 0x4000_0000u64;
+            env.mm.map_anon(&s, va, 2 * M2, on_request()).unwrap();
+            let out = env
+                .mm
+                .collapse(&s, va + K4, M2, &opts(CollapseMethod::Auto))
+                .unwrap();
+            assert!(out.is_empty());
+            // Missing pages are faulted in.
+            let out = env
+                .mm
+                .collapse(&s, va, M2, &opts(CollapseMethod::Auto))
+                .unwrap();
+            assert!(out[0].result.is_ok(), "{out:?}");
+            assert_eq!(s.translate(va).unwrap().size, PageSize::Size2M);
+            // A pinned page: transient.
+            for i in 0..512 {
+                env.mm.handle_fault(&s, va + M2 + i * K4, true).unwrap();
+            }
+            let pin = env.mm.pin(&s, va + M2 + 9 * K4).unwrap();
+            let out = env
+                .mm
+                .collapse(&s, va + M2, M2, &opts(CollapseMethod::Copy))
+                .unwrap();
+            assert!(
+                matches!(out[0].result, Err((CollapseFailure::Busy, _))),
+                "{out:?}"
+            );
+            env.mm.unpin(pin).unwrap();
+            assert_eq!(
+                env.mm
+                    .collapse(&s, u64::MAX - 4095, 4096, &opts(CollapseMethod::Auto)),
+                Err(SpaceError::KernelHalf)
+            );
+            env.audit();
+        });
+    }
+
+    #[test]
+    fn the_largest_target_reaches_1g_through_2m() {
+        const BIG: u64 = 3 << 18;
+        for method in [CollapseMethod::InPlace, CollapseMethod::Copy] {
+            with_env(SparseMem::new(BIG), BIG, &[], |env| {
+                let s = env.mm.new_space().unwrap();
+                let va = G1;
+                env.mm
+                    .map_anon(&s, va, G1, VmaFlags::private(HugePolicy::Always, true))
+                    .unwrap();
+                env.mm.set_max_leaf(PageSize::Size2M);
+                env.mm.populate(&s, va, G1).unwrap();
+                env.mm.set_max_leaf(PageSize::Size1G);
+                assert!(write_user(env.mem, &s, va + 300 * M2 + 8, 42));
+                let largest = CollapseOptions {
+                    target: CollapseTarget::Largest,
+                    method,
+                };
+                let out = env.mm.collapse(&s, va, G1, &largest).unwrap();
+                assert_eq!(out.len(), 1);
+                assert!(out[0].result.is_ok(), "{method:?}: {out:?}");
+                assert_eq!(s.translate(va).unwrap().size, PageSize::Size1G);
+                assert_eq!(read_user(env.mem, &s, va + 300 * M2 + 8), Some(42));
+                env.audit();
+            });
+        }
+    }
+}
