@@ -38,6 +38,7 @@
 //! [`PageTable::finish_collapse`]: crate::paging::PageTable::finish_collapse
 
 pub mod collapse;
+pub mod daemon;
 #[cfg(test)]
 mod tests;
 

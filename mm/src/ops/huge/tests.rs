@@ -361,3 +361,113 @@ mod collapse {
         }
     }
 }
+
+mod daemon {
+    use super::*;
+    use crate::ops::huge::daemon::{Daemon, Tuning, TuningError, MAX_PAGES_PER_STEP};
+
+    #[test]
+    fn the_daemon_makes_always_vmas_huge_by_itself_within_its_limits() {
+        with_env(Arena::new(8192), 8192, &[], |env| {
+            let s = env.mm.new_space().unwrap();
+            let (va, filler) = (0x4000_0000u64, 0x7000_0000_0000u64);
+            env.mm
+                .map_anon(&s, va, 3 * M2, VmaFlags::private(HugePolicy::Always, true))
+                .unwrap();
+            env.mm
+                .map_anon(
+                    &s,
+                    filler,
+                    3 * M2,
+                    VmaFlags::private(HugePolicy::Never, true),
+                )
+                .unwrap();
+            // 4 KiB pages, scattered; the third range has 100 pages missing.
+            env.mm.set_max_leaf(PageSize::Size4K);
+            for i in 0..3 * 512 - 100 {
+                env.mm.handle_fault(&s, va + i * K4, true).unwrap();
+                env.mm.handle_fault(&s, filler + i * K4, true).unwrap();
+                assert!(write_user(env.mem, &s, va + i * K4 + 8, tag(va + i * K4)));
+            }
+            env.mm.set_max_leaf(PageSize::Size1G);
+            let daemon = Daemon::new(Tuning {
+                pages_per_step: 512,
+                sleep_ms: 0,
+                max_ptes_none: 64,
+            })
+            .unwrap();
+            assert_eq!(
+                daemon.step(env.mm).scanned,
+                0,
+                "a stopped daemon does nothing"
+            );
+            daemon.start();
+            let mut steps = 0;
+            let mut promoted = 0;
+            loop {
+                let step = daemon.step(env.mm);
+                assert!(step.scanned <= 512);
+                promoted += step.promoted_2m;
+                steps += 1;
+                if step.full_pass {
+                    break;
+                }
+                assert!(steps < 100, "the pass ends");
+            }
+            assert_eq!(
+                promoted, 2,
+                "the range with 100 missing pages is past max_ptes_none"
+            );
+            assert!(steps >= 3, "bounded steps: {steps}");
+            assert_eq!(s.translate(va).unwrap().size, PageSize::Size2M);
+            assert_eq!(s.translate(va + 2 * M2).unwrap().size, PageSize::Size4K);
+            // Retuned while running: bad settings are refused, good ones taken.
+            let keep = daemon.tuning();
+            let bad = |t: Tuning| daemon.retune(t);
+            assert_eq!(
+                bad(Tuning {
+                    pages_per_step: 0,
+                    ..keep
+                }),
+                Err(TuningError::ZeroRate)
+            );
+            assert_eq!(
+                bad(Tuning {
+                    pages_per_step: MAX_PAGES_PER_STEP + 1,
+                    ..keep
+                }),
+                Err(TuningError::RateTooHigh)
+            );
+            assert_eq!(
+                bad(Tuning {
+                    sleep_ms: u64::MAX,
+                    ..keep
+                }),
+                Err(TuningError::SleepTooLong)
+            );
+            assert_eq!(
+                bad(Tuning {
+                    max_ptes_none: 512,
+                    ..keep
+                }),
+                Err(TuningError::MaxPtesNone)
+            );
+            assert_eq!(daemon.tuning(), keep);
+            daemon
+                .retune(Tuning {
+                    max_ptes_none: 511,
+                    ..keep
+                })
+                .unwrap();
+            while !daemon.step(env.mm).full_pass {}
+            assert_eq!(s.translate(va + 2 * M2).unwrap().size, PageSize::Size2M);
+            check(env, &s, va, 3 * M2 - 100 * K4);
+            let stat = env.mm.vmstat();
+            assert!(stat.get(Event::DaemonFullPasses) >= 2);
+            assert_eq!(stat.get(Event::Promote2m), 3);
+            daemon.stop();
+            assert_eq!(daemon.step(env.mm), Default::default());
+            env.audit();
+        });
+    }
+}
