@@ -55,6 +55,7 @@
 
 mod audit;
 pub mod inject;
+mod partial;
 
 mod sink;
 #[cfg(any(test, feature = "std"))]
@@ -542,7 +543,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             st.vmas.remove_range(start, end)
         });
         drop(st);
+        let mut touched: Vec<Pfn> = flush.ref_heads().to_vec();
         flush.complete(self, space);
+        touched.sort_unstable();
+        touched.dedup();
+        self.free_unmapped_parts(space, &touched);
         self.release_windows(&removed?);
         Ok(())
     }

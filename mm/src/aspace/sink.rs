@@ -71,6 +71,11 @@ impl Flush {
         self.refs.push(head);
     }
 
+    /// The blocks whose references this flush drops (a block may appear several times).
+    pub fn ref_heads(&self) -> &[Pfn] {
+        &self.refs
+    }
+
     /// Shoot what was collected down on the CPUs that have `space` loaded, then free the
     /// unlinked tables and drop the references. A failed shootdown releases nothing.
     pub fn complete<'m, M: PhysMem>(self, mm: &Mm<'m, M>, space: &AddressSpace<'m, M>) {

@@ -378,7 +378,7 @@ fn on_request_maps_huge_pages_only_when_populated() {
 }
 
 #[test]
-fn partial_unmap_splits_a_huge_leaf_and_frees_after_the_last_mapping() {
+fn partial_unmap_splits_a_huge_leaf_and_gives_the_unmapped_frames_back() {
     arena(|env| {
         let s = env.mm.new_space().unwrap();
         s.cpus().insert(3);
@@ -392,18 +392,34 @@ fn partial_unmap_splits_a_huge_leaf_and_frees_after_the_last_mapping() {
         env.mm.unmap(&s, 0x4000_1000, 2 * K4).unwrap();
         let events = env.log.take();
         // The split shoots the huge leaf down before the table is linked, then the
-        // unmap shoots its two pages down.
-        assert!(matches!(
-            &events[..],
-            [Event::Shootdown { cpus: c1, ranges, .. }, Event::Shootdown { cpus: c2, .. }]
-                if c1.contains(3) && c2.contains(3)
-                    && ranges[..] == [(VirtAddr::new(0x4000_0000), PageSize::Size2M)]
-        ));
+        // unmap shoots its two pages down; then the block is split in place and the two
+        // unmapped frames go back to the allocator.
+        assert!(
+            matches!(
+                &events[..],
+                [Event::Shootdown { cpus: c1, ranges, .. }, Event::Shootdown { cpus: c2, .. }, rest @ ..]
+                    if c1.contains(3) && c2.contains(3)
+                        && ranges[..] == [(VirtAddr::new(0x4000_0000), PageSize::Size2M)]
+                        && rest.len() == 2
+                        && rest.iter().all(|e| matches!(e, Event::Free { order: 0, .. }))
+            ),
+            "{events:?}"
+        );
         assert_eq!(s.leaves().len(), 510);
         assert_eq!(read_user(env.mem, &s, 0x4010_0000), Some(77));
         let meta = env.mm.meta(head).unwrap();
-        assert_eq!(meta.mapcount(), 510);
-        assert_eq!(env.mm.rmap_of(head).len(), 510);
+        assert_eq!(
+            (meta.order(), meta.mapcount()),
+            (0, 1),
+            "split into 4 KiB blocks"
+        );
+        assert_eq!(env.mm.rmap_of(head).len(), 1);
+        for freed in [head.add(1), head.add(2)] {
+            assert_eq!(
+                env.mm.meta(freed).unwrap().state(),
+                crate::frame::meta::FrameState::Free
+            );
+        }
         assert_eq!(
             s.vmas()
                 .iter()
@@ -423,12 +439,16 @@ fn partial_unmap_splits_a_huge_leaf_and_frees_after_the_last_mapping() {
             "510 leaves: a full flush"
         );
         assert!(events.contains(&Event::Free {
-            pfn: head,
-            order: 9
+            pfn: head.add(511),
+            order: 0
         }));
         assert_eq!(uncovered_free(&cached, &events), None, "{events:?}");
         assert!(s.leaves().is_empty() && s.vmas().is_empty());
-        assert_eq!(env.free_frames(), free + 512 + 3, "block and three tables");
+        assert_eq!(
+            env.free_frames(),
+            free + 510 + 3,
+            "the rest of the block, three tables"
+        );
         env.audit();
     });
 }
