@@ -47,7 +47,7 @@ use core::ops::Bound;
 use x86_64::VirtAddr;
 
 /// Identifies an address space within its [`Mm`](crate::aspace::Mm).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpaceId(pub u64);
 
 /// One mapping of a managed block.

@@ -108,22 +108,12 @@ pub struct Step {
 }
 
 /// Where the scan is: the address space and the address it continues from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Cursor {
     space: SpaceId,
     va: u64,
     /// Whether the VMA at the cursor was made contiguous in this pass.
     contiguous: bool,
-}
-
-impl Default for Cursor {
-    fn default() -> Self {
-        Cursor {
-            space: SpaceId(0),
-            va: 0,
-            contiguous: false,
-        }
-    }
 }
 
 /// The daemon's state (see the module doc).

@@ -39,6 +39,7 @@
 
 pub mod collapse;
 pub mod daemon;
+pub mod leaves;
 #[cfg(test)]
 mod tests;
 

@@ -68,7 +68,18 @@ fn promote_to_2m_then_split_then_promote_again_returns_to_the_same_mapping() {
         env.mm.map_anon(&s, va, M2, on_request()).unwrap();
         scattered_then_contiguous(env, &s, va, M2);
         let before = env.mm.vmstat();
+        let vma_leaves = || {
+            let r = env
+                .mm
+                .leaf_reports(&s)
+                .into_iter()
+                .find(|r| r.start == va)
+                .unwrap();
+            (r.leaves_4k, r.leaves_2m, r.leaves_1g, r.entries())
+        };
+        assert_eq!(vma_leaves(), (512, 0, 0, 512));
         assert_eq!(env.mm.promote(&s, va, PageSize::Size2M), Ok(()));
+        assert_eq!(vma_leaves(), (0, 1, 0, 1));
         let (size, pa) = leaf(&s, va);
         assert_eq!(size, PageSize::Size2M);
         let head = Pfn::containing(x86_64::PhysAddr::new(pa));
