@@ -552,6 +552,30 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok(())
     }
 
+    /// Drop the pages of `[start, start + len)` (which VMAs must cover) but keep the
+    /// VMAs, as `MADV_DONTNEED` does: the next touch faults a zero page in. Huge leaves
+    /// straddling an end are split, and a huge block left partly mapped gives its
+    /// dropped frames back.
+    pub fn discard(
+        &self,
+        space: &AddressSpace<'m, M>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), SpaceError> {
+        self.check_space(space)?;
+        let (start, end) = check_user_range(start, len)?;
+        let mut st = self.lock_settled(space, start, end, true)?;
+        let mut flush = Flush::new();
+        let result = self.unmap_locked(space, &mut st, start, end, &mut flush);
+        drop(st);
+        let mut touched: Vec<Pfn> = flush.ref_heads().to_vec();
+        flush.complete(self, space);
+        touched.sort_unstable();
+        touched.dedup();
+        self.free_unmapped_parts(space, &touched);
+        result
+    }
+
     /// Lock `space` once no migration entry lies in `[start, end)`, waiting for those in
     /// flight without the lock held. Fails if the space is destroyed or, when `covered`,
     /// if its VMAs do not cover the whole range.

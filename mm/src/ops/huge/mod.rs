@@ -37,6 +37,7 @@
 //! [`PageTable::begin_collapse`]: crate::paging::PageTable::begin_collapse
 //! [`PageTable::finish_collapse`]: crate::paging::PageTable::finish_collapse
 
+pub mod churn;
 pub mod collapse;
 pub mod daemon;
 pub mod leaves;

@@ -482,3 +482,59 @@ mod daemon {
         });
     }
 }
+
+mod churn {
+    use super::*;
+    use crate::ops::huge::churn::{Churn, Policy};
+
+    #[test]
+    fn contiguity_and_promotion_keep_memory_huge_and_copy_less_than_copying_collapse() {
+        const FRAMES: u64 = 1 << 15;
+        let w = Churn {
+            rounds: 8,
+            spaces_per_round: 2,
+            vma_bytes: 8 * M2,
+            keep: 2,
+            small_pages: 3000,
+            holes: 2,
+            seed: 7,
+        };
+        let mut copied = std::vec::Vec::new();
+        for policy in [
+            Policy::FaultOnly,
+            Policy::CopyCollapse,
+            Policy::ContigPromote,
+        ] {
+            let rounds = with_env(SparseMem::new(FRAMES), FRAMES, &[], |env| {
+                let r = env.mm.churn(policy, &w).unwrap();
+                env.audit();
+                assert_eq!(
+                    env.free_frames() as u64,
+                    FRAMES - 1,
+                    "everything given back"
+                );
+                r
+            });
+            for (i, r) in rounds.iter().enumerate() {
+                std::println!(
+                    "churn {} round {i}: huge {}.{}% of {} MiB, copied {} KiB",
+                    policy.name(),
+                    r.huge_per_mille() / 10,
+                    r.huge_per_mille() % 10,
+                    r.resident >> 20,
+                    r.copied >> 10
+                );
+            }
+            if policy == Policy::ContigPromote {
+                for r in &rounds {
+                    assert!(r.huge_per_mille() >= 900, "{rounds:?}");
+                }
+            }
+            copied.push(rounds.iter().map(|r| r.copied).sum::<u64>());
+        }
+        assert!(
+            copied[2] < copied[1],
+            "in place copies less than copying: {copied:?}"
+        );
+    }
+}
