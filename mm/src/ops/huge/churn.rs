@@ -136,7 +136,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let every = (touches.len() as u64 / w.small_pages.max(1)).max(1);
             for (k, &(i, p)) in touches.iter().enumerate() {
                 self.populate(&fresh[i], BASE + p * PAGE_SIZE, PAGE_SIZE)?;
-                if (k as u64).is_multiple_of(every) && small_next < w.small_pages * w.rounds as u64 {
+                if (k as u64).is_multiple_of(every) && small_next < w.small_pages * w.rounds as u64
+                {
                     self.populate(&small, SMALL + small_next * PAGE_SIZE, PAGE_SIZE)?;
                     small_alive.push(small_next);
                     small_next += 1;

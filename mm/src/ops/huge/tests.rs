@@ -538,3 +538,40 @@ mod churn {
         );
     }
 }
+
+#[test]
+fn discarding_a_page_of_a_huge_block_splits_it_and_gives_the_frame_back() {
+    with_env(Arena::new(8192), 8192, &[], |env| {
+        let s = env.mm.new_space().unwrap();
+        let va = 0x4000_0000u64;
+        env.mm
+            .map_anon(&s, va, M2, VmaFlags::private(HugePolicy::Always, true))
+            .unwrap();
+        env.mm.populate(&s, va, M2).unwrap();
+        assert!(write_user(env.mem, &s, va + 9 * K4, 99));
+        let (size, pa) = leaf(&s, va);
+        assert_eq!(size, PageSize::Size2M);
+        let free = env.free_frames();
+        env.mm.discard(&s, va + 3 * K4, K4).unwrap();
+        assert_eq!(
+            env.free_frames(),
+            free + 1 - 1,
+            "one frame back, one table taken"
+        );
+        let dropped = Pfn::containing(x86_64::PhysAddr::new(pa + 3 * K4));
+        assert_eq!(
+            env.mm.meta(dropped).unwrap().state(),
+            crate::frame::meta::FrameState::Free
+        );
+        assert_eq!(s.vmas().len(), 1, "the VMA stays");
+        assert!(s.translate(va + 3 * K4).is_none());
+        assert_eq!(read_user(env.mem, &s, va + 9 * K4), Some(99));
+        env.mm.handle_fault(&s, va + 3 * K4, true).unwrap();
+        assert_eq!(
+            read_user(env.mem, &s, va + 3 * K4),
+            Some(0),
+            "a zero page again"
+        );
+        env.audit();
+    });
+}
