@@ -38,6 +38,7 @@ pub mod demo;
 pub mod numa;
 pub mod physmap;
 pub mod source;
+pub mod squeeze;
 pub mod tests;
 
 use crate::arch::percpu::{self, MAX_CPUS};
