@@ -6,8 +6,8 @@
 //! with its windows given back and the pages it was interleaved with intact.
 
 use super::{
-    activate, audits, available, deactivate, fail, private, snapshot, tag, tagged, Env, BASE, G1,
-    K4,
+    activate, audits, available, deactivate, fail, private, snapshot, tag, tagged, Env, Space,
+    BASE, G1, K4,
 };
 use crate::arch::percpu;
 use crate::arch::timer;
@@ -17,6 +17,7 @@ use crate::vm::numa;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use mm::aspace::SpaceError;
 use mm::backend::source::FrameSource;
@@ -59,44 +60,48 @@ pub(super) fn bad_contig(_: &TestContext) -> TestResult {
         .new_space()
         .map_err(|e| fail(format!("new_space: {e}")))?;
     check_eq!(mm.destroy_space(&dead), Ok(()));
-    let cases: [(&str, Result<_, ContigError>, ContigError); 7] = [
-        (
-            "unmapped",
-            mm.make_vma_contiguous(&s, unmapped, &opts),
-            ContigError::NotMapped,
-        ),
+    // Each call runs, then is checked, in turn.
+    let cases: [(&str, u64, &ContigOptions, &Arc<Space>, ContigError); 7] = [
+        ("unmapped", unmapped, &opts, &s, ContigError::NotMapped),
         (
             "no such node",
-            mm.make_vma_contiguous(&s, small, &on(Placement::Node(nowhere))),
+            small,
+            &on(Placement::Node(nowhere)),
+            &s,
             ContigError::NoSuchNode,
         ),
         (
             "larger than memory",
-            mm.make_vma_contiguous(&s, big, &on(Placement::Anywhere)),
+            big,
+            &on(Placement::Anywhere),
+            &s,
             ContigError::NoRoom,
         ),
-        (
-            "larger than its node",
-            mm.make_vma_contiguous(&s, big, &opts),
-            ContigError::NoRoom,
-        ),
+        ("larger than its node", big, &opts, &s, ContigError::NoRoom),
         (
             "non-canonical",
-            mm.make_vma_contiguous(&s, 0x0000_8000_0000_0000, &opts),
+            0x0000_8000_0000_0000,
+            &opts,
+            &s,
             ContigError::Space(SpaceError::NonCanonical),
         ),
         (
             "kernel half",
-            mm.make_vma_contiguous(&s, 0xFFFF_8000_0000_0000, &opts),
+            0xFFFF_8000_0000_0000,
+            &opts,
+            &s,
             ContigError::Space(SpaceError::KernelHalf),
         ),
         (
             "destroyed space",
-            mm.make_vma_contiguous(&dead, small, &opts),
+            small,
+            &opts,
+            &dead,
             ContigError::Space(SpaceError::SpaceDestroyed),
         ),
     ];
-    for (what, got, want) in cases {
+    for (what, va, o, space, want) in cases {
+        let got = mm.make_vma_contiguous(space, va, o);
         check!(
             got.as_ref().err() == Some(&want),
             "{what}: {got:?}, expected {want:?}"
