@@ -28,21 +28,32 @@ const PAGES_2M: u64 = 512;
 /// Order and frames of a 1 GiB block.
 const ORDER_1G: u8 = 18;
 const PAGES_1G: u64 = 1 << 18;
-/// Heap bytes [`reserve_heap`] makes sure are free in one piece (less than a 2 MiB chunk
-/// with the heap's margin, so that growing takes one block).
-const HEAP_SLACK: usize = 3 << 19;
+/// Heap bytes [`reserve_heap`] makes sure are free in one piece: contiguity generation
+/// snapshots all of memory for its anchor search, 6 bits per frame, and may hold two
+/// such views at once; and a margin for the rest.
+fn heap_slack() -> usize {
+    frames::table().len() * 12 / 8 + (1 << 20)
+}
 
-/// Make sure the kernel heap has [`HEAP_SLACK`] bytes free in one piece, growing it (for
-/// good: the heap never shrinks) by one 2 MiB block that lies in no free gigabyte. Call it
+/// Make sure the kernel heap has [`heap_slack`] bytes free in one piece, growing it (for
+/// good: the heap never shrinks) by 2 MiB blocks that lie in no free gigabyte. Call it
 /// before counting free frames.
 pub fn reserve_heap() -> Result<(), MemError> {
+    let slack = heap_slack();
+    let chunks = (slack as u64 + 2 * PAGES_2M * 4096).div_ceil(PAGES_2M * 4096);
+    let mut given = Vec::with_capacity(chunks as usize);
     let mut sq = Squeeze::take_all()?;
-    // The heap grows by an unmovable 2 MiB block: the only one free now.
-    let pfn = sq.retype_one(MigrateType::Unmovable)?;
-    give(pfn, ORDER_2M)?;
-    drop(Vec::<u8>::with_capacity(HEAP_SLACK));
-    if frames::with_buddy(|b| b.alloc_at(pfn, ORDER_2M, MigrateType::Unmovable)).is_ok() {
-        sq.pieces.push((pfn, ORDER_2M));
+    // The heap grows by unmovable 2 MiB blocks: the only ones free now.
+    for _ in 0..chunks {
+        let pfn = sq.retype_one(MigrateType::Unmovable)?;
+        give(pfn, ORDER_2M)?;
+        given.push(pfn);
+    }
+    drop(Vec::<u8>::with_capacity(slack));
+    for pfn in given {
+        if frames::with_buddy(|b| b.alloc_at(pfn, ORDER_2M, MigrateType::Unmovable)).is_ok() {
+            sq.pieces.push((pfn, ORDER_2M));
+        }
     }
     sq.release()
 }
@@ -90,7 +101,7 @@ impl Squeeze {
         let small: usize = areas[..ORDER_2M as usize].iter().sum();
         let mut s = Squeeze {
             blocks: Vec::with_capacity(big),
-            pieces: Vec::with_capacity(small + 2),
+            pieces: Vec::with_capacity(small + 64),
             gigs: free_gigs(),
         };
         while s.blocks.len() < big {
