@@ -163,4 +163,6 @@ pub fn run(seed: u64, quick: bool) {
     buddy(seed, Effort::new(quick, REPS));
     crate::tlb::bench::run(quick);
     crate::vm::bench::run(quick);
+    crate::vm::bench_exchange::run(quick);
+    crate::vm::bench_contig::run();
 }

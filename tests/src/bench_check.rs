@@ -1,7 +1,10 @@
 //! The check of `./run-qemu.sh bench --quick`: every figure the benchmarks are expected
 //! to print has its `BENCH {json}` line, exactly once, and each `BENCH` line parses as a
 //! JSON object with a string `name`, a number `value` and a string `unit`. Timings are
-//! not checked (a quick run measures each figure once, under emulation).
+//! not checked (a quick run measures each figure once, under emulation), but values of the
+//! exchange and contiguity figures that cannot be right are: a `value` or `ratio` that is
+//! not a positive finite number, and a contiguity figure (`vm.contig.*`) whose exchanges allocated frames, whose VMAs did not
+//! end contiguous, or that moved fewer pages than were misplaced.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -9,7 +12,8 @@ use std::collections::BTreeMap;
 /// The names of every `BENCH` line a benchmark run on `cpus` CPUs must print: the host
 /// buddy benchmark, the in-kernel buddy comparison, the TLB flush threshold, our batching
 /// policy against Linux's, shootdown latency of user- and kernel-half batches to as many
-/// remote CPUs as the machine has (1, 3 and 7), and migration throughput.
+/// remote CPUs as the machine has (1, 3 and 7), migration throughput, exchange against
+/// three migrations and the exchange's swap buffers, and contiguity generation.
 pub fn expected_names(cpus: u32) -> Vec<String> {
     let mut names = Vec::new();
     for order in [0, 9, 18] {
@@ -33,6 +37,15 @@ pub fn expected_names(cpus: u32) -> Vec<String> {
     for size in ["4k", "2m", "1g"] {
         names.push(format!("vm.migrate.{size}"));
     }
+    for size in ["4k", "2m", "1g"] {
+        names.push(format!("vm.exchange.{size}"));
+    }
+    for size in ["4k", "2m"] {
+        names.push(format!("vm.exchange.buffer.{size}"));
+    }
+    for scenario in ["4k", "4k.tight", "2m.tight"] {
+        names.push(format!("vm.contig.{scenario}"));
+    }
     names
 }
 
@@ -45,6 +58,8 @@ pub enum Problem {
     Repeated(String, usize),
     /// A `BENCH` line is not a JSON object with `name`, `value` and `unit` (the line).
     Unparsed(String),
+    /// A figure's values cannot be right (its name, why).
+    Insane(String, String),
 }
 
 impl std::fmt::Display for Problem {
@@ -55,17 +70,51 @@ impl std::fmt::Display for Problem {
             Problem::Unparsed(line) => {
                 write!(f, "not a BENCH object with name, value and unit: {line}")
             }
+            Problem::Insane(name, why) => write!(f, "{name}: {why}"),
         }
     }
 }
 
-/// The figure named by one `BENCH` line's JSON, if it has the required fields.
-fn figure(json: &str) -> Option<String> {
+/// The figure named by one `BENCH` line's JSON and the line's values, if it has the
+/// required fields.
+fn figure(json: &str) -> Option<(String, Value)> {
     let v: Value = serde_json::from_str(json).ok()?;
-    let name = v.get("name")?.as_str()?;
+    let name = v.get("name")?.as_str()?.to_owned();
     v.get("value")?.as_f64()?;
     v.get("unit")?.as_str()?;
-    Some(name.to_owned())
+    Some((name, v))
+}
+
+/// Why a figure's values cannot be right, if they cannot (checked for the exchange and
+/// contiguity figures).
+fn insane(name: &str, v: &Value) -> Option<String> {
+    if !name.starts_with("vm.exchange.") && !name.starts_with("vm.contig.") {
+        return None;
+    }
+    let positive = |field: &str| {
+        v.get(field)
+            .and_then(Value::as_f64)
+            .is_some_and(|x| x.is_finite() && x > 0.0)
+    };
+    for field in ["value", "ratio"] {
+        if (field == "value" || v.get(field).is_some()) && !positive(field) {
+            return Some(format!("{field} is not a positive number"));
+        }
+    }
+    if !name.starts_with("vm.contig.") {
+        return None;
+    }
+    let number = |field: &str| v.get(field).and_then(Value::as_f64);
+    if number("frames_allocated_by_exchange") != Some(0.0) {
+        return Some("its exchanges allocated frames (or it does not say)".to_owned());
+    }
+    if v.get("contiguous").and_then(Value::as_bool) != Some(true) {
+        return Some("its VMAs did not end contiguous (or it does not say)".to_owned());
+    }
+    match number("pages_moved_per_misplaced") {
+        Some(x) if x >= 1.0 => None,
+        _ => Some("it moved fewer pages than were misplaced (or it does not say)".to_owned()),
+    }
 }
 
 /// Check `output` (a whole run's console) against `expected`: for each expected name,
@@ -79,7 +128,12 @@ pub fn check(output: &str, expected: &[String]) -> (Vec<(String, bool)>, Vec<Pro
             continue;
         };
         match figure(json.trim()) {
-            Some(name) => *seen.entry(name).or_default() += 1,
+            Some((name, values)) => {
+                if let Some(why) = insane(&name, &values) {
+                    problems.push(Problem::Insane(name.clone(), why));
+                }
+                *seen.entry(name).or_default() += 1;
+            }
             None => problems.push(Problem::Unparsed(line.trim().to_owned())),
         }
     }

@@ -39,13 +39,13 @@ use mm::ops::migrate::Destination;
 use x86_64::PhysAddr;
 
 /// Where the benchmark maps its pages (1 GiB aligned, user half).
-const BENCH_BASE: u64 = 0x0000_2000_0000_0000;
+pub(super) const BENCH_BASE: u64 = 0x0000_2000_0000_0000;
 /// Timed rounds per figure (one with `quick`); the median is reported.
-const ROUNDS: usize = 3;
+pub(super) const ROUNDS: usize = 3;
 
 /// How a baseline copy moves bytes.
 #[derive(Clone, Copy)]
-enum Copy {
+pub(super) enum Copy {
     /// `rep movsb`: one byte per iteration (fast strings on hardware with ERMSB).
     Movsb,
     /// `rep movsq`: eight bytes per iteration (what the kernel's `memcpy`, and so
@@ -54,7 +54,7 @@ enum Copy {
 }
 
 /// Copy `len` bytes (a multiple of 8) from physical `src` to physical `dst`.
-fn copy(how: Copy, dst: PhysAddr, src: PhysAddr, len: u64) {
+pub(super) fn copy(how: Copy, dst: PhysAddr, src: PhysAddr, len: u64) {
     let (d, s) = (physmap::virt(dst).as_u64(), physmap::virt(src).as_u64());
     // SAFETY: both ranges are whole blocks the caller owns (a mapped block it reads, a
     // block it allocated to write), reached through the linear map; they do not overlap.
@@ -78,17 +78,17 @@ fn copy(how: Copy, dst: PhysAddr, src: PhysAddr, len: u64) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_unstable_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn mb_per_s(bytes: u64, ns: u64) -> f64 {
+pub(super) fn mb_per_s(bytes: u64, ns: u64) -> f64 {
     bytes as f64 * 1e3 / ns.max(1) as f64
 }
 
 /// The head of every block mapped in `[start, start + len)`.
-fn heads(space: &Space, start: u64, len: u64, size: PageSize) -> Vec<Pfn> {
+pub(super) fn heads(space: &Space, start: u64, len: u64, size: PageSize) -> Vec<Pfn> {
     let table = super::frames().frame_table();
     (0..len / size.bytes())
         .filter_map(|i| space.translate(start + i * size.bytes()))

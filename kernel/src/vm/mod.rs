@@ -15,6 +15,9 @@
 //!   cleared only *after* the CPU switched away, so a shootdown of the space never misses
 //!   a CPU that may cache its translations (without PCIDs a CR3 load drops every
 //!   non-global entry, so a CPU that switched away holds none).
+//! - [`profile`] counts the cycles spent in the frame source and in shootdowns, for
+//!   the benchmarks; [`squeeze`] takes free memory away on purpose, for the tests and
+//!   benchmarks of contiguity generation.
 //! - [`physmap`] takes the picture of physical memory: free, kernel, pinned and the
 //!   frames of labelled VMAs, as a text map and `PHYSMAP` lines for the host.
 //! - [`handle_page_fault`], called by the page-fault handler, resolves faults on lower-half
@@ -34,10 +37,14 @@
 //! every address space.
 
 pub mod bench;
+pub mod bench_contig;
+pub mod bench_exchange;
 pub mod demo;
 pub mod numa;
 pub mod physmap;
+pub mod profile;
 pub mod source;
+pub mod squeeze;
 pub mod tests;
 
 use crate::arch::percpu::{self, MAX_CPUS};
@@ -71,7 +78,8 @@ impl TlbShootdown for SpaceShootdown {
         // Only online CPUs ever activate an address space, so every target is online; a
         // failure would leak the frames the change released (the memory manager keeps
         // them), so it is reported.
-        tlb::shootdown(cpus, batch)
+        profile::SHOOTDOWN
+            .time(|| tlb::shootdown(cpus, batch))
             .inspect_err(|e| log::error!("address-space shootdown failed: {e:?}"))
     }
 }

@@ -1,18 +1,19 @@
 //! The memory manager's [`FrameSource`]: the kernel's buddy allocator (order 0 through
 //! the per-CPU caches), allocation on a given NUMA node through [`super::numa`], and a
 //! fault-injection hook so tests can make an allocation fail, or pin a frame just before
-//! one, as a device would in the middle of a migration batch.
+//! one, as a device would in the middle of a migration batch. Its time is counted by
+//! [`super::profile`] when the benchmarks ask.
 
-use super::numa;
+use super::{numa, profile};
 use crate::mem::physmap::KernelPhys;
 use crate::mem::{frames, MemError};
+use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::inject::Injector;
 use mm::backend::source::FrameSource;
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::FrameTable;
 use mm::frame::node::NodeId;
-use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 /// The kernel's frames, as the memory manager sees them.
@@ -46,6 +47,34 @@ impl KernelFrames {
     fn injected_failure(&self, order: u8) -> bool {
         self.injector.on_alloc(order, super::mm())
     }
+
+    /// [`FrameSource::alloc`], not counted.
+    fn alloc_untimed(
+        &self,
+        order: u8,
+        mt: MigrateType,
+        node: Option<NodeId>,
+    ) -> Result<Pfn, AllocError> {
+        if self.injected_failure(order) {
+            return Err(AllocError::OutOfMemory);
+        }
+        let block = match node {
+            None => frames::alloc(order, mt).map_err(alloc_error),
+            Some(node) => numa::alloc_on(node, order, mt),
+        }?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
+    }
+
+    /// [`FrameSource::alloc_at`], not counted.
+    fn alloc_at_untimed(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
+        if self.injected_failure(order) {
+            return Err(AllocError::OutOfMemory);
+        }
+        let block = frames::alloc_at(pfn, order, mt).map_err(alloc_error)?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
+    }
 }
 
 fn alloc_error(e: MemError) -> AllocError {
@@ -64,28 +93,15 @@ fn free_error(e: MemError) -> FreeError {
 
 impl FrameSource for KernelFrames {
     fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError> {
-        if self.injected_failure(order) {
-            return Err(AllocError::OutOfMemory);
-        }
-        let block = match node {
-            None => frames::alloc(order, mt).map_err(alloc_error),
-            Some(node) => numa::alloc_on(node, order, mt),
-        }?;
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        Ok(block)
+        profile::ALLOC.time(|| self.alloc_untimed(order, mt, node))
     }
 
     fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError> {
-        if self.injected_failure(order) {
-            return Err(AllocError::OutOfMemory);
-        }
-        let block = frames::alloc_at(pfn, order, mt).map_err(alloc_error)?;
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        Ok(block)
+        profile::ALLOC.time(|| self.alloc_at_untimed(pfn, order, mt))
     }
 
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
-        frames::free(pfn.addr(), order).map_err(free_error)
+        profile::FREE.time(|| frames::free(pfn.addr(), order).map_err(free_error))
     }
 
     fn frame_table(&self) -> FrameTable<'_> {

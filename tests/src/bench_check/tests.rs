@@ -3,7 +3,14 @@
 use super::*;
 
 fn line(name: &str) -> String {
-    format!("BENCH {{\"name\":\"{name}\",\"value\":12.5,\"unit\":\"cycles\",\"ratio\":0.5}}")
+    let contig = if name.starts_with("vm.contig.") {
+        ",\"frames_allocated_by_exchange\":0,\"contiguous\":true,\"pages_moved_per_misplaced\":1.5"
+    } else {
+        ""
+    };
+    format!(
+        "BENCH {{\"name\":\"{name}\",\"value\":12.5,\"unit\":\"cycles\",\"ratio\":0.5{contig}}}"
+    )
 }
 
 fn all_lines(cpus: u32) -> String {
@@ -58,4 +65,56 @@ fn a_repeated_line_is_reported() {
     let out = format!("{}\n{}", all_lines(8), line("vm.migrate.1g"));
     let (_, problems) = check(&out, &expected_names(8));
     assert_eq!(problems, vec![Problem::Repeated("vm.migrate.1g".into(), 2)]);
+}
+
+#[test]
+fn values_that_cannot_be_right_are_reported() {
+    let bad = [
+        (
+            "vm.exchange.4k",
+            line("vm.exchange.4k").replace("12.5", "0"),
+        ),
+        (
+            "vm.exchange.2m",
+            line("vm.exchange.2m").replace("0.5", "-1"),
+        ),
+        (
+            "vm.contig.4k",
+            line("vm.contig.4k").replace(
+                "\"frames_allocated_by_exchange\":0",
+                "\"frames_allocated_by_exchange\":3",
+            ),
+        ),
+        (
+            "vm.contig.4k.tight",
+            line("vm.contig.4k.tight").replace("\"contiguous\":true", "\"contiguous\":false"),
+        ),
+        (
+            "vm.contig.2m.tight",
+            line("vm.contig.2m.tight").replace("1.5}", "0.5}"),
+        ),
+    ];
+    for (name, broken) in bad {
+        let out = all_lines(8).replace(&line(name), &broken);
+        let (results, problems) = check(&out, &expected_names(8));
+        assert!(
+            matches!(&problems[..], [Problem::Insane(n, _)] if n == name),
+            "{name}: {problems:?}"
+        );
+        assert!(results.iter().all(|(_, ok)| *ok), "the line is there once");
+    }
+}
+
+#[test]
+fn the_exchange_and_contiguity_figures_are_expected() {
+    let names = expected_names(8);
+    for n in [
+        "vm.exchange.1g",
+        "vm.exchange.buffer.2m",
+        "vm.contig.4k",
+        "vm.contig.4k.tight",
+        "vm.contig.2m.tight",
+    ] {
+        assert!(names.contains(&n.to_owned()), "{n}");
+    }
 }

@@ -40,7 +40,13 @@ fn main() -> ExitCode {
     let failed = results.len() - passed
         + problems
             .iter()
-            .filter(|p| matches!(p, boot_tests::bench_check::Problem::Unparsed(_)))
+            .filter(|p| {
+                matches!(
+                    p,
+                    boot_tests::bench_check::Problem::Unparsed(_)
+                        | boot_tests::bench_check::Problem::Insane(..)
+                )
+            })
             .count();
     println!("{passed} passed, {failed} failed");
     if problems.is_empty() {

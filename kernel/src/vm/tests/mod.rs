@@ -22,12 +22,19 @@ use mm::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
 use mm::paging::Translation;
 use x86_64::VirtAddr;
 
+mod bad_contig;
+mod bad_exchange;
 mod bad_input;
+mod contig;
+mod contig_1g;
+mod contig_races;
+mod exchange;
 mod faults;
 mod migration;
 mod numa;
 mod physmap;
 mod races;
+mod writers;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -90,6 +97,30 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::physmap_classifies_vma_pinned_and_free_frames",
         run: physmap::classifies_frames,
+    },
+    KernelTest {
+        name: "vm::exchange_under_writers_on_3_cpus_4k_2m_1g",
+        run: exchange::exchange_under_writers,
+    },
+    KernelTest {
+        name: "vm::exchange_bad_input_is_typed_and_changes_nothing",
+        run: bad_exchange::bad_exchange,
+    },
+    KernelTest {
+        name: "vm::contig_under_writers_tight_memory_4k_2m_by_exchange",
+        run: contig::contig_under_writers,
+    },
+    KernelTest {
+        name: "vm::contig_under_writers_moves_a_1g_block",
+        run: contig_1g::contig_under_writers_1g,
+    },
+    KernelTest {
+        name: "vm::contig_vs_unmap_protect_on_another_cpu",
+        run: contig_races::contig_vs_unmap_protect,
+    },
+    KernelTest {
+        name: "vm::contig_bad_input_is_typed_and_changes_nothing",
+        run: bad_contig::bad_contig,
     },
 ];
 
@@ -246,6 +277,30 @@ fn fill(va: u64, size: PageSize, seed: u64) -> bool {
 
 fn intact(va: u64, size: PageSize, seed: u64) -> bool {
     probes(size).all(|o| read(va + o) == Some(value(seed, o, 3)))
+}
+
+/// Where [`tag`] writes in each 4 KiB page: the first and the last word, clear of the
+/// writers' slots (words 1 to 3 of each 512-byte chunk).
+const TAG_WORDS: [u64; 2] = [0, K4 - 8];
+
+/// Tag the 4 KiB pages of `[va, va + len)` with values of `seed` (every page up to
+/// 2 MiB, every 64th page beyond, so a 1 GiB page costs 4096 pages of probes).
+fn tag(va: u64, len: u64, seed: u64) -> bool {
+    tag_pages(va, len).all(|p| TAG_WORDS.iter().all(|&o| write(p + o, value(seed, p, o))))
+}
+
+/// Whether [`tag`]'s words still hold their values.
+fn tagged(va: u64, len: u64, seed: u64) -> bool {
+    tag_pages(va, len).all(|p| {
+        TAG_WORDS
+            .iter()
+            .all(|&o| read(p + o) == Some(value(seed, p, o)))
+    })
+}
+
+fn tag_pages(va: u64, len: u64) -> impl Iterator<Item = u64> {
+    let stride = if len > M2 { 64 * K4 } else { K4 };
+    (va..va + len).step_by(stride as usize)
 }
 
 fn probes(size: PageSize) -> impl Iterator<Item = u64> {

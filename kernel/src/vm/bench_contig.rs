@@ -1,0 +1,384 @@
+//! Contiguity-generation benchmarks, one `BENCH {json}` line per scenario: bytes moved per
+//! second against a plain copy of as many bytes measured in the same run, pages moved per
+//! misplaced page, and where the time went.
+//!
+//! Scenarios: two address spaces A and B each map one VMA whose pages are faulted in
+//! alternately, so their frames interleave; then A's VMA and B's are made contiguous.
+//!
+//! - `vm.contig.4k`: 1024 pages of 4 KiB each, memory otherwise free: each VMA's anchor
+//!   is a free window and its pages migrate there.
+//! - `vm.contig.4k.tight`: the same in squeezed memory ([`super::squeeze`]): the two
+//!   VMAs fill four 2 MiB blocks and nothing else is free, so pages trade places with
+//!   the other VMA's (exchange), and B's, all in B's window by then, only among
+//!   themselves.
+//! - `vm.contig.2m.tight`: eight 2 MiB pages each, interleaved in sixteen 2 MiB blocks,
+//!   squeezed the same way.
+//!
+//! `value` is MB/s of pages moved (`migrated + exchanged + displaced`, each page each
+//! time it moves) over the cycles of the calls; `baseline_value` / `rep_movsq_value` copy
+//! the same number of bytes 4 KiB at a time from the VMAs' frames with `rep movsb` /
+//! `rep movsq` (see [`super::bench`] on why both). A VMA whose report is not one chunk
+//! yet is made contiguous again (at most [`MAX_CALLS`] calls; `calls` says how many).
+//!
+//! Where the time went, as shares of the calls' cycles: `plan_share`, the look at the
+//! VMA, the anchor search over the placement's memory and the classification of every
+//! target (what a call bounded to zero pages costs, times the calls); `shootdown_share`
+//! and `frames_share`, cycles inside the shootdown and the frame source
+//! ([`super::profile`]); `copy_share`, the data (the page copies and swaps of the moves,
+//! at the cost of one `copy_frame` / `swap_frame` of 4 KiB measured here); `rest_share`,
+//! everything else: the move engine's claims, migration entries and remaps under the
+//! address-space, region and reverse-map locks, the passes over the pages still to place,
+//! and the vectors allocated per batch. `plan_cycles_per_call` against
+//! `plan_cycles_one_page` (planning a VMA of one page) shows how much of planning does
+//! not depend on the VMA at all.
+
+use super::bench::{copy, Copy, BENCH_BASE};
+use super::squeeze::{self, Squeeze};
+use super::{activate, deactivate, profile, KernelMm, Space};
+use crate::arch::timer;
+use crate::mem::frames;
+use crate::mem::physmap::PHYS;
+use crate::sprintln;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use mm::backend::phys::{PhysMem, SWAP_CHUNK_MAX};
+use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use mm::frame::buddy::MigrateType;
+use mm::mapping::vma::{HugePolicy, VmaFlags};
+use mm::ops::contig::{ContigOptions, ContigReport};
+
+/// Calls per VMA before the benchmark gives up on making it one chunk.
+const MAX_CALLS: usize = 8;
+/// Where the 1-page VMA of [`plan_one_page`] goes, above the scenario's VMA.
+const ONE_PAGE_AT: u64 = 64 << 30;
+/// Frames the per-frame copy and swap costs are measured on.
+const SAMPLE_FRAMES: usize = 256;
+
+/// One scenario: `blocks` blocks of `size` per VMA, squeezed or not.
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    size: PageSize,
+    blocks: u64,
+    tight: bool,
+}
+
+impl Scenario {
+    fn len(&self) -> u64 {
+        self.blocks * self.size.bytes()
+    }
+}
+
+/// What the calls did and cost.
+#[derive(Default)]
+struct Tally {
+    misplaced: u64,
+    migrated: u64,
+    exchanged: u64,
+    displaced: u64,
+    allocated_by_exchange: u64,
+    calls: u64,
+    /// Cycles of the calls, and of one call bounded to zero pages per VMA (times its
+    /// calls).
+    cycles: u64,
+    plan: u64,
+    profile: profile::Snapshot,
+    done: bool,
+}
+
+impl Tally {
+    fn moved(&self) -> u64 {
+        self.migrated + self.exchanged + self.displaced
+    }
+
+    fn add(&mut self, r: &ContigReport) {
+        self.migrated += r.migrated;
+        self.exchanged += r.exchanged;
+        self.displaced += r.displaced;
+        self.allocated_by_exchange += r.frames_allocated_by_exchange;
+    }
+}
+
+/// Make the VMA at `BENCH_BASE` of `space` contiguous, counting into `t`.
+fn make_contiguous(mm: &KernelMm, space: &Arc<Space>, t: &mut Tally) -> bool {
+    let bounded = ContigOptions {
+        max_pages: 0,
+        ..ContigOptions::default()
+    };
+    let start = timer::tsc();
+    let dry = mm.make_vma_contiguous(space, BENCH_BASE, &bounded);
+    let plan = timer::tsc() - start;
+    let Ok(dry) = dry else {
+        return false;
+    };
+    t.misplaced += dry.misplaced;
+    let before = profile::Snapshot::now();
+    profile::enable(true);
+    let mut done = false;
+    let start = timer::tsc();
+    for _ in 0..MAX_CALLS {
+        let Ok(r) = mm.make_vma_contiguous(space, BENCH_BASE, &ContigOptions::default()) else {
+            break;
+        };
+        t.calls += 1;
+        t.plan += plan;
+        t.add(&r);
+        if r.complete && r.failed == 0 && r.after.chunks == 1 {
+            done = true;
+            break;
+        }
+    }
+    t.cycles += timer::tsc() - start;
+    profile::enable(false);
+    let d = profile::Snapshot::now().since(&before);
+    let p = &mut t.profile;
+    for (sum, add) in [
+        (&mut p.alloc, d.alloc),
+        (&mut p.free, d.free),
+        (&mut p.shootdown, d.shootdown),
+    ] {
+        sum.0 += add.0;
+        sum.1 += add.1;
+    }
+    done
+}
+
+/// Map the two VMAs, squeeze memory if asked (leaving just enough adjacent 2 MiB blocks
+/// for both), and fault their blocks in alternately.
+fn setup(
+    mm: &KernelMm,
+    sc: Scenario,
+    spaces: &[Arc<Space>; 2],
+) -> Result<Option<Squeeze>, &'static str> {
+    let huge = if sc.size == PageSize::Size4K {
+        HugePolicy::Never
+    } else {
+        HugePolicy::Always
+    };
+    for s in spaces {
+        mm.map_anon(s, BENCH_BASE, sc.len(), VmaFlags::private(huge, true))
+            .map_err(|_| "mapping failed")?;
+    }
+    let squeezed = if sc.tight {
+        let mut sq = Squeeze::take_all().map_err(|_| "squeezing failed")?;
+        sq.table_pool().map_err(|_| "no page-table pool")?;
+        let run = (2 * sc.len()).div_ceil(PageSize::Size2M.bytes()) as usize;
+        let first = sq
+            .movable_run(run, Pfn(0))
+            .ok_or("no run of adjacent movable 2 MiB blocks")?;
+        sq.give_back(first, run).map_err(|_| "giving back failed")?;
+        Some(sq)
+    } else {
+        None
+    };
+    for i in 0..sc.blocks {
+        for s in spaces {
+            mm.populate(s, BENCH_BASE + i * sc.size.bytes(), sc.size.bytes())
+                .map_err(|_| "not enough memory")?;
+        }
+    }
+    Ok(squeezed)
+}
+
+/// Cycles of planning (a call bounded to zero pages) for a VMA of one resident page in
+/// `space`: the part of planning that does not depend on the VMA's size.
+fn plan_one_page(mm: &KernelMm, space: &Arc<Space>) -> Option<u64> {
+    let va = BENCH_BASE + ONE_PAGE_AT;
+    mm.map_anon(
+        space,
+        va,
+        PAGE_SIZE,
+        VmaFlags::private(HugePolicy::Never, true),
+    )
+    .ok()?;
+    mm.populate(space, va, PAGE_SIZE).ok()?;
+    let bounded = ContigOptions {
+        max_pages: 0,
+        ..ContigOptions::default()
+    };
+    let start = timer::tsc();
+    let r = mm.make_vma_contiguous(space, va, &bounded);
+    let cycles = timer::tsc() - start;
+    mm.unmap(space, va, PAGE_SIZE).ok()?;
+    r.ok().map(|_| cycles)
+}
+
+/// Median cycles of `f` over `SAMPLE_FRAMES` pairs of frames (one untimed pass first).
+fn per_frame(pairs: &[(Pfn, Pfn)], mut f: impl FnMut(Pfn, Pfn)) -> u64 {
+    let mut v = Vec::new();
+    for pass in 0..4 {
+        let start = timer::tsc();
+        for &(a, b) in pairs {
+            f(a, b);
+        }
+        if pass > 0 {
+            v.push((timer::tsc() - start) / pairs.len() as u64);
+        }
+    }
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Cycles of one `copy_frame` and one `swap_frame` (page buffer) of 4 KiB, on frames of
+/// their own.
+fn frame_costs() -> Option<(u64, u64)> {
+    let mut frames_ = Vec::with_capacity(2 * SAMPLE_FRAMES);
+    for _ in 0..2 * SAMPLE_FRAMES {
+        match frames::alloc(0, MigrateType::Movable) {
+            Ok(p) => frames_.push(p),
+            Err(_) => break,
+        }
+    }
+    let pairs: Vec<(Pfn, Pfn)> = frames_.chunks(2).map(|c| (c[0], c[c.len() - 1])).collect();
+    let result = (frames_.len() == 2 * SAMPLE_FRAMES).then(|| {
+        let copy_ = per_frame(&pairs, |a, b| PHYS.copy_frame(a.addr(), b.addr()));
+        let mut buf = [0u64; SWAP_CHUNK_MAX / 8];
+        let swap = per_frame(&pairs, |a, b| PHYS.swap_frame(a.addr(), b.addr(), &mut buf));
+        (copy_, swap)
+    });
+    for p in frames_ {
+        if frames::free(p.addr(), 0).is_err() {
+            return None;
+        }
+    }
+    result
+}
+
+/// MB/s of copying `pages` pages of 4 KiB from the frames of the blocks `heads` (of
+/// `size`; cycled) into frames of its own, with `how`.
+fn copy_rate(heads: &[Pfn], size: PageSize, pages: u64, how: Copy) -> Option<f64> {
+    let mut targets = Vec::with_capacity(SAMPLE_FRAMES);
+    for _ in 0..SAMPLE_FRAMES {
+        targets.push(frames::alloc(0, MigrateType::Movable).ok()?);
+    }
+    let per_block = size.bytes() / PAGE_SIZE;
+    let sources: Vec<Pfn> = heads
+        .iter()
+        .flat_map(|&h| (0..per_block).map(move |i| h.add(i)))
+        .collect();
+    if sources.is_empty() {
+        return None;
+    }
+    // One untimed pass over the targets first (the host backs guest memory lazily).
+    for (i, &t) in targets.iter().enumerate() {
+        copy(how, t.addr(), sources[i % sources.len()].addr(), PAGE_SIZE);
+    }
+    let start = timer::now_ns();
+    for i in 0..pages as usize {
+        let (src, dst) = (sources[i % sources.len()], targets[i % targets.len()]);
+        copy(how, dst.addr(), src.addr(), PAGE_SIZE);
+    }
+    let ns = timer::now_ns() - start;
+    for t in targets {
+        frames::free(t.addr(), 0).ok()?;
+    }
+    Some(pages as f64 * PAGE_SIZE as f64 * 1e3 / ns.max(1) as f64)
+}
+
+fn figure(mm: &KernelMm, sc: Scenario) -> Result<(), &'static str> {
+    squeeze::reserve_heap().map_err(|_| "reserving heap failed")?;
+    let spaces = [
+        mm.new_space().map_err(|_| "no address space")?,
+        mm.new_space().map_err(|_| "no address space")?,
+    ];
+    let result = measure(mm, sc, &spaces);
+    deactivate();
+    for s in &spaces {
+        if mm.destroy_space(s).is_err() {
+            sprintln!("# {}: destroying an address space failed", sc.name);
+        }
+    }
+    result
+}
+
+fn measure(mm: &KernelMm, sc: Scenario, spaces: &[Arc<Space>; 2]) -> Result<(), &'static str> {
+    let squeezed = setup(mm, sc, spaces)?;
+    activate(&spaces[0]).map_err(|_| "activation failed")?;
+    let mut t = Tally {
+        done: true,
+        ..Tally::default()
+    };
+    for s in spaces {
+        t.done &= make_contiguous(mm, s, &mut t);
+    }
+    if let Some(sq) = squeezed {
+        sq.release().map_err(|_| "releasing the squeeze failed")?;
+    }
+    let sources = super::bench::heads(&spaces[0], BENCH_BASE, sc.len(), sc.size);
+    let pages_per_block = sc.size.bytes() / PAGE_SIZE;
+    let moved_pages = t.moved();
+    let copied =
+        |how| copy_rate(&sources, sc.size, moved_pages, how).ok_or("no frames to copy into");
+    let (movsb, movsq) = (copied(Copy::Movsb)?, copied(Copy::Movsq)?);
+    let (copy_cycles, swap_cycles) = frame_costs().ok_or("no frames to measure copies on")?;
+    let one_page = plan_one_page(mm, &spaces[0]).ok_or("planning a 1-page VMA failed")?;
+    let hz = timer::tsc_hz().max(1) as f64;
+    let bytes = moved_pages * PAGE_SIZE;
+    let rate = bytes as f64 / (t.cycles.max(1) as f64 / hz) / 1e6;
+    let total = t.cycles.max(1) as f64;
+    // Exchanged and displaced pages moved by swaps (half a swap each), migrated ones by
+    // copies; a displaced page migrated away counts as a swap too (rare here).
+    let data = (t.migrated * copy_cycles + (t.exchanged + t.displaced) * swap_cycles / 2) as f64;
+    let (shoot, alloc, free) = (t.profile.shootdown, t.profile.alloc, t.profile.free);
+    let frames_cycles = (alloc.1 + free.1) as f64;
+    let rest = total - t.plan as f64 - shoot.1 as f64 - frames_cycles - data;
+    sprintln!(
+        "BENCH {{\"name\":\"{}\",\"value\":{rate:.1},\"unit\":\"MB/s\",\"baseline\":\"rep movsb\",\"baseline_value\":{movsb:.1},\"ratio\":{:.3},\"rep_movsq_value\":{movsq:.1},\"rep_movsq_ratio\":{:.3},\"bytes\":{bytes},\"pages_per_vma\":{},\"misplaced\":{},\"moved\":{},\"pages_moved_per_misplaced\":{:.3},\"migrated\":{},\"exchanged\":{},\"displaced\":{},\"frames_allocated_by_exchange\":{},\"calls\":{},\"contiguous\":{},\"cycles\":{},\"plan_share\":{:.3},\"copy_share\":{:.3},\"shootdown_share\":{:.3},\"frames_share\":{:.3},\"rest_share\":{:.3},\"plan_cycles_per_call\":{},\"plan_cycles_one_page\":{one_page},\"shootdowns\":{},\"allocations\":{},\"frees\":{},\"copy_frame_cycles\":{copy_cycles},\"swap_frame_cycles\":{swap_cycles}}}",
+        sc.name,
+        rate / movsb,
+        rate / movsq,
+        sc.blocks * pages_per_block,
+        t.misplaced,
+        t.moved(),
+        t.moved() as f64 / t.misplaced.max(1) as f64,
+        t.migrated,
+        t.exchanged,
+        t.displaced,
+        t.allocated_by_exchange,
+        t.calls,
+        t.done,
+        t.cycles,
+        t.plan as f64 / total,
+        data / total,
+        shoot.1 as f64 / total,
+        frames_cycles / total,
+        rest / total,
+        t.plan / t.calls.max(1),
+        shoot.0,
+        alloc.0,
+        free.0,
+    );
+    Ok(())
+}
+
+/// Every contiguity figure (each runs once: a scenario is set up for one measurement).
+pub fn run() {
+    let Some(mm) = super::mm() else {
+        sprintln!("# vm: address spaces are not set up");
+        return;
+    };
+    for sc in [
+        Scenario {
+            name: "vm.contig.4k",
+            size: PageSize::Size4K,
+            blocks: 1024,
+            tight: false,
+        },
+        Scenario {
+            name: "vm.contig.4k.tight",
+            size: PageSize::Size4K,
+            blocks: 1024,
+            tight: true,
+        },
+        Scenario {
+            name: "vm.contig.2m.tight",
+            size: PageSize::Size2M,
+            blocks: 8,
+            tight: true,
+        },
+    ] {
+        if let Err(why) = figure(mm, sc) {
+            sprintln!("# {}: skipped ({why})", sc.name);
+        }
+    }
+}
