@@ -37,6 +37,7 @@ pub mod bench;
 pub mod demo;
 pub mod numa;
 pub mod physmap;
+pub mod scenario;
 pub mod source;
 pub mod tests;
 

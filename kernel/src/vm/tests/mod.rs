@@ -23,6 +23,7 @@ use mm::paging::Translation;
 use x86_64::VirtAddr;
 
 mod bad_input;
+mod contig_scenario;
 mod faults;
 mod migration;
 mod numa;
@@ -90,6 +91,22 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::physmap_classifies_vma_pinned_and_free_frames",
         run: physmap::classifies_frames,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_seed_1",
+        run: contig_scenario::seed_1,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_seed_2",
+        run: contig_scenario::seed_2,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_run_seed",
+        run: contig_scenario::run_seed,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_smaller_machine",
+        run: contig_scenario::smaller_machine,
     },
 ];
 
