@@ -113,7 +113,7 @@ fn report(outcome: &Outcome) {
         }
     }
     sprintln!(
-        "{:<3} {:>5} {:<31} {:>10} {:>8} {:>15} {:>9} {:>7} {:>9} {:>8} {:>9} {:>9}",
+        "{:<3} {:>5} {:<31} {:>10} {:>8} {:>15} {:>9} {:>14} {:>10} {:>9} {:>8} {:>9} {:>9}",
         "VMA",
         "space",
         "range",
@@ -121,7 +121,8 @@ fn report(outcome: &Outcome) {
         "resident",
         "chunks",
         "chunks_99",
-        "2M",
+        "goal",
+        "aligned_2m",
         "misplaced",
         "migrated",
         "exchanged",
@@ -133,16 +134,18 @@ fn report(outcome: &Outcome) {
             sprintln!("{:<3} refused", v.letter);
             continue;
         };
-        let (limit, _) = scenario::chunk_limit(&outcome.plan, o.index);
+        let (limit, all) = scenario::chunk_limit(&outcome.plan, o.index);
+        let goal = if all { "chunks" } else { "chunks_99" };
         sprintln!(
-            "{:<3} {:>5} {:<31} {:>10} {:>8} {:>15} {:>9} {:>7} {:>9} {:>8} {:>9} {:>9}",
+            "{:<3} {:>5} {:<31} {:>10} {:>8} {:>15} {:>9} {:>14} {:>10} {:>9} {:>8} {:>9} {:>9}",
             v.letter,
             r.space.0,
             format!("{:#x}-{:#x}", v.start, v.end()),
             format!("{}", Mib(v.len)),
             r.after.resident_pages,
             format!("{} -> {}", r.before.chunks, r.after.chunks),
-            format!("{} (<={limit})", r.after.chunks_99),
+            r.after.chunks_99,
+            format!("{goal} <= {limit}"),
             r.after.aligned_2m,
             r.misplaced,
             r.migrated,

@@ -7,9 +7,10 @@
 use crate::arch::percpu;
 use crate::harness::{TestContext, TestResult};
 use crate::vm::scenario::{self, Outcome};
-use crate::{check, skip};
+use crate::{check, skip, sprintln};
 use alloc::string::String;
 use alloc::vec::Vec;
+use mm::ops::contig::Phase;
 
 /// CPUs the seed tests need.
 const CPUS: usize = 4;
@@ -37,6 +38,14 @@ fn run(seed: u64) -> TestResult {
 
 fn check_outcome(seed: u64, o: &Outcome) -> TestResult {
     let failed: Vec<String> = o.failed.iter().map(|f| alloc::format!("{f}")).collect();
+    if !failed.is_empty() {
+        // The reports behind the failure, as the demonstration prints them.
+        sprintln!();
+        for r in o.vmas.iter().filter_map(|v| v.result.as_ref().ok()) {
+            sprintln!("CONTIG {}", r.json(Phase::Before));
+            sprintln!("CONTIG {}", r.json(Phase::After));
+        }
+    }
     check!(
         failed.is_empty(),
         "seed {seed}: {} goals failed: {}",
