@@ -2,12 +2,14 @@
 //! contiguity generation over every VMA, and its goals checked. The demonstration
 //! (`mode=demo`) runs it for the `seed=` option; the in-kernel tests run it for several
 //! seeds. It is sized to the machine it finds (1 to 16 GiB, 1 to 8 CPUs, BIOS or UEFI;
-//! smaller machines get a smaller scenario of the same shape).
+//! smaller machines get a smaller scenario of the same shape, whose VMAs of a few MiB
+//! may find free windows and need no exchange).
 //!
 //! # What it builds ([`plan`])
 //!
-//! With `u` = 1/64 of free memory, between 2 and 64 MiB (the seed picks each size within
-//! its bounds, every start, the fault order and the pinned pages):
+//! With `u` = 1/64 of free memory (rounded down to 256 MiB), between 2 and 32 MiB (the
+//! seed picks each size within its bounds, every start, the fault order and the pinned
+//! pages):
 //!
 //! - four address spaces with the demo VMAs: `A` (space 1, 1-1.5 u of 4 KiB pages), `B`
 //!   (space 2, 0.75-1.25 u), `C` (space 3, 0.75-1.25 u, with k = 2 or 3 pinned pages at
@@ -18,7 +20,7 @@
 //!   gigabyte would take more displacement room than 4 GiB leave). 4 KiB VMAs start and
 //!   end off 2 MiB boundaries;
 //! - a fifth space, the background `Z`: 2 MiB blocks that fill free memory but for a
-//!   slack of 8 MiB + 1/128 of it; after the faults 12.5 % of what was free is unmapped
+//!   slack of 8 MiB + 1/1024 of it; after the faults 12.5 % of what was free is unmapped
 //!   again as scattered 2 MiB holes, so no VMA finds a free window and contiguity
 //!   generation has to exchange pages with other VMAs and displace background blocks
 //!   into the holes;
@@ -27,16 +29,18 @@
 //!   the frame allocator all advance in proportion, in a seeded stream order, so the
 //!   VMAs' frames scatter among each other. The kernel allocations stay until the end.
 //!
-//! On the default machine (4 GiB) that is about 300-450 MiB of demo pages among 3.4 GiB
-//! of background; at 1 GiB about 80-110 MiB; at 16 GiB the same demo VMAs as at 4 GiB
-//! (u is capped) among 14 GiB of background.
+//! On the default machine (4 GiB, u = 32 MiB) that is 140-230 MiB of demo pages among
+//! 3.7 GiB of background blocks (0.5 GiB of them unmapped again); at 1 GiB (u = 12 MiB)
+//! 50-80 MiB among 0.9 GiB; at 16 GiB the same demo VMAs as at 4 GiB (u is capped)
+//! among 15.5 GiB of background.
 //!
 //! # What it runs
 //!
 //! Every resident page is tagged (a value and its checksum, [`data`]); then
 //! [`Mm::make_vma_contiguous`](mm::aspace::Mm::make_vma_contiguous) runs on each demo
-//! VMA, the most resident pages first (the gigabyte VMA claims its window before the
-//! small ones spread theirs), with the default options; the background is left as it is.
+//! VMA in the order `make_all_contiguous` would visit them (spaces in creation order,
+//! VMAs by address), one call each so progress can be shown, with the default options;
+//! the background is left as it is.
 //! Then the goals ([`goals`]) are checked: contiguity and alignment per VMA, moves within
 //! 5 % of the misplaced pages, no frame allocated by an exchange, every page's data (read
 //! back through its virtual address), the reverse-map and allocator audits. Finally

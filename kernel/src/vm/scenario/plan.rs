@@ -24,6 +24,9 @@ pub const BACKGROUND_BASE: u64 = 0x0000_6000_0000_0000;
 pub const BACKGROUND_VMA_BLOCKS: u64 = G1 / M2 - 1;
 /// RAM from which the machine counts as a 4 GiB one (the firmware keeps some of it).
 pub const BIG_MACHINE_RAM: u64 = 3584 << 20;
+/// RAM from which the machine counts as a 1 GiB one, the smallest the scenario is sized
+/// for: below it the VMAs are a few MiB and find free windows, so nothing is exchanged.
+pub const SMALL_MACHINE_RAM: u64 = 896 << 20;
 /// The size unit of the demo VMAs: 1/64 of free memory rounded down to 256 MiB (so
 /// that a seed gives the same layout on machines of one size), between 2 and 32 MiB of
 /// pages.
@@ -34,7 +37,8 @@ const UNIT_ROUND: u64 = 256 << 20 >> 12;
 /// for displaced blocks.
 pub const HOLES_PER_MILLE: u64 = 125;
 /// Pages kept free besides the holes (page tables, heap, kernel allocations): 8 MiB and
-/// 1/128 of free memory.
+/// 1/1024 of free memory. What is left free in one piece must stay smaller than the
+/// demo VMAs, or they find a free window there and need no exchange.
 const SLACK_PAGES: u64 = 2048;
 
 /// What a VMA's pages are.
@@ -178,6 +182,11 @@ impl Machine {
     pub fn is_big(&self) -> bool {
         self.ram_bytes >= BIG_MACHINE_RAM
     }
+
+    /// Whether the machine has at least 1 GiB (the scenario's memory is tight).
+    pub fn is_sized_for(&self) -> bool {
+        self.ram_bytes >= SMALL_MACHINE_RAM
+    }
 }
 
 /// Splitmix64: a small, seedable generator.
@@ -314,7 +323,7 @@ pub fn plan(machine: Machine, seed: u64) -> Plan {
         .sum();
     let kernel_allocs = (unit / 64).max(16);
     let holes = machine.free_pages * HOLES_PER_MILLE / 1000 / M2_PAGES;
-    let slack = SLACK_PAGES + machine.free_pages / 128 + kernel_allocs;
+    let slack = SLACK_PAGES + machine.free_pages / 1024 + kernel_allocs;
     let background = Background {
         blocks: machine
             .free_pages
