@@ -53,8 +53,8 @@ impl Observer for Console {
     fn built(&mut self, built: &Built) {
         let plan = &built.plan;
         sprintln!("layout (seed {}):", plan.seed);
-        for v in &plan.vmas {
-            let pinned = if core::ptr::eq(v, &plan.vmas[plan.pinned_vma]) {
+        for (i, v) in plan.vmas.iter().enumerate() {
+            let pinned = if i == plan.pinned_vma {
                 format!(", pinned pages {:?}", plan.pinned)
             } else {
                 String::new()

@@ -31,13 +31,14 @@ pub struct Built {
     pub spaces: Vec<Arc<Space>>,
     /// The background's address space.
     pub background: Arc<Space>,
+    /// The region `E` and `F` share.
     region: Option<Arc<SharedRegion>>,
     /// Unmovable kernel allocations made during the faults (order 0).
     kernel: Vec<Pfn>,
     /// Heads of the pinned blocks.
     pins: Vec<Pfn>,
     /// Background blocks unmapped again.
-    pub holes: BTreeSet<u64>,
+    holes: BTreeSet<u64>,
 }
 
 fn private(huge: HugePolicy) -> VmaFlags {
@@ -220,7 +221,7 @@ impl Built {
     }
 
     /// Whether background block `i` is still mapped.
-    pub fn block_live(&self, i: u64) -> bool {
+    fn block_live(&self, i: u64) -> bool {
         !self.holes.contains(&i)
     }
 

@@ -18,7 +18,7 @@ use x86_64::PhysAddr;
 const BACKGROUND_KEY: u64 = 0x5a;
 
 /// The tag of page `page` of the data keyed `key` (never zero, as a fresh page reads).
-pub fn tag(seed: u64, key: u64, page: u64) -> u64 {
+fn tag(seed: u64, key: u64, page: u64) -> u64 {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ page.wrapping_mul(0x1656_67B1_9E37_79F9);
