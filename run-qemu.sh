@@ -46,18 +46,23 @@ set -euo pipefail
 # physical map and of user faults (every other line gets 1 GiB pages from the runner's
 # `-cpu qemu64,+pdpe1gb`; the 4 GiB lines, whose CPU has them, leave out the fallback
 # test, which cannot check anything there); the last line is a 2-node NUMA guest from QEMU's -numa options.
+#
+# The contiguity scenario (vm::contig_scenario_*, ~30-45 s a run under TCG) runs its three
+# seeds (vm::contig_scenario_4g_*) on the 4 GiB BIOS and UEFI lines, where noskip= makes
+# sure they really run; the 8 GiB and NUMA lines leave it out for time; the 2 GiB line
+# runs its smaller-machine test (which skips at 256 MiB, below the scenario's sizes).
 KERNEL_TEST_CONFIGS=(
-    "bios 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers"
+    "bios 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
     "bios 4 4G filter=tlb::stress qemu=-accel qemu=tcg,thread=single"
-    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers"
+    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
     "bios 1 256M"
     "bios 2 1G filter=tlb::"
     "uefi 2 1G filter=smp::"
     "bios 8 2G skip=tlb::stress"
     "uefi 8 2G filter=smp::"
-    "bios 4 8G skip=tlb::stress,vm::writers"
+    "bios 4 8G skip=tlb::stress,vm::writers,vm::contig_scenario"
     "bios 2 4G filter=mem:: noskip=mem::user_huge_faults,mem::linear_map qemu=-cpu qemu=qemu64,-pdpe1gb"
-    "bios 4 6G filter=vm:: skip=vm::writers qemu=-object qemu=memory-backend-ram,id=m0,size=3G qemu=-object qemu=memory-backend-ram,id=m1,size=3G qemu=-numa qemu=node,nodeid=0,cpus=0-1,memdev=m0 qemu=-numa qemu=node,nodeid=1,cpus=2-3,memdev=m1"
+    "bios 4 6G filter=vm:: skip=vm::writers,vm::contig_scenario qemu=-object qemu=memory-backend-ram,id=m0,size=3G qemu=-object qemu=memory-backend-ram,id=m1,size=3G qemu=-numa qemu=node,nodeid=0,cpus=0-1,memdev=m0 qemu=-numa qemu=node,nodeid=1,cpus=2-3,memdev=m1"
 )
 TEST_TIMEOUT=${MMK_TEST_TIMEOUT:-600}
 HOST_TIMEOUT=${MMK_HOST_TIMEOUT:-1200}

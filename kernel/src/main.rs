@@ -78,7 +78,7 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         panic!("address-space setup failed: {e:?}");
     }
     match parsed.mode {
-        Mode::Demo => demo(parsed.selftest == Some(SelfTest::Corrupt)),
+        Mode::Demo => demo(parsed.seed, parsed.selftest == Some(SelfTest::Corrupt)),
         Mode::Test => harness::run(&parsed),
         Mode::Bench => {
             bench::run(parsed.seed, parsed.quick);
@@ -88,16 +88,17 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     }
 }
 
-/// The demonstration: what the kernel built, a huge page migrated under a concurrent
-/// writer, then the end of the run: a failure when the demonstration found corruption,
-/// a failed audit or an error. `corrupt` damages the page first (a self-test).
-fn demo(corrupt: bool) -> ! {
+/// The demonstration: what the kernel built, then contiguity generation on the scenario
+/// of `seed`, then the end of the run: a failure when a goal was not met (corruption and
+/// failed audits included) or the scenario could not be built. `corrupt` damages a page
+/// before the check (a self-test).
+fn demo(seed: u64, corrupt: bool) -> ! {
     mem::report::memory_map();
     mem::report::free_areas();
     mem::report::page_tables();
     sprintln!("NUMA nodes (free / used / reserved):");
     vm::numa::report_usage();
-    match vm::demo::run(corrupt) {
+    match vm::demo::run(seed, corrupt) {
         Ok(()) => arch::exit(ExitStatus::Success),
         Err(why) => {
             log::error!("demonstration FAILED: {why}");

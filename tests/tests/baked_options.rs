@@ -101,7 +101,7 @@ fn boot_baked(firmware: Firmware) {
     assert_line(&result, "the test summary", |l| {
         l.ends_with("passed, 0 failed") || l.contains("passed, 0 failed,")
     });
-    assert_not_contains(&result, "migration demo");
+    assert_not_contains(&result, "contiguity demo");
 }
 
 #[test]

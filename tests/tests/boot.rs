@@ -77,7 +77,8 @@ fn boot(config: &QemuConfig) -> RunResult {
 
 /// What every demonstration run must show: the options, our own page tables loaded,
 /// every CPU up, the memory map, the allocator's free areas with usable memory close to
-/// the guest's size, and the page-table layout with a W^X kernel image.
+/// the guest's size, the page-table layout with a W^X kernel image, and contiguity
+/// generation on the scenario with every goal met.
 fn check_demo(run: &RunResult, smp: u32, mem_mib: u64) {
     assert_passed(run);
     assert_line(run, "the kernel options (mode=demo)", |l| {
@@ -105,14 +106,17 @@ fn check_demo(run: &RunResult, smp: u32, mem_mib: u64) {
     assert_line(run, "the linear map uses huge pages", |l| {
         l.contains("physical memory map") && (l.contains("Size1G") || l.contains("Size2M"))
     });
+    assert_line(run, "a CONTIG line per phase of each VMA", |l| {
+        l.starts_with("CONTIG {\"phase\":\"after\"")
+    });
     assert_line(
         run,
-        "a 2 MiB page migrated under a writer, contents intact",
+        "contiguity generation met every goal, contents intact",
         |l| {
-            l.starts_with("migration demo: a Size2M page")
-                && l.contains("still Size2M")
-                && l.contains("contents intact")
-                && l.contains("reverse map audit clean")
+            l.starts_with("contiguity demo (seed ")
+                && l.contains("data of ")
+                && l.contains(" pages intact")
+                && l.ends_with("every goal met")
         },
     );
     assert_not_contains(run, "KERNEL PANIC");
@@ -353,7 +357,7 @@ fn unknown_mode_or_option_is_refused_with_failure() {
             let cli = qemu_run(&config, false);
             cli.assert_code(1);
             cli.assert_stdout(&format!("refused: {why}"), true);
-            cli.assert_stdout("migration demo", false);
+            cli.assert_stdout("contiguity demo", false);
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod demo;
 pub mod numa;
 pub mod physmap;
 pub mod profile;
+pub mod scenario;
 pub mod source;
 pub mod squeeze;
 pub mod tests;

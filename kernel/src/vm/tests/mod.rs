@@ -29,6 +29,7 @@ mod contig;
 mod contig_1g;
 mod contig_races;
 mod exchange;
+mod contig_scenario;
 mod faults;
 mod migration;
 mod numa;
@@ -121,6 +122,22 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::contig_bad_input_is_typed_and_changes_nothing",
         run: bad_contig::bad_contig,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_seed_1",
+        run: contig_scenario::seed_1,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_seed_2",
+        run: contig_scenario::seed_2,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_run_seed",
+        run: contig_scenario::run_seed,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_smaller_machine",
+        run: contig_scenario::smaller_machine,
     },
 ];
 
