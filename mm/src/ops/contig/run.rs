@@ -4,6 +4,7 @@
 use crate::aspace::{AddressSpace, Mm, SpaceError};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
+use crate::frame::buddy::MigrateType;
 use crate::frame::meta::FrameState;
 use crate::frame::node::NodeId;
 use crate::mapping::anchor::{Anchor, AnchorSegment};
@@ -14,7 +15,7 @@ use crate::ops::contig::anchor::{choose, Choice, FrameClass, PhysView, Unit};
 use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Placement};
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
-use crate::ops::migrate::Destination;
+use crate::ops::migrate::{Destination, MigrateError};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -347,6 +348,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .map(|s: &AnchorSegment| (s.pfn, s.pfn.add((s.end - s.start) / PAGE_SIZE)))
             .collect();
         let mut reanchors = 0;
+        let base: Vec<PhysView> = ranges
+            .iter()
+            .map(|&(lo, hi)| self.phys_view(lo, hi, Some(own)))
+            .collect();
+        let mut excluding: Vec<PhysView>;
         for (mut a, b) in stretches {
             loop {
                 // Each movable block's part inside the stretch (a block only partly
@@ -365,12 +371,22 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         })
                     })
                     .collect();
-                let views: Vec<PhysView> = ranges
-                    .iter()
-                    .map(|&(lo, hi)| self.phys_view_excluding(lo, hi, own, &chosen))
-                    .collect();
-                let Some((view, choice)) = best_window(&views, &units, a, b, self.max_leaf())
-                else {
+                // The snapshot of memory is taken once per VMA; only when the window
+                // found overlaps one chosen for this VMA already is it taken again with
+                // those excluded.
+                let mut found = best_window(&base, &units, a, b, self.max_leaf());
+                let overlaps = |c: &Choice| {
+                    let (s, e) = (c.pfn_start, c.pfn_start + (b - a));
+                    chosen.iter().any(|&(x, y)| x.0 < e && s < y.0)
+                };
+                if found.as_ref().is_some_and(|(_, c)| overlaps(c)) {
+                    excluding = ranges
+                        .iter()
+                        .map(|&(lo, hi)| self.phys_view_excluding(lo, hi, own, &chosen))
+                        .collect();
+                    found = best_window(&excluding, &units, a, b, self.max_leaf());
+                }
+                let Some((view, choice)) = found else {
                     if units.is_empty() {
                         break;
                     }
@@ -515,10 +531,25 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let mut exchanges: Vec<(usize, Pfn)> = Vec::new();
             let mut displace: Vec<(Pfn, u8)> = Vec::new();
             let mut blocked = Vec::new();
+            // Blocks some unit of this pass already moves: a block takes part in one
+            // move per pass (a second would only be refused as already migrating).
+            let mut used: BTreeSet<Pfn> = BTreeSet::new();
             for (i, w) in todo.iter().enumerate() {
                 match self.target_state(w.target, w.order) {
-                    Target::Free => migrations.push(i),
-                    Target::Exact(h) if !ours.contains(&h) || cycle_break => exchanges.push((i, h)),
+                    Target::Free => {
+                        used.insert(w.head);
+                        migrations.push(i);
+                    }
+                    Target::Exact(h) if h == w.head => {}
+                    Target::Exact(h)
+                        if (!ours.contains(&h) || cycle_break)
+                            && !used.contains(&h)
+                            && !used.contains(&w.head) =>
+                    {
+                        used.insert(h);
+                        used.insert(w.head);
+                        exchanges.push((i, h));
+                    }
                     Target::Exact(_) => {}
                     Target::Occupied(blocks) => {
                         if blocks.iter().all(|(h, _)| !ours.contains(h)) {
@@ -548,8 +579,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     report.complete = false;
                     return;
                 }
-                let requests: Vec<(Pfn, Destination)> =
-                    chunk.iter().map(|&(h, _)| (h, away)).collect();
+                let requests = self.destinations_outside_windows(chunk, away);
                 for (r, &(_, o)) in self.migrate_batch(&requests).iter().zip(chunk) {
                     if r.is_ok() {
                         report.displaced += 1 << o;
@@ -575,7 +605,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                             *budget -= pages;
                             done.insert(i);
                         }
-                        Err(_) => todo[i].tries += 1,
+                        Err(e) => todo[i].tries += tries_for(*e),
                     }
                 }
             }
@@ -607,12 +637,18 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                                 report.displaced += pages;
                             }
                         }
-                        Err(_) => todo[i].tries += 1,
+                        Err(e) => todo[i].tries += tries_for(*e),
                     }
                 }
             }
             for &i in &blocked {
                 todo[i].tries = MAX_TRIES;
+            }
+            // A block an exchange of its partner swapped into place is done too.
+            for (k, w) in todo.iter().enumerate() {
+                if w.head == w.target {
+                    done.insert(k);
+                }
             }
             let mut k = 0;
             todo.retain(|w| {
@@ -627,6 +663,53 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         report.failed += todo.iter().map(|w| 1u64 << w.order).sum::<u64>();
     }
 
+    /// Where to move blocks that are in the way: free blocks outside every claimed window
+    /// (a block taken from the allocator inside one is held until all are chosen, then
+    /// given back), so that a displaced block never lands on another target; `away`
+    /// when the allocator has nothing else.
+    fn destinations_outside_windows(
+        &self,
+        blocks: &[(Pfn, u8)],
+        away: Destination,
+    ) -> Vec<(Pfn, Destination)> {
+        let windows: Vec<(Pfn, Pfn)> = self
+            .claims
+            .lock()
+            .ranges()
+            .map(|(a, b, _)| (a, b))
+            .collect();
+        let inside = |p: Pfn, o: u8| {
+            let end = p.add(1 << o);
+            windows.iter().any(|&(a, b)| p < b && a < end)
+        };
+        let node = match away {
+            Destination::Node(n) => Some(n),
+            _ => None,
+        };
+        let mut held = Vec::new();
+        let mut chosen = Vec::new();
+        let mut out = Vec::with_capacity(blocks.len());
+        for &(h, o) in blocks {
+            let mut dst = away;
+            for _ in 0..64 {
+                match self.frames.alloc(o, MigrateType::Movable, node) {
+                    Ok(p) if inside(p, o) => held.push((p, o)),
+                    Ok(p) => {
+                        chosen.push((p, o));
+                        dst = Destination::Frame(p);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            out.push((h, dst));
+        }
+        for (p, o) in held.into_iter().chain(chosen) {
+            self.free_block(p, o);
+        }
+        out
+    }
+
     /// Whether the VMA is still exactly as the operation found it.
     fn vma_unchanged(&self, space: &AddressSpace<'m, M>, vma: &Vma) -> bool {
         let st = space.state.lock();
@@ -635,6 +718,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 .vmas
                 .find(vma.start)
                 .is_some_and(|v| v.start == vma.start && v.end == vma.end)
+    }
+}
+
+/// How much a refused move counts against a block's tries: nothing for a transient
+/// cause (another move holds the block, or it changed and is looked at again next pass).
+fn tries_for(e: MigrateError) -> u8 {
+    match e {
+        MigrateError::AlreadyMigrating | MigrateError::Changed => 0,
+        _ => 1,
     }
 }
 
