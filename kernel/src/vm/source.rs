@@ -6,13 +6,13 @@
 use super::numa;
 use crate::mem::physmap::KernelPhys;
 use crate::mem::{frames, MemError};
+use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::inject::Injector;
 use mm::backend::source::FrameSource;
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::FrameTable;
 use mm::frame::node::NodeId;
-use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 /// The kernel's frames, as the memory manager sees them.
