@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 /// The names of every `BENCH` line a benchmark run on `cpus` CPUs must print: the host
 /// buddy benchmark, the in-kernel buddy comparison, the TLB flush threshold, our batching
 /// policy against Linux's, shootdown latency of user- and kernel-half batches to as many
-/// remote CPUs as the machine has (1, 3 and 7), and migration throughput.
+/// remote CPUs as the machine has (1, 3 and 7), migration throughput, and huge pages
+/// promoted in place (against the copying collapse) and split at 2 MiB and 1 GiB.
 pub fn expected_names(cpus: u32) -> Vec<String> {
     let mut names = Vec::new();
     for order in [0, 9, 18] {
@@ -32,6 +33,11 @@ pub fn expected_names(cpus: u32) -> Vec<String> {
     }
     for size in ["4k", "2m", "1g"] {
         names.push(format!("vm.migrate.{size}"));
+    }
+    for size in ["2m", "1g"] {
+        for op in ["promote", "split"] {
+            names.push(format!("vm.huge.{op}.{size}"));
+        }
     }
     names
 }

@@ -24,6 +24,7 @@ use x86_64::VirtAddr;
 
 mod bad_input;
 mod faults;
+pub mod huge;
 mod migration;
 mod numa;
 mod physmap;
