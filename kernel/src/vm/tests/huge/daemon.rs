@@ -3,8 +3,8 @@
 //! few pages missing, fewer than `max_ptes_none`) become 2 MiB leaves, and where 1 GiB
 //! pages and a free gigabyte allow, a 1 GiB VMA of 2 MiB pages (its first 2 MiB range
 //! scattered 4 KiB pages) becomes one 1 GiB leaf. The daemon is retuned while it runs
-//! (zero and absurd rates refused, typed, the old tuning kept), refuses a second start,
-//! and stops.
+//! (zero and absurd rates refused, typed, the old tuning kept; a good one taken), refuses
+//! a second start, and stops; its tuning is then put back.
 
 use super::super::{audits, free_1g_blocks, private, Env, KernelMm, Space, BASE, G1, K4, M2};
 use super::load::{self, Writer};
@@ -28,6 +28,12 @@ const RANGES: u64 = 4;
 const SMALL: u64 = BASE;
 const GIGA: u64 = BASE + 2 * G1;
 const FILLER: u64 = BASE + 8 * G1;
+/// The tuning the test switches to while the daemon runs.
+const FAST: Tuning = Tuning {
+    pages_per_step: 32_768,
+    sleep_ms: 1,
+    max_ptes_none: 64,
+};
 /// Pages left out of the last 2 MiB range (the daemon faults them in).
 const MISSING: core::ops::Range<u64> = 100..120;
 
@@ -115,6 +121,9 @@ fn refusals(cpu: u32) -> TestResult {
         check_eq!(daemon::tuning(), Ok(keep));
     }
     check_eq!(daemon::start(), Err(DaemonError::AlreadyRunning(cpu)));
+    // A good one is taken while it runs: faster steps.
+    check_eq!(daemon::retune(FAST), Ok(()));
+    check_eq!(daemon::tuning(), Ok(FAST));
     Ok(())
 }
 
@@ -170,12 +179,16 @@ pub(super) fn daemon_under_writers(_: &TestContext) -> TestResult {
     }
     let stat = mm.vmstat();
     let totals = daemon::totals();
+    let tuning = daemon::tuning();
+    check!(tuning.is_ok(), "{tuning:?}");
     let started = daemon::start();
     check_eq!(started, Ok(daemon_cpu));
     let result = watch(mm, &s, with_1g, daemon_cpu);
     let stopped = daemon::stop();
     let mut writers = helpers.finish();
+    let retuned = tuning.and_then(daemon::retune);
     result?;
+    check_eq!(retuned, Ok(()));
     let stopped = stopped.map_err(|e| super::super::fail(alloc::format!("stop: {e}")))?;
     check_eq!(daemon::stop(), Err(DaemonError::NotRunning));
     check_eq!(daemon::running_on(), None);

@@ -32,6 +32,8 @@ const RACE_MS: u64 = 8_000;
 const MIN_CYCLES: u64 = 10;
 const VICTIM: u64 = BASE;
 const BYSTANDER: u64 = BASE + G1;
+/// Writes tried, each of which must fault, while the victim is read-only.
+const READ_ONLY_WRITES: u64 = 64;
 /// The seed of the victim's first contents (then one more per cycle).
 const FIRST_SEED: u64 = 1000;
 
@@ -72,15 +74,7 @@ fn other(
             Race::Protect => mm
                 .protect(space, VICTIM, M2, false)
                 .map_err(|e| format!("protect: {e}"))
-                .and_then(|()| {
-                    if write(VICTIM + 8, !0) {
-                        Err("a write to read-only memory went through".into())
-                    } else if !intact(VICTIM, PageSize::Size2M, last) {
-                        Err("read-only memory lost its contents".into())
-                    } else {
-                        Ok(())
-                    }
-                })
+                .and_then(|()| read_only(last))
                 .and_then(|()| {
                     mm.protect(space, VICTIM, M2, true)
                         .map_err(|e| format!("unprotect: {e}"))
@@ -97,6 +91,22 @@ fn other(
     }
     deactivate();
     (cycles, error)
+}
+
+/// While the victim is read-only (long enough for this CPU's splits and promotions to
+/// happen meanwhile): writes fault, and its words keep the values of `seed`.
+fn read_only(seed: u64) -> Result<(), String> {
+    for i in 0..READ_ONLY_WRITES {
+        let va = VICTIM + (i * 4096 + 8) % M2;
+        if write(va, !0) {
+            return Err(format!("a write to read-only {va:#x} went through"));
+        }
+    }
+    if intact(VICTIM, PageSize::Size2M, seed) {
+        Ok(())
+    } else {
+        Err("read-only memory lost its contents".into())
+    }
 }
 
 /// Fill the victim's probe words with values of `seed` and check them.

@@ -335,11 +335,17 @@ pub(super) fn writers_2m(ctx: &TestContext) -> TestResult {
             Some((PageSize::Size4K, _)) => match rng.below(4) {
                 0 | 1 => ops.promote(mm, &space, va, PageSize::Size2M, pa),
                 choice => {
-                    // Distinct pages: a batch may not name a block twice.
-                    let first = rng.below(512);
-                    let vas: Vec<u64> = (0..SCATTER)
-                        .map(|j| va + (first + j * 61) % 512 * K4)
+                    // Two of the pages the writers write (0 or 1, 255 or 511), and others
+                    // from 2 to 254; distinct (a batch may not name a block twice).
+                    let written = pages_2m(va);
+                    let first = 2 + rng.below(38);
+                    let mut vas: Vec<u64> = (0..SCATTER - 2)
+                        .map(|j| va + (first + j * 43) * K4)
                         .collect();
+                    vas.extend([
+                        written[rng.below(2) as usize],
+                        written[2 + rng.below(2) as usize],
+                    ]);
                     ops.scatter(mm, &space, &vas);
                     let method = if choice == 2 {
                         CollapseMethod::InPlace
