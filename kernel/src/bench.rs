@@ -10,6 +10,8 @@
 //! the line says how many heap bytes the nodes hold once the baseline is set up
 //! (`baseline_heap_bytes`). Ours keeps its lists in the frame metadata and uses no heap.
 //!
+//! The run ends with the memory manager's event counters, one `VMSTAT {json}` line.
+//!
 //! With `quick` (`./run-qemu.sh bench --quick`) every figure is measured once, on fewer
 //! rounds: the lines and their fields are the same, the values only show the code runs.
 
@@ -165,4 +167,8 @@ pub fn run(seed: u64, quick: bool) {
     crate::vm::bench::run(quick);
     crate::vm::bench_exchange::run(quick);
     crate::vm::bench_contig::run();
+    crate::vm::bench_huge::run(quick);
+    if let Some(mm) = crate::vm::mm() {
+        sprintln!("VMSTAT {}", mm.vmstat().json());
+    }
 }

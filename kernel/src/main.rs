@@ -2,7 +2,8 @@
 //!
 //! Boot order: serial console and logging, GDT/TSS and IDT, then memory (frame table,
 //! buddy allocator, our own page tables, heap), the other CPUs, address spaces and the
-//! NUMA topology, then whatever the kernel options ask for:
+//! NUMA topology, the huge-page daemon (started when the options say so), then whatever
+//! the kernel options ask for:
 //! the demonstration (default), the in-kernel tests, or the benchmarks.
 #![no_std]
 #![no_main]
@@ -76,6 +77,9 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
     }
     if let Err(e) = vm::init(mem::boot_memory().rsdp) {
         panic!("address-space setup failed: {e:?}");
+    }
+    if let Err(e) = vm::daemon::init(parsed.thp) {
+        log::error!("huge-page daemon: {e}");
     }
     match parsed.mode {
         Mode::Demo => demo(parsed.seed, parsed.selftest == Some(SelfTest::Corrupt)),

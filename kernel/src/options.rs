@@ -5,13 +5,20 @@
 //! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
 //! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
 //! contains A or B), `noskip=A,B` (tests whose name contains A or B must not skip here),
-//! `seed=N`, `quick=1` (benchmarks: each figure once, short). Hidden, for the harness's
+//! `seed=N`, `quick=1` (benchmarks: each figure once, short), and the huge-page daemon's
+//! defaults: `thp_daemon=on|off` (started at boot or not), `thp_pages=N` (pages scanned
+//! per step), `thp_sleep_ms=N` (sleep between steps), `thp_max_ptes_none=N` (missing
+//! pages a 2 MiB range may have and still be collapsed); a tuning the daemon refuses
+//! (zero or too many pages, too long a sleep, `thp_max_ptes_none` above 511) is refused
+//! here. Hidden, for the harness's
 //! own tests: `selftest=KIND` and `apfail=N` (bring-up treats CPU N, an application
 //! processor, as one that never answers). Anything else (an unknown key or mode, a word without `=`, a key given
 //! twice, a seed that is not a number) is refused: the kernel says why and the run ends
 //! as a failure.
 
 use crate::arch::fw_cfg;
+use crate::vm::daemon::Config as ThpConfig;
+use mm::ops::huge::daemon::TuningError;
 
 const MAX_LEN: usize = 256;
 
@@ -92,6 +99,19 @@ impl Options {
                         _ => return Err(OptionError::BadQuick(value)),
                     }
                 }
+                "thp_daemon" => {
+                    parsed.thp.on = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(OptionError::BadSwitch(key, value)),
+                    }
+                }
+                "thp_pages" => parsed.thp.tuning.pages_per_step = number(key, value)?,
+                "thp_sleep_ms" => parsed.thp.tuning.sleep_ms = number(key, value)?,
+                "thp_max_ptes_none" => {
+                    parsed.thp.tuning.max_ptes_none = u32::try_from(number(key, value)?)
+                        .map_err(|_| OptionError::BadNumber(key, value))?
+                }
                 _ => {
                     parsed.selftest = Some(
                         SelfTest::from_name(value).ok_or(OptionError::UnknownSelfTest(value))?,
@@ -99,6 +119,7 @@ impl Options {
                 }
             }
         }
+        parsed.thp.tuning.check().map_err(OptionError::BadTuning)?;
         match (parsed.selftest, parsed.mode) {
             (Some(SelfTest::Corrupt), Mode::Demo) | (None, _) => Ok(parsed),
             (Some(SelfTest::Corrupt), _) => Err(OptionError::SelfTestMode("demo")),
@@ -108,10 +129,28 @@ impl Options {
     }
 }
 
+/// The whole number `value` of option `key`.
+fn number<'a>(key: &'a str, value: &'a str) -> Result<u64, OptionError<'a>> {
+    value
+        .parse()
+        .map_err(|_| OptionError::BadNumber(key, value))
+}
+
 /// Every option key (`selftest` and `apfail` are for the harness's own tests and not
 /// advertised).
-const KEYS: [&str; 8] = [
-    "mode", "filter", "skip", "noskip", "seed", "quick", "selftest", "apfail",
+const KEYS: [&str; 12] = [
+    "mode",
+    "filter",
+    "skip",
+    "noskip",
+    "seed",
+    "quick",
+    "thp_daemon",
+    "thp_pages",
+    "thp_sleep_ms",
+    "thp_max_ptes_none",
+    "selftest",
+    "apfail",
 ];
 
 impl Mode {
@@ -175,6 +214,8 @@ pub struct Parsed<'a> {
     pub seed: u64,
     /// Benchmarks measure each figure once, on short runs.
     pub quick: bool,
+    /// The huge-page daemon's defaults.
+    pub thp: ThpConfig,
     /// A deliberately broken run (the harness's own tests).
     pub selftest: Option<SelfTest>,
     /// The application processor (CPU index) that bring-up must treat as never
@@ -200,6 +241,12 @@ pub enum OptionError<'a> {
     BadSeed(&'a str),
     /// `quick=` is neither 1 nor 0.
     BadQuick(&'a str),
+    /// An on/off option (the key) is neither `on` nor `off` (the value).
+    BadSwitch(&'a str, &'a str),
+    /// A numeric option (the key) whose value is not a whole number in range.
+    BadNumber(&'a str, &'a str),
+    /// The huge-page daemon refuses the tuning the `thp_` options give.
+    BadTuning(TuningError),
     /// A `selftest=` value this kernel does not know.
     UnknownSelfTest(&'a str),
     /// `apfail=` is not the index of an application processor (a whole number from 1).
@@ -215,7 +262,8 @@ impl core::fmt::Display for OptionError<'_> {
             OptionError::NotKeyValue(word) => write!(f, "{word:?} is not key=value"),
             OptionError::UnknownKey(key) => write!(
                 f,
-                "unknown option {key:?} (known: mode, filter, skip, noskip, seed)"
+                "unknown option {key:?} (known: mode, filter, skip, noskip, seed, quick, \
+                 thp_daemon, thp_pages, thp_sleep_ms, thp_max_ptes_none)"
             ),
             OptionError::Repeated(key) => write!(f, "option {key:?} given twice"),
             OptionError::UnknownMode(mode) => write!(
@@ -224,6 +272,11 @@ impl core::fmt::Display for OptionError<'_> {
             ),
             OptionError::BadSeed(seed) => write!(f, "seed {seed:?} is not a whole number"),
             OptionError::BadQuick(quick) => write!(f, "quick={quick:?}: want 1 or 0"),
+            OptionError::BadSwitch(key, value) => write!(f, "{key}={value:?}: want on or off"),
+            OptionError::BadNumber(key, value) => {
+                write!(f, "{key}={value:?}: want a whole number")
+            }
+            OptionError::BadTuning(e) => write!(f, "huge-page daemon tuning refused: {e}"),
             OptionError::UnknownSelfTest(kind) => write!(f, "unknown selftest {kind:?}"),
             OptionError::BadApFail(cpu) => {
                 write!(

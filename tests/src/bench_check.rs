@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 /// buddy benchmark, the in-kernel buddy comparison, the TLB flush threshold, our batching
 /// policy against Linux's, shootdown latency of user- and kernel-half batches to as many
 /// remote CPUs as the machine has (1, 3 and 7), migration throughput, exchange against
-/// three migrations and the exchange's swap buffers, and contiguity generation.
+/// three migrations and the exchange's swap buffers, contiguity generation, and huge pages
+/// promoted in place (against the copying collapse) and split at 2 MiB and 1 GiB.
 pub fn expected_names(cpus: u32) -> Vec<String> {
     let mut names = Vec::new();
     for order in [0, 9, 18] {
@@ -45,6 +46,11 @@ pub fn expected_names(cpus: u32) -> Vec<String> {
     }
     for scenario in ["4k", "4k.tight", "2m.tight"] {
         names.push(format!("vm.contig.{scenario}"));
+    }
+    for size in ["2m", "1g"] {
+        for op in ["promote", "split"] {
+            names.push(format!("vm.huge.{op}.{size}"));
+        }
     }
     names
 }

@@ -5,7 +5,8 @@
 //! `skip=` choose; a test left out is not run and not counted below), then for each test
 //! `test <module::name> ... ` before it runs (so a hang leaves the name of the culprit on
 //! the console, and the host-side runner reports it) and `ok`, `skipped: why` or
-//! `FAILED: why` after, then always `N passed, N failed, N skipped`, and ends the run
+//! `FAILED: why` after, then the memory manager's event counters (`VMSTAT {json}`), then
+//! always `N passed, N failed, N skipped`, and ends the run
 //! with the matching QEMU exit status: failure when a test failed or none was selected.
 //!
 //! A panic inside a test is reported as that test's failure. A test that cannot check
@@ -149,6 +150,7 @@ const SUITES: &[&[KernelTest]] = &[
     crate::smp::tests::TESTS,
     crate::tlb::tests::TESTS,
     crate::vm::tests::TESTS,
+    crate::vm::tests::huge::TESTS,
 ];
 
 /// Name of the running test (for the panic handler); null when none.
@@ -272,6 +274,9 @@ pub fn run(opts: &Parsed) -> ! {
     }
     if chosen == 0 {
         sprintln!("no test selected: nothing to run is a failure");
+    }
+    if let Some(mm) = crate::vm::mm() {
+        sprintln!("VMSTAT {}", mm.vmstat().json());
     }
     sprintln!("{passed} passed, {failed} failed, {skipped} skipped");
     arch::exit(if failed == 0 && chosen > 0 {

@@ -21,6 +21,9 @@
 //! [`broadcast`] do it for several. Work meant for the calling CPU runs at once, in the
 //! caller. A CPU waiting on a [`Pending`] serves its own queue meanwhile, so CPUs that
 //! wait on each other's work do not deadlock.
+//!
+//! Long work on a CPU (the huge-page daemon's loop) sleeps with [`sleep_serving`], which
+//! runs what else is queued for that CPU meanwhile, so the CPU keeps taking work.
 
 pub mod tests;
 mod trampoline;
@@ -289,6 +292,36 @@ pub fn serve_one() -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Sleep on the running CPU until `deadline` has passed or `wake()` holds, running the
+/// work queued for it meanwhile (at least what is queued now, even past the deadline) and
+/// halting until the next interrupt (a timer tick, an IPI) while its queue is empty: a
+/// CPU that runs long work this way keeps taking the work queued for it. With interrupts
+/// disabled it spins instead of halting.
+pub fn sleep_serving(deadline: Deadline, wake: impl Fn() -> bool) {
+    let me = percpu::current();
+    let halt = x86_64::instructions::interrupts::are_enabled();
+    loop {
+        while serve_one() {}
+        if deadline.expired() || wake() {
+            return;
+        }
+        if !halt {
+            core::hint::spin_loop();
+            continue;
+        }
+        x86_64::instructions::interrupts::disable();
+        match me.pop_work() {
+            Some(work) => {
+                x86_64::instructions::interrupts::enable();
+                work();
+            }
+            // As in `idle`: a wake-up IPI sent after the queue was seen empty ends the
+            // halt.
+            None => x86_64::instructions::interrupts::enable_and_hlt(),
+        }
     }
 }
 

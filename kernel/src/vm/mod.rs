@@ -20,6 +20,9 @@
 //!   benchmarks of contiguity generation.
 //! - [`physmap`] takes the picture of physical memory: free, kernel, pinned and the
 //!   frames of labelled VMAs, as a text map and `PHYSMAP` lines for the host.
+//! - [`daemon`] runs the background huge-page daemon (`mm`'s scan step) on one CPU,
+//!   startable, stoppable and retunable while it runs; [`bench_huge`] measures promotion
+//!   in place against the copying collapse, and splits.
 //! - [`handle_page_fault`], called by the page-fault handler, resolves faults on lower-half
 //!   addresses in the address space active on the CPU: demand-zero faults map a frame, a
 //!   fault on a migration entry waits for the migration (serving shootdown requests, since
@@ -39,6 +42,8 @@
 pub mod bench;
 pub mod bench_contig;
 pub mod bench_exchange;
+pub mod bench_huge;
+pub mod daemon;
 pub mod demo;
 pub mod numa;
 pub mod physmap;

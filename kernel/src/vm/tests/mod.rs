@@ -31,6 +31,7 @@ mod contig_races;
 mod exchange;
 mod contig_scenario;
 mod faults;
+pub mod huge;
 mod migration;
 mod numa;
 mod physmap;

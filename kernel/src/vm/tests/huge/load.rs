@@ -1,0 +1,129 @@
+//! The writers of the huge-page tests: each owns a set of words in user memory and keeps
+//! giving them new values, each word's value a hash of the writer, the generation and the
+//! word. Every pass first checks that each word still holds what the writer last wrote
+//! (a write lost by a promotion, split, collapse or migration in between shows there),
+//! then writes the next generation and reads it back.
+//!
+//! Words of writer `k` lie at `page + j * 512 + k * 8` (`j` below [`WORDS_PER_PAGE`]) of
+//! the pages it is given, so several writers share a page without sharing a word.
+
+use super::super::{activate, deactivate, read, value, write, Space};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Words of a writer in each of its pages, 512 bytes apart.
+pub const WORDS_PER_PAGE: u64 = 8;
+
+/// One writer (see the module doc).
+pub struct Writer {
+    /// The address space it writes through.
+    pub space: Arc<Space>,
+    id: u64,
+    words: Vec<u64>,
+    /// The generation its words hold (0: none written yet, the words read zero).
+    generation: u64,
+    /// Passes that wrote a new generation.
+    pub updates: u64,
+    /// Words found wrong or writes that faulted.
+    pub errors: u64,
+    /// The first of them.
+    pub first_error: Option<String>,
+}
+
+impl Writer {
+    /// Writer `k` (1 to 7) of the words in `pages`, through `space`.
+    pub fn new(space: Arc<Space>, k: u64, pages: &[u64]) -> Writer {
+        let words = pages
+            .iter()
+            .flat_map(|&p| (0..WORDS_PER_PAGE).map(move |j| p + j * 512 + k * 8))
+            .collect();
+        Writer {
+            space,
+            id: k,
+            words,
+            generation: 0,
+            updates: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn expected(&self, i: usize) -> u64 {
+        if self.generation == 0 {
+            0
+        } else {
+            value(self.id, self.generation, i as u64)
+        }
+    }
+
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(what);
+    }
+
+    /// Check every word against the last generation; with `update`, write the next one
+    /// and read it back.
+    pub fn pass(&mut self, update: bool) {
+        for i in 0..self.words.len() {
+            let (va, want) = (self.words[i], self.expected(i));
+            let got = read(va);
+            if got != Some(want) {
+                self.error(format!(
+                    "writer {} {va:#x} (generation {}): {got:x?}, expected {want:#x}",
+                    self.id, self.generation
+                ));
+            }
+        }
+        if !update {
+            return;
+        }
+        self.generation += 1;
+        for i in 0..self.words.len() {
+            let (va, v) = (self.words[i], self.expected(i));
+            if !write(va, v) {
+                self.error(format!("writer {} {va:#x}: write faulted", self.id));
+            } else if read(va) != Some(v) {
+                self.error(format!(
+                    "writer {} {va:#x}: write did not read back",
+                    self.id
+                ));
+            }
+        }
+        self.updates += 1;
+    }
+
+    /// Passes until `stop`, with its address space loaded on the running CPU.
+    pub fn run(mut self, stop: &AtomicBool) -> Writer {
+        if let Err(e) = activate(&self.space) {
+            self.error(format!("activate: {e}"));
+            return self;
+        }
+        while !stop.load(Ordering::Acquire) {
+            self.pass(true);
+        }
+        deactivate();
+        self
+    }
+
+    /// The last check after the run: every word holds the last generation.
+    pub fn verify(&mut self) {
+        if activate(&self.space).is_ok() {
+            self.pass(false);
+        } else {
+            self.error("activate for the last check failed".into());
+        }
+        deactivate();
+    }
+}
+
+/// Totals of several writers: updates, errors, the first error.
+pub fn totals(writers: &[Writer]) -> (u64, u64, Option<String>) {
+    (
+        writers.iter().map(|w| w.updates).sum(),
+        writers.iter().map(|w| w.errors).sum(),
+        writers.iter().find_map(|w| w.first_error.clone()),
+    )
+}
