@@ -99,6 +99,7 @@ impl Observer for Console {
 
     fn contiguous(&mut self, built: &Built) {
         Self::picture(built, "after");
+        super::demo_huge::run(built);
     }
 }
 

@@ -45,6 +45,7 @@ pub mod bench_exchange;
 pub mod bench_huge;
 pub mod daemon;
 pub mod demo;
+pub mod demo_huge;
 pub mod numa;
 pub mod physmap;
 pub mod profile;

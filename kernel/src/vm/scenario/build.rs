@@ -70,7 +70,9 @@ impl Built {
     fn map_all(&mut self) -> Result<(), ScenarioError> {
         for v in self.plan.vmas.clone() {
             let flags = match v.kind {
-                Kind::Small => private(HugePolicy::Never),
+                // Huge only on request: faults map 4 KiB pages (see `fault_all`), and
+                // the collapse at the end may make them huge.
+                Kind::Small => private(HugePolicy::OnRequest),
                 Kind::Huge => private(HugePolicy::Always),
                 Kind::SharedFirst | Kind::SharedSecond => {
                     let region = match &self.region {
@@ -122,6 +124,27 @@ impl Built {
             .map_err(|error| ScenarioError::Populate { letter, va, error })
     }
 
+    /// Fault `[va, va + len)` of a huge-on-request VMA in 4 KiB at a time, as a program
+    /// touching it would (a populate would request huge pages).
+    fn fault_small(
+        &self,
+        letter: char,
+        space: &Space,
+        va: u64,
+        len: u64,
+    ) -> Result<(), ScenarioError> {
+        for page in (va..va + len).step_by(4096) {
+            self.mm
+                .handle_fault(space, page, true)
+                .map_err(|e| ScenarioError::Populate {
+                    letter,
+                    va: page,
+                    error: e.into(),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Every fault of the schedule, then the second mapping of the shared region.
     fn fault_all(&mut self) -> Result<(), ScenarioError> {
         let steps: Vec<(Stream, u64)> = self.plan.schedule().collect();
@@ -129,12 +152,16 @@ impl Built {
             match stream {
                 Stream::Vma(k) => {
                     let v = self.plan.vmas[k];
-                    self.populate(
-                        v.letter,
-                        &self.spaces[v.space],
-                        v.unit_va(i),
-                        v.unit_bytes(),
-                    )?;
+                    if v.kind == Kind::Small {
+                        self.fault_small(v.letter, &self.spaces[v.space], v.unit_va(i), v.unit_bytes())?;
+                    } else {
+                        self.populate(
+                            v.letter,
+                            &self.spaces[v.space],
+                            v.unit_va(i),
+                            v.unit_bytes(),
+                        )?;
+                    }
                 }
                 Stream::Background => self.populate(
                     BACKGROUND_LETTER,
