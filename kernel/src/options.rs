@@ -274,7 +274,7 @@ impl core::fmt::Display for OptionError<'_> {
             OptionError::BadQuick(quick) => write!(f, "quick={quick:?}: want 1 or 0"),
             OptionError::BadSwitch(key, value) => write!(f, "{key}={value:?}: want on or off"),
             OptionError::BadNumber(key, value) => {
-                write!(f, "{key}={value:?}: want a whole number")
+                write!(f, "{key}={value:?}: want a whole number in range")
             }
             OptionError::BadTuning(e) => write!(f, "huge-page daemon tuning refused: {e}"),
             OptionError::UnknownSelfTest(kind) => write!(f, "unknown selftest {kind:?}"),
