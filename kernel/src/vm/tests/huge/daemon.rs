@@ -7,12 +7,12 @@
 //! a second start, and stops; its tuning is then put back.
 
 use super::super::{audits, free_1g_blocks, private, Env, KernelMm, Space, BASE, G1, K4, M2};
-use super::load::{self, Writer};
 use super::{accounted, leaf, other_cpus};
 use crate::arch::timer::Deadline;
 use crate::harness::{TestContext, TestError, TestResult};
 use crate::tlb::tests::Helpers;
 use crate::vm::daemon::{self, DaemonError};
+use crate::vm::load::{self, Writer};
 use crate::{check, check_eq, skip, sprint};
 use alloc::vec::Vec;
 use mm::aspace::vmstat::Event;
