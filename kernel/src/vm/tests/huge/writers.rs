@@ -38,7 +38,7 @@ use mm::ops::huge::HugeError;
 use mm::ops::migrate::Destination;
 
 /// How long the operations go on (unless they reach [`MAX_CYCLES`] first).
-const RUN_MS: u64 = 12_000;
+const RUN_MS: u64 = 8_000;
 /// Cycles the test does at most, and at least (unless time runs out first).
 const MAX_CYCLES: u64 = 400;
 const MIN_CYCLES_2M: u64 = 20;
