@@ -5,6 +5,8 @@
 #                              (its picture of physical memory: target/demo/physmap.png)
 #   ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 #   ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
+#   ./run-qemu.sh soak [--minutes N]   writers on every CPU but one against migrations,
+#                              exchanges, promotions, splits and collapses (not part of test)
 #   ./run-qemu.sh image --opts "mode=test"   images with kernel options baked in, for a real
 #                              machine: target/images/baked/{bios,uefi}.img
 #   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
@@ -85,6 +87,9 @@ usage() {
 ./run-qemu.sh test         every test: host tests, then in-kernel tests in several QEMU configurations
 ./run-qemu.sh bench        the benchmarks, one BENCH {json} line per figure
 ./run-qemu.sh bench --quick   each figure once, short (the lines, not the timings)
+./run-qemu.sh soak [--minutes N]   writers on every CPU but one against a mixed stream of
+                           migrations, exchanges, promotions, splits and collapses at all
+                           three sizes for N minutes (default 1): progress, then totals
 ./run-qemu.sh image --opts "OPTIONS"   images with the kernel options baked in (for a real
                            machine, no fw_cfg there): target/images/baked/{bios,uefi}.img
 options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
@@ -110,6 +115,7 @@ GDB=0
 SEED=""
 FILTER=""
 QUICK=0
+MINUTES=""
 OPTS=""
 
 need_value() {
@@ -118,7 +124,7 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case $1 in
-        demo | test | bench | image) COMMAND=$1 ;;
+        demo | test | bench | soak | image) COMMAND=$1 ;;
         --opts) need_value "$@"; OPTS=$2; shift ;;
         --opts=*) OPTS=${1#*=} ;;
         --uefi) UEFI=1 ;;
@@ -128,6 +134,8 @@ while [[ $# -gt 0 ]]; do
         --smp=*) SMP=${1#*=} ;;
         --mem) need_value "$@"; MEM=$2; shift ;;
         --mem=*) MEM=${1#*=} ;;
+        --minutes) need_value "$@"; MINUTES=$2; shift ;;
+        --minutes=*) MINUTES=${1#*=} ;;
         --seed) need_value "$@"; SEED=$2; shift ;;
         --seed=*) SEED=${1#*=} ;;
         --filter) need_value "$@"; FILTER=$2; shift ;;
@@ -141,6 +149,8 @@ done
 [[ -z $SMP || $SMP =~ ^[1-9][0-9]*$ ]] || die "--smp wants a number of CPUs, not '$SMP'"
 [[ -z $MEM || $MEM =~ ^[1-9][0-9]*([MGT]|MiB|GiB|TiB)?$ ]] || die "--mem wants a size like 256M or 8G, not '$MEM'"
 [[ -z $SEED || $SEED =~ ^[0-9]+$ ]] || die "--seed wants a number, not '$SEED'"
+[[ -z $MINUTES || $MINUTES =~ ^[1-9][0-9]*$ ]] || die "--minutes wants a whole number from 1, not '$MINUTES'"
+[[ -z $MINUTES || $COMMAND == soak ]] || die "--minutes is for the soak command"
 [[ $FILTER =~ ^[^[:space:]]*$ ]] || die "--filter TEXT must not contain spaces"
 [[ -z $OPTS || $COMMAND == image ]] || die "--opts is for the image command (other commands pass options through fw_cfg)"
 [[ $COMMAND != image || -n $OPTS ]] || die "image wants --opts \"OPTIONS\" (e.g. --opts \"mode=test\")"
@@ -258,6 +268,7 @@ kernel_options() {
     if [[ -n $SEED ]]; then options+=" seed=$SEED"; fi
     if [[ -n $FILTER && $mode == test ]]; then options+=" filter=$FILTER"; fi
     if [[ $QUICK -eq 1 && $mode == bench ]]; then options+=" quick=1"; fi
+    if [[ -n $MINUTES && $mode == soak ]]; then options+=" minutes=$MINUTES"; fi
     echo "$options"
 }
 
@@ -279,6 +290,16 @@ bench() {
     MEM=${MEM:-6G}
     user_qemu_args
     "$QEMU_RUN" "${QEMU_ARGS[@]}" --opts "$(kernel_options bench)"
+}
+
+# The soak (BIOS, 4 CPUs, 4 GiB unless told otherwise): writers on every CPU but one
+# against a mixed stream of moves for --minutes (default 1); exits 0 only without errors.
+soak() {
+    SMP=${SMP:-4}
+    MEM=${MEM:-4G}
+    user_qemu_args
+    local limit=$((${MINUTES:-1} * 60 + 600))
+    "$QEMU_RUN" "${QEMU_ARGS[@]}" --timeout "$limit" --opts "$(kernel_options soak)"
 }
 
 # The quick benchmarks, then the check that every expected BENCH line is there and
@@ -502,6 +523,7 @@ fi
 case $COMMAND in
     demo) build; demo ;;
     bench) build; bench ;;
+    soak) build; soak ;;
     image) build; image ;;
     test) test_all ;;
 esac

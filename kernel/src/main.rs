@@ -4,7 +4,7 @@
 //! buddy allocator, our own page tables, heap), the other CPUs, address spaces and the
 //! NUMA topology, the huge-page daemon (started when the options say so), then whatever
 //! the kernel options ask for:
-//! the demonstration (default), the in-kernel tests, or the benchmarks.
+//! the demonstration (default), the in-kernel tests, the benchmarks, or the soak.
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
@@ -89,6 +89,14 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
             arch::exit(ExitStatus::Success)
         }
         Mode::Overflow => overflow(0),
+        Mode::Soak => match vm::soak::run(parsed.seed, parsed.minutes) {
+            Ok(0) => arch::exit(ExitStatus::Success),
+            Ok(_) => arch::exit(ExitStatus::Failure),
+            Err(why) => {
+                log::error!("soak: {why}");
+                arch::exit(ExitStatus::Failure)
+            }
+        },
     }
 }
 

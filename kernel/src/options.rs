@@ -2,10 +2,11 @@
 //! them) so the same image runs the demonstration, the tests or the benchmarks.
 //! On real hardware there are none and the demonstration runs.
 //!
-//! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow`,
+//! Syntax: space-separated `key=value` words: `mode=demo|test|bench|overflow|soak`,
 //! `filter=TEXT` (tests whose name contains TEXT), `skip=A,B` (leave out tests whose name
 //! contains A or B), `noskip=A,B` (tests whose name contains A or B must not skip here),
-//! `seed=N`, `quick=1` (benchmarks: each figure once, short), and the huge-page daemon's
+//! `seed=N`, `quick=1` (benchmarks: each figure once, short), `minutes=N` (how long the
+//! soak runs, from 1), and the huge-page daemon's
 //! defaults: `thp_daemon=on|off` (started at boot or not), `thp_pages=N` (pages scanned
 //! per step), `thp_sleep_ms=N` (sleep between steps), `thp_max_ptes_none=N` (missing
 //! pages a 2 MiB range may have and still be collapsed); a tuning the daemon refuses
@@ -34,6 +35,8 @@ pub enum Mode {
     Bench,
     /// Deliberately overflow the kernel stack to show the guard page catches it.
     Overflow,
+    /// The soak: writers against a mixed stream of moves for `minutes=` minutes.
+    Soak,
 }
 
 /// The parsed kernel options.
@@ -66,6 +69,7 @@ impl Options {
         let text = core::str::from_utf8(&self.raw[..self.len]).map_err(|_| OptionError::NotUtf8)?;
         let mut parsed = Parsed {
             seed: 1,
+            minutes: 1,
             ..Parsed::default()
         };
         let mut seen: [bool; KEYS.len()] = [false; KEYS.len()];
@@ -97,6 +101,12 @@ impl Options {
                         "1" => true,
                         "0" => false,
                         _ => return Err(OptionError::BadQuick(value)),
+                    }
+                }
+                "minutes" => {
+                    parsed.minutes = match value.parse() {
+                        Ok(0) | Err(_) => return Err(OptionError::BadNumber(key, value)),
+                        Ok(n) => n,
                     }
                 }
                 "thp_daemon" => {
@@ -138,13 +148,14 @@ fn number<'a>(key: &'a str, value: &'a str) -> Result<u64, OptionError<'a>> {
 
 /// Every option key (`selftest` and `apfail` are for the harness's own tests and not
 /// advertised).
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "mode",
     "filter",
     "skip",
     "noskip",
     "seed",
     "quick",
+    "minutes",
     "thp_daemon",
     "thp_pages",
     "thp_sleep_ms",
@@ -160,6 +171,7 @@ impl Mode {
             "test" => Some(Mode::Test),
             "bench" => Some(Mode::Bench),
             "overflow" => Some(Mode::Overflow),
+            "soak" => Some(Mode::Soak),
             _ => None,
         }
     }
@@ -214,6 +226,8 @@ pub struct Parsed<'a> {
     pub seed: u64,
     /// Benchmarks measure each figure once, on short runs.
     pub quick: bool,
+    /// How long the soak runs, in minutes (at least 1; default 1).
+    pub minutes: u64,
     /// The huge-page daemon's defaults.
     pub thp: ThpConfig,
     /// A deliberately broken run (the harness's own tests).
@@ -262,19 +276,19 @@ impl core::fmt::Display for OptionError<'_> {
             OptionError::NotKeyValue(word) => write!(f, "{word:?} is not key=value"),
             OptionError::UnknownKey(key) => write!(
                 f,
-                "unknown option {key:?} (known: mode, filter, skip, noskip, seed, quick, \
+                "unknown option {key:?} (known: mode, filter, skip, noskip, seed, quick, minutes, \
                  thp_daemon, thp_pages, thp_sleep_ms, thp_max_ptes_none)"
             ),
             OptionError::Repeated(key) => write!(f, "option {key:?} given twice"),
             OptionError::UnknownMode(mode) => write!(
                 f,
-                "unknown mode {mode:?} (known: demo, test, bench, overflow)"
+                "unknown mode {mode:?} (known: demo, test, bench, overflow, soak)"
             ),
             OptionError::BadSeed(seed) => write!(f, "seed {seed:?} is not a whole number"),
             OptionError::BadQuick(quick) => write!(f, "quick={quick:?}: want 1 or 0"),
             OptionError::BadSwitch(key, value) => write!(f, "{key}={value:?}: want on or off"),
             OptionError::BadNumber(key, value) => {
-                write!(f, "{key}={value:?}: want a whole number")
+                write!(f, "{key}={value:?}: want a whole number in range")
             }
             OptionError::BadTuning(e) => write!(f, "huge-page daemon tuning refused: {e}"),
             OptionError::UnknownSelfTest(kind) => write!(f, "unknown selftest {kind:?}"),

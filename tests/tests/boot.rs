@@ -352,6 +352,18 @@ fn unknown_mode_or_option_is_refused_with_failure() {
             "mode=test apfail=0",
             "apfail=\"0\": want the index of an application processor",
         ),
+        (
+            "mode=test thp_daemon=maybe",
+            "thp_daemon=\"maybe\": want on or off",
+        ),
+        (
+            "mode=test thp_sleep_ms=x",
+            "thp_sleep_ms=\"x\": want a whole number in range",
+        ),
+        (
+            "mode=test thp_pages=0",
+            "huge-page daemon tuning refused: zero pages per step",
+        ),
     ] {
         if let Some(config) = config(Firmware::Bios, 1, "256M", options) {
             let cli = qemu_run(&config, false);

@@ -22,7 +22,9 @@
 //!   frames of labelled VMAs, as a text map and `PHYSMAP` lines for the host.
 //! - [`daemon`] runs the background huge-page daemon (`mm`'s scan step) on one CPU,
 //!   startable, stoppable and retunable while it runs; [`bench_huge`] measures promotion
-//!   in place against the copying collapse, and splits.
+//!   in place against the copying collapse, and splits; [`soak`] runs writers on every
+//!   CPU but one against a mixed stream of moves for a given time ([`load`]'s writers,
+//!   which the huge-page tests use too).
 //! - [`handle_page_fault`], called by the page-fault handler, resolves faults on lower-half
 //!   addresses in the address space active on the CPU: demand-zero faults map a frame, a
 //!   fault on a migration entry waits for the migration (serving shootdown requests, since
@@ -46,10 +48,12 @@ pub mod bench_huge;
 pub mod daemon;
 pub mod demo;
 pub mod demo_huge;
+pub mod load;
 pub mod numa;
 pub mod physmap;
 pub mod profile;
 pub mod scenario;
+pub mod soak;
 pub mod source;
 pub mod squeeze;
 pub mod tests;

@@ -8,7 +8,6 @@
 
 mod bad_input;
 mod daemon;
-mod load;
 mod races;
 mod roundtrip;
 mod stale;

@@ -28,7 +28,7 @@ use mm::ops::huge::HugeError;
 
 /// How long a race goes on, and the cycles each side completes at least (unless time
 /// runs out first).
-const RACE_MS: u64 = 8_000;
+const RACE_MS: u64 = 5_000;
 const MIN_CYCLES: u64 = 10;
 const VICTIM: u64 = BASE;
 const BYSTANDER: u64 = BASE + G1;

@@ -18,12 +18,12 @@
 //! audits must be clean.
 
 use super::super::{audits, block_at, shared, Env, KernelMm, Space, BASE, G1, K4, M2};
-use super::load::{self, Writer};
 use super::{accounted, huge_page, leaf, need_1g, other_cpus};
 use crate::arch::timer::Deadline;
 use crate::harness::{TestContext, TestError, TestResult};
 use crate::mem::tests::Rng;
 use crate::tlb::tests::Helpers;
+use crate::vm::load::{self, Writer};
 use crate::{check, check_eq, sprint};
 use alloc::format;
 use alloc::string::String;
@@ -38,7 +38,7 @@ use mm::ops::huge::HugeError;
 use mm::ops::migrate::Destination;
 
 /// How long the operations go on (unless they reach [`MAX_CYCLES`] first).
-const RUN_MS: u64 = 12_000;
+const RUN_MS: u64 = 8_000;
 /// Cycles the test does at most, and at least (unless time runs out first).
 const MAX_CYCLES: u64 = 400;
 const MIN_CYCLES_2M: u64 = 20;

@@ -1,13 +1,16 @@
-//! The writers of the huge-page tests: each owns a set of words in user memory and keeps
-//! giving them new values, each word's value a hash of the writer, the generation and the
-//! word. Every pass first checks that each word still holds what the writer last wrote
-//! (a write lost by a promotion, split, collapse or migration in between shows there),
-//! then writes the next generation and reads it back.
+//! Writers of user memory, for the huge-page tests and the soak: each owns a set of words
+//! in user memory and keeps giving them new values, each word's value a hash of the
+//! writer, the generation and the word. Every pass first checks that each word still
+//! holds what the writer last wrote (a write lost by a promotion, split, collapse,
+//! migration or exchange in between shows there), then writes the next generation and
+//! reads it back. Words are reached through the fault probes ([`probe`]), so a fault the
+//! address space cannot resolve is counted, not fatal.
 //!
 //! Words of writer `k` lie at `page + j * 512 + k * 8` (`j` below [`WORDS_PER_PAGE`]) of
 //! the pages it is given, so several writers share a page without sharing a word.
 
-use super::super::{activate, deactivate, read, value, write, Space};
+use super::{activate, deactivate, Space};
+use crate::arch::probe;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -34,7 +37,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writer `k` (1 to 7) of the words in `pages`, through `space`.
+    /// Writer `k` (1 to 63) of the words in `pages`, through `space`.
     pub fn new(space: Arc<Space>, k: u64, pages: &[u64]) -> Writer {
         let words = pages
             .iter()
@@ -55,7 +58,11 @@ impl Writer {
         if self.generation == 0 {
             0
         } else {
-            value(self.id, self.generation, i as u64)
+            let mut x = self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ self.generation.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                ^ (i as u64).wrapping_mul(0x1656_67B1_9E37_79F9);
+            x ^= x >> 31;
+            x | 1
         }
     }
 
@@ -69,7 +76,7 @@ impl Writer {
     pub fn pass(&mut self, update: bool) {
         for i in 0..self.words.len() {
             let (va, want) = (self.words[i], self.expected(i));
-            let got = read(va);
+            let got = probe::read_u64(va);
             if got != Some(want) {
                 self.error(format!(
                     "writer {} {va:#x} (generation {}): {got:x?}, expected {want:#x}",
@@ -83,9 +90,11 @@ impl Writer {
         self.generation += 1;
         for i in 0..self.words.len() {
             let (va, v) = (self.words[i], self.expected(i));
-            if !write(va, v) {
+            // SAFETY: the writer's words are its own, in user memory of `space`, loaded
+            // on this CPU (or the write faults, and is counted).
+            if !unsafe { probe::write_u64(va, v) } {
                 self.error(format!("writer {} {va:#x}: write faulted", self.id));
-            } else if read(va) != Some(v) {
+            } else if probe::read_u64(va) != Some(v) {
                 self.error(format!(
                     "writer {} {va:#x}: write did not read back",
                     self.id
