@@ -44,7 +44,13 @@ pub fn run(built: &Built) -> usize {
             .map(|(va, _)| va.as_u64())
             .filter(|&va| va >= v.start && va < v.end())
             .collect();
-        let full = |at: u64| resident.iter().filter(|&&va| va >= at && va < at + m2).count() == 512;
+        let full = |at: u64| {
+            resident
+                .iter()
+                .filter(|&&va| va >= at && va < at + m2)
+                .count()
+                == 512
+        };
         for (size, step) in [(CollapseTarget::Size2M, m2), (CollapseTarget::Size1G, g1)] {
             let opts = CollapseOptions {
                 target: size,
@@ -54,10 +60,17 @@ pub fn run(built: &Built) -> usize {
             while at + step <= v.end() {
                 let whole = step == g1
                     || full(at)
-                    || space.translate(at).is_some_and(|t| t.size != PageSize::Size4K);
-                if whole && (step == m2 || (at..at + g1).step_by(m2 as usize).all(|r| {
-                    space.translate(r).is_some_and(|t| t.size >= PageSize::Size2M)
-                })) {
+                    || space
+                        .translate(at)
+                        .is_some_and(|t| t.size != PageSize::Size4K);
+                if whole
+                    && (step == m2
+                        || (at..at + g1).step_by(m2 as usize).all(|r| {
+                            space
+                                .translate(r)
+                                .is_some_and(|t| t.size >= PageSize::Size2M)
+                        }))
+                {
                     if let Ok(out) = mm.collapse(space, at, step, &opts) {
                         failed += out.iter().filter(|o| o.result.is_err()).count();
                     }

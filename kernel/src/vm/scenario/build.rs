@@ -153,7 +153,12 @@ impl Built {
                 Stream::Vma(k) => {
                     let v = self.plan.vmas[k];
                     if v.kind == Kind::Small {
-                        self.fault_small(v.letter, &self.spaces[v.space], v.unit_va(i), v.unit_bytes())?;
+                        self.fault_small(
+                            v.letter,
+                            &self.spaces[v.space],
+                            v.unit_va(i),
+                            v.unit_bytes(),
+                        )?;
                     } else {
                         self.populate(
                             v.letter,
