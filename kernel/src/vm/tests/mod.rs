@@ -133,8 +133,8 @@ pub const TESTS: &[KernelTest] = &[
         run: contig_scenario::seed_2,
     },
     KernelTest {
-        name: "vm::contig_scenario_4g_4cpu_run_seed",
-        run: contig_scenario::run_seed,
+        name: "vm::contig_scenario_4g_4cpu_seed_7",
+        run: contig_scenario::seed_7,
     },
     KernelTest {
         name: "vm::contig_scenario_smaller_machine",
