@@ -533,23 +533,39 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         start: u64,
         len: u64,
     ) -> Result<(), SpaceError> {
-        self.check_space(space)?;
-        let (start, end) = check_user_range(start, len)?;
-        let mut st = self.lock_settled(space, start, end, false)?;
-        let mut flush = Flush::new();
-        let result = self.unmap_locked(space, &mut st, start, end, &mut flush);
-        let removed = result.map(|()| {
+        let removed = self.drop_pages(space, start, len, false, |st, start, end| {
             st.generation += 1;
             st.vmas.remove_range(start, end)
-        });
+        })?;
+        self.release_windows(&removed);
+        Ok(())
+    }
+
+    /// Unmap the pages of `[start, start + len)` (covered by VMAs when `covered`), then
+    /// `then` under the same lock; shoot down, free, and give back the unmapped parts of
+    /// huge blocks.
+    fn drop_pages<T>(
+        &self,
+        space: &AddressSpace<'m, M>,
+        start: u64,
+        len: u64,
+        covered: bool,
+        then: impl FnOnce(&mut SpaceState<'m, M>, u64, u64) -> T,
+    ) -> Result<T, SpaceError> {
+        self.check_space(space)?;
+        let (start, end) = check_user_range(start, len)?;
+        let mut st = self.lock_settled(space, start, end, covered)?;
+        let mut flush = Flush::new();
+        let result = self
+            .unmap_locked(space, &mut st, start, end, &mut flush)
+            .map(|()| then(&mut st, start, end));
         drop(st);
         let mut touched: Vec<Pfn> = flush.ref_heads().to_vec();
         flush.complete(self, space);
         touched.sort_unstable();
         touched.dedup();
         self.free_unmapped_parts(space, &touched);
-        self.release_windows(&removed?);
-        Ok(())
+        result
     }
 
     /// Drop the pages of `[start, start + len)` (which VMAs must cover) but keep the
@@ -562,18 +578,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         start: u64,
         len: u64,
     ) -> Result<(), SpaceError> {
-        self.check_space(space)?;
-        let (start, end) = check_user_range(start, len)?;
-        let mut st = self.lock_settled(space, start, end, true)?;
-        let mut flush = Flush::new();
-        let result = self.unmap_locked(space, &mut st, start, end, &mut flush);
-        drop(st);
-        let mut touched: Vec<Pfn> = flush.ref_heads().to_vec();
-        flush.complete(self, space);
-        touched.sort_unstable();
-        touched.dedup();
-        self.free_unmapped_parts(space, &touched);
-        result
+        self.drop_pages(space, start, len, true, |_, _, _| ())
     }
 
     /// Lock `space` once no migration entry lies in `[start, end)`, waiting for those in
