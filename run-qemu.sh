@@ -266,7 +266,7 @@ user_qemu_args() {
 kernel_options() {
     local mode=$1 options="mode=$1"
     if [[ -n $SEED ]]; then options+=" seed=$SEED"; fi
-    if [[ -n $FILTER && $mode == test ]]; then options+=" filter=$FILTER"; fi
+    if [[ -n $FILTER && ( $mode == test || $mode == bench ) ]]; then options+=" filter=$FILTER"; fi
     if [[ $QUICK -eq 1 && $mode == bench ]]; then options+=" quick=1"; fi
     if [[ -n $MINUTES && $mode == soak ]]; then options+=" minutes=$MINUTES"; fi
     echo "$options"

@@ -160,14 +160,40 @@ pub fn buddy(seed: u64, effort: Effort) {
     }
 }
 
-/// Every in-kernel benchmark; with `quick`, each figure once and short.
-pub fn run(seed: u64, quick: bool) {
-    buddy(seed, Effort::new(quick, REPS));
-    crate::tlb::bench::run(quick);
-    crate::vm::bench::run(quick);
-    crate::vm::bench_exchange::run(quick);
-    crate::vm::bench_contig::run();
-    crate::vm::bench_huge::run(quick);
+/// The benchmark groups, by the prefix their figures' names share.
+const GROUPS: [&str; 6] = [
+    "kernel.buddy",
+    "tlb",
+    "vm.migrate",
+    "vm.exchange",
+    "vm.contig",
+    "vm.huge",
+];
+
+/// Every in-kernel benchmark, or with `filter` only the groups whose name starts with
+/// it or that it starts with (`vm` runs every vm group, `vm.contig.4k` the contiguity
+/// group); with `quick`, each figure once and short.
+pub fn run(seed: u64, quick: bool, filter: Option<&str>) {
+    let wanted = |group: &str| filter.is_none_or(|f| group.starts_with(f) || f.starts_with(group));
+    if !GROUPS.iter().any(|g| wanted(g)) {
+        sprintln!(
+            "# bench: no group matches the filter; groups: {}",
+            GROUPS.join(" ")
+        );
+    }
+    let runs: [&dyn Fn(); 6] = [
+        &|| buddy(seed, Effort::new(quick, REPS)),
+        &|| crate::tlb::bench::run(quick),
+        &|| crate::vm::bench::run(quick),
+        &|| crate::vm::bench_exchange::run(quick),
+        &|| crate::vm::bench_contig::run(),
+        &|| crate::vm::bench_huge::run(quick),
+    ];
+    for (group, run) in GROUPS.iter().zip(runs) {
+        if wanted(group) {
+            run();
+        }
+    }
     if let Some(mm) = crate::vm::mm() {
         sprintln!("VMSTAT {}", mm.vmstat().json());
     }

@@ -85,7 +85,7 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         Mode::Demo => demo(parsed.seed, parsed.selftest == Some(SelfTest::Corrupt)),
         Mode::Test => harness::run(&parsed),
         Mode::Bench => {
-            bench::run(parsed.seed, parsed.quick);
+            bench::run(parsed.seed, parsed.quick, parsed.filter);
             arch::exit(ExitStatus::Success)
         }
         Mode::Overflow => overflow(0),

@@ -382,7 +382,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 if found.as_ref().is_some_and(|(_, c)| overlaps(c)) {
                     excluding = ranges
                         .iter()
-                        .map(|&(lo, hi)| self.phys_view_excluding(lo, hi, own, &chosen))
+                        .map(|&(lo, hi)| self.phys_view_with(lo, hi, Some(own), &chosen))
                         .collect();
                     found = best_window(&excluding, &units, a, b, self.max_leaf());
                 }
@@ -419,28 +419,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         segments.sort_by_key(|s| s.start);
         Some(segments)
-    }
-
-    /// A view of `[lo, hi)` in which `extra` (windows already chosen for this VMA) is
-    /// claimed too.
-    fn phys_view_excluding(
-        &self,
-        lo: Pfn,
-        hi: Pfn,
-        own: ClaimId,
-        extra: &[(Pfn, Pfn)],
-    ) -> PhysView {
-        let base = self.phys_view(lo, hi, Some(own));
-        if extra.iter().all(|&(a, b)| b <= lo || a >= hi) {
-            return base;
-        }
-        PhysView::new(lo, hi, |pfn| {
-            if extra.iter().any(|&(a, b)| a <= pfn && pfn < b) {
-                FrameClass::Claimed
-            } else {
-                base.class(pfn)
-            }
-        })
     }
 
     /// Claim every segment's window for `anchor`; on failure nothing stays claimed.

@@ -1,13 +1,14 @@
 //! The snapshot of physical memory the anchor search scores windows on: each frame of a
 //! range classified as free, movable in-use, blocked (kernel, reserved, unmovable,
 //! pinned) or claimed by another VMA's window. Read without locks, block by block (a
-//! block's head says what all its frames are), so it costs one look per block; the moves
-//! that follow re-check everything under the engine's locks.
+//! block's head says what all its frames are) and stored as runs, so it costs one look
+//! per block and one word operation per 64 frames of a run, not one step per frame; the
+//! moves that follow re-check everything under the engine's locks.
 
 use crate::aspace::Mm;
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
-use crate::frame::meta::{FrameFlags, FrameMeta, FrameState};
+use crate::frame::meta::{FrameFlags, FrameMeta, FrameState, FrameTable};
 use crate::mapping::claims::ClaimId;
 use crate::ops::contig::anchor::{FrameClass, PhysView};
 use alloc::vec::Vec;
@@ -32,49 +33,100 @@ pub(crate) fn block_class(meta: &FrameMeta) -> FrameClass {
 impl<'m, M: PhysMem> Mm<'m, M> {
     /// Classify `[lo, hi)`; windows of claims other than `own` are `Claimed`.
     pub(crate) fn phys_view(&self, lo: Pfn, hi: Pfn, own: Option<ClaimId>) -> PhysView {
+        self.phys_view_with(lo, hi, own, &[])
+    }
+
+    /// Classify `[lo, hi)`; windows of claims other than `own`, and `extra`, are
+    /// `Claimed`. One step per block (runs of blocks of one class merged) and per claimed
+    /// window, plus one per 64 frames of each.
+    pub(crate) fn phys_view_with(
+        &self,
+        lo: Pfn,
+        hi: Pfn,
+        own: Option<ClaimId>,
+        extra: &[(Pfn, Pfn)],
+    ) -> PhysView {
         let claimed: Vec<(Pfn, Pfn)> = self
             .claims
             .lock()
             .ranges()
             .filter(|&(a, b, owner)| Some(owner) != own && b > lo && a < hi)
             .map(|(a, b, _)| (a, b))
+            .chain(extra.iter().copied())
             .collect();
-        let table = self.frames.frame_table();
-        let mut next_claim = 0;
-        // The block the previous frame was in: its end and class.
-        let mut block = (Pfn(0), FrameClass::Blocked);
-        PhysView::new(lo, hi, |pfn| {
-            while next_claim < claimed.len() && claimed[next_claim].1 <= pfn {
-                next_claim += 1;
-            }
-            if claimed
-                .get(next_claim)
-                .is_some_and(|&(a, b)| a <= pfn && pfn < b)
-            {
-                return FrameClass::Claimed;
-            }
-            if pfn < block.0 {
-                return block.1;
-            }
-            let Some(meta) = table.get(pfn) else {
-                return FrameClass::Blocked;
-            };
-            let (head, head_meta) = match meta.state() {
-                FrameState::Reserved => return FrameClass::Blocked,
-                FrameState::Free | FrameState::Allocated => (pfn, meta),
-                FrameState::Tail => match table.head_of(pfn).and_then(|h| Some((h, table.get(h)?)))
-                {
-                    Some(found) => found,
-                    None => return FrameClass::Blocked,
-                },
-            };
-            let class = match head_meta.state() {
-                FrameState::Free => FrameClass::Free,
-                FrameState::Allocated => block_class(head_meta),
-                _ => FrameClass::Blocked,
-            };
-            block = (head.add(1u64 << head_meta.order()), class);
-            class
-        })
+        let claimed = claimed
+            .into_iter()
+            .map(|(a, b)| (a, b, FrameClass::Claimed));
+        PhysView::from_runs(
+            lo,
+            hi,
+            block_runs(self.frames.frame_table(), lo, hi).chain(claimed),
+        )
     }
 }
+
+/// The blocks of `[lo, hi)` in order as runs `(start, end, class)`, consecutive blocks of
+/// one class merged (a run may begin before `lo` when `lo` is inside a block).
+fn block_runs(
+    table: FrameTable<'_>,
+    lo: Pfn,
+    hi: Pfn,
+) -> impl Iterator<Item = (Pfn, Pfn, FrameClass)> + '_ {
+    let mut at = lo;
+    let mut blocks = core::iter::from_fn(move || {
+        if at >= hi {
+            return None;
+        }
+        let start = at;
+        let (end, class) = block_at(&table, at, hi);
+        at = end;
+        Some((start, end, class))
+    })
+    .peekable();
+    core::iter::from_fn(move || {
+        let (start, mut end, class) = blocks.next()?;
+        while let Some((_, e, _)) = blocks.next_if(|&(_, _, c)| c == class) {
+            end = e;
+        }
+        Some((start, end, class))
+    })
+}
+
+/// Where the block (or the run of reserved frames) containing `pfn` ends, at most `hi`,
+/// and its class. Read without locks: a block changing meanwhile is misread at worst,
+/// and the end is always past `pfn`.
+fn block_at(table: &FrameTable<'_>, pfn: Pfn, hi: Pfn) -> (Pfn, FrameClass) {
+    let Some(meta) = table.get(pfn) else {
+        return (hi, FrameClass::Blocked);
+    };
+    let (end, class) = match meta.state() {
+        FrameState::Reserved => {
+            let mut end = pfn.add(1);
+            while end < hi
+                && table
+                    .get(end)
+                    .is_some_and(|m| m.state() == FrameState::Reserved)
+            {
+                end = end.add(1);
+            }
+            (end, FrameClass::Blocked)
+        }
+        FrameState::Free => (pfn.add(1 << meta.order()), FrameClass::Free),
+        FrameState::Allocated => (pfn.add(1 << meta.order()), block_class(meta)),
+        FrameState::Tail => match table.head_of(pfn).and_then(|h| Some((h, table.get(h)?))) {
+            Some((h, head)) => (
+                h.add(1 << head.order()),
+                match head.state() {
+                    FrameState::Free => FrameClass::Free,
+                    FrameState::Allocated => block_class(head),
+                    _ => FrameClass::Blocked,
+                },
+            ),
+            None => (pfn.add(1), FrameClass::Blocked),
+        },
+    };
+    (end.max(pfn.add(1)).min(hi.max(pfn.add(1))), class)
+}
+
+#[cfg(test)]
+mod tests;

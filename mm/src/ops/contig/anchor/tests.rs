@@ -277,6 +277,50 @@ proptest! {
     }
 }
 
+fn class_of(k: u8) -> FrameClass {
+    [Free, Movable, Blocked, Claimed][usize::from(k % 4)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// A view built from runs (overlapping, reaching outside the view, empty or inverted)
+    /// classes every frame as painting the runs in order over free frames does, and
+    /// counts and reads words as that per-frame model does.
+    #[test]
+    fn runs_paint_like_a_per_frame_model(
+        lo in 0u64..200,
+        len in 0u64..400,
+        runs in prop::collection::vec((0u64..700, 0u64..200, 0u8..4), 0..24),
+    ) {
+        let hi = lo + len;
+        let mut model = vec![Free; len as usize];
+        for &(start, n, k) in &runs {
+            for f in start.max(lo)..(start + n).min(hi) {
+                model[(f - lo) as usize] = class_of(k);
+            }
+        }
+        let view = PhysView::from_runs(
+            Pfn(lo),
+            Pfn(hi),
+            runs.iter().map(|&(start, n, k)| (Pfn(start), Pfn(start + n), class_of(k))),
+        );
+        for f in lo.saturating_sub(2)..hi + 2 {
+            let want = if f < lo || f >= hi { Blocked } else { model[(f - lo) as usize] };
+            prop_assert_eq!(view.class(Pfn(f)), want, "frame {}", f);
+        }
+        for (layer, class) in [(Layer::Movable, Movable), (Layer::Blocked, Blocked), (Layer::Claimed, Claimed)] {
+            for start in (lo..hi).step_by(37) {
+                let want = model[(start - lo) as usize..].iter().take(64).enumerate()
+                    .filter(|&(_, &c)| c == class)
+                    .fold(0u64, |w, (i, _)| w | 1 << i);
+                prop_assert_eq!(view.word(layer, start), want);
+                let count = model[(start - lo) as usize..].iter().filter(|&&c| c == class).count();
+                prop_assert_eq!(view.count(layer, start, hi), count as u64);
+            }
+        }
+    }
+}
+
 /// 1 Mi frames, all movable but one free 2 MiB-aligned window; a VMA of 200000 pages with
 /// 100000 single-page units (every other page) scattered over the movable frames.
 /// Prints the time; asserts only the result.

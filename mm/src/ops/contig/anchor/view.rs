@@ -47,19 +47,57 @@ impl PhysView {
     /// The classes of `[lo, hi)` as `class` tells them, asked once per frame in order (an
     /// inverted range is an empty view).
     pub fn new(lo: Pfn, hi: Pfn, mut class: impl FnMut(Pfn) -> FrameClass) -> PhysView {
+        let mut frames = (lo.0..hi.0.max(lo.0))
+            .map(|p| (p, class(Pfn(p))))
+            .peekable();
+        // Consecutive frames of one class as one run.
+        let runs = core::iter::from_fn(move || {
+            let (first, c) = frames.next()?;
+            let mut end = first + 1;
+            while frames.next_if(|&(_, d)| d == c).is_some() {
+                end += 1;
+            }
+            Some((Pfn(first), Pfn(end), c))
+        });
+        PhysView::from_runs(lo, hi, runs)
+    }
+
+    /// The classes of `[lo, hi)` given as runs `(start, end, class)`: frames in no run are
+    /// free, a run overrides the runs before it where they overlap, and the parts of runs
+    /// outside `[lo, hi)` are ignored. It costs one step per run and per 64 frames a run
+    /// covers, so a snapshot of memory built from its blocks (a block's head says what all
+    /// its frames are) never looks at a frame twice nor at each frame of a big block.
+    pub fn from_runs(
+        lo: Pfn,
+        hi: Pfn,
+        runs: impl IntoIterator<Item = (Pfn, Pfn, FrameClass)>,
+    ) -> PhysView {
         let (lo, hi) = (lo.0, hi.0.max(lo.0));
         let base = lo & !63;
         let words = (hi - base).div_ceil(64) as usize;
         let mut layers = [vec![0u64; words], vec![0u64; words], vec![0u64; words]];
-        for pfn in lo..hi {
-            let layer = match class(Pfn(pfn)) {
-                FrameClass::Free => continue,
-                FrameClass::Movable => Layer::Movable,
-                FrameClass::Blocked => Layer::Blocked,
-                FrameClass::Claimed => Layer::Claimed,
+        // Past `painted` no run has set a bit yet: a run there only sets its own layer
+        // (a free run costs nothing); before it, the other layers are cleared first.
+        let mut painted = lo;
+        for (start, end, class) in runs {
+            let (start, end) = (start.0.max(lo), end.0.min(hi));
+            if start >= end {
+                continue;
+            }
+            let layer = match class {
+                FrameClass::Free => None,
+                FrameClass::Movable => Some(Layer::Movable),
+                FrameClass::Blocked => Some(Layer::Blocked),
+                FrameClass::Claimed => Some(Layer::Claimed),
             };
-            let i = pfn - base;
-            layers[layer as usize][(i / 64) as usize] |= 1 << (i % 64);
+            for (l, words) in layers.iter_mut().enumerate() {
+                if layer.is_some_and(|x| x as usize == l) {
+                    fill(words, start - base, end - base, true);
+                } else if start < painted {
+                    fill(words, start - base, end.min(painted) - base, false);
+                }
+            }
+            painted = painted.max(end);
         }
         PhysView {
             lo,
@@ -106,5 +144,25 @@ impl PhysView {
     /// lowest; frames past the view read as not in the layer.
     pub(super) fn word(&self, layer: Layer, start: u64) -> u64 {
         self.layers[layer as usize].word_at(start - self.base)
+    }
+}
+
+/// Set (`on`) or clear bits `[i, j)` of `words`, a word at a time.
+fn fill(words: &mut [u64], i: u64, j: u64, on: bool) {
+    let mut at = i;
+    while at < j {
+        let (k, bit) = ((at / 64) as usize, at % 64);
+        let n = (64 - bit).min(j - at);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        if on {
+            words[k] |= mask;
+        } else {
+            words[k] &= !mask;
+        }
+        at += n;
     }
 }
