@@ -9,7 +9,8 @@
 #                              exchanges, promotions, splits and collapses (not part of test)
 #   ./run-qemu.sh image --opts "mode=test"   images with kernel options baked in, for a real
 #                              machine: target/images/baked/{bios,uefi}.img
-#   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
+#   options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT;
+#            for bench, the groups of figures it names, e.g. vm.contig)
 #
 # Setup installs what is missing: Debian's qemu-system-x86 and ovmf (apt-get, through
 # sudo when not root) and the pinned nightly with its components (rustup).
@@ -92,7 +93,8 @@ usage() {
                            three sizes for N minutes (default 1): progress, then totals
 ./run-qemu.sh image --opts "OPTIONS"   images with the kernel options baked in (for a real
                            machine, no fw_cfg there): target/images/baked/{bios,uefi}.img
-options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT)
+options: --uefi  --smp N  --mem SIZE  --gdb  --seed N  --filter TEXT (tests whose name contains TEXT;
+         for bench, the groups of figures it names, e.g. vm.contig)
 USAGE
 }
 
