@@ -67,14 +67,18 @@ struct Schedule {
 impl Schedule {
     /// A 1 GiB split, promotion or collapse when one is due; else a 1 GiB move when the
     /// gigabyte is one page and the moves have had less than their share of the
-    /// `elapsed` time; else a 2 MiB operation when those have had less than theirs;
+    /// `elapsed` time (none in the first [`GIGA_SHAPE_S`] seconds, so that a short run
+    /// does not begin with a minute of one move); else a 2 MiB operation when those have had less than theirs;
     /// else a 4 KiB batch.
     fn next(&self, c: &Counts, elapsed_ns: u64, giga_is_one_page: bool) -> Class {
         let behind =
             |class: Class, share: u64| c.spent_ns[class.index()] * 100 < share * elapsed_ns;
         if self.with_1g && elapsed_ns >= self.next_shape_ns {
             Class::GigaShape
-        } else if giga_is_one_page && behind(Class::GigaMove, GIGA_MOVE_SHARE) {
+        } else if giga_is_one_page
+            && elapsed_ns >= GIGA_SHAPE_S * 1_000_000_000
+            && behind(Class::GigaMove, GIGA_MOVE_SHARE)
+        {
             Class::GigaMove
         } else if behind(Class::Mid, MID_SHARE) {
             Class::Mid
