@@ -11,6 +11,8 @@
 
 use super::{activate, deactivate, Space};
 use crate::arch::probe;
+use crate::arch::timer::Deadline;
+use crate::smp;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -105,13 +107,25 @@ impl Writer {
     }
 
     /// Passes until `stop`, with its address space loaded on the running CPU.
-    pub fn run(mut self, stop: &AtomicBool) -> Writer {
+    pub fn run(self, stop: &AtomicBool) -> Writer {
+        self.run_paced(stop, 0)
+    }
+
+    /// [`run`](Self::run), sleeping `pause_ms` after each pass (halted until a timer
+    /// tick or an IPI, serving work queued for the CPU): under emulation, a guest CPU
+    /// that halts leaves its host thread to the others.
+    pub fn run_paced(mut self, stop: &AtomicBool, pause_ms: u64) -> Writer {
         if let Err(e) = activate(&self.space) {
             self.error(format!("activate: {e}"));
             return self;
         }
         while !stop.load(Ordering::Acquire) {
             self.pass(true);
+            if pause_ms > 0 {
+                smp::sleep_serving(Deadline::after_ms(pause_ms), || {
+                    stop.load(Ordering::Acquire)
+                });
+            }
         }
         deactivate();
         self
