@@ -49,7 +49,7 @@ set -euo pipefail
 # `-cpu qemu64,+pdpe1gb`; the 4 GiB lines, whose CPU has them, leave out the fallback
 # test, which cannot check anything there); the last line is a 2-node NUMA guest from QEMU's -numa options.
 #
-# The contiguity scenario (vm::contig_scenario_*, ~30-45 s a run under TCG) runs its three
+# The contiguity scenario (vm::contig_scenario_*, ~30-45 s a run under TCG) runs its four
 # seeds (vm::contig_scenario_4g_*) on the 4 GiB BIOS and UEFI lines, where noskip= makes
 # sure they really run; the 8 GiB and NUMA lines leave it out for time; the 2 GiB line
 # runs its smaller-machine test (which skips at 256 MiB, below the scenario's sizes).
