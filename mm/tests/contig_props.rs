@@ -2,7 +2,7 @@
 //! interleaved end in one chunk aligned for huge mappings, with their data; pinned pages
 //! stay put and cost at most two chunks each; huge blocks (whole or partly mapped) move
 //! whole; later faults land at their target; windows are released with their VMA; bad
-//! input gets typed errors; and writers on three emulated CPUs lose nothing while a
+//! input gets typed errors, a full range tree of windows among them; and writers on three emulated CPUs lose nothing while a
 //! fourth makes their VMAs contiguous and another unmaps and protects parts of them.
 #![cfg(feature = "std")]
 
@@ -14,6 +14,7 @@ use mm::base::addr::Pfn;
 use mm::frame::buddy::{BuddyAllocator, MigrateType};
 use mm::frame::meta::FrameTable;
 use mm::frame::node::{NodeId, NodeMap};
+use mm::mapping::claims::LimitError;
 use mm::mapping::region::SharedRegion;
 use mm::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
 use mm::ops::contig::{ContigError, ContigOptions, ContigReport, Phase, Placement};
@@ -302,6 +303,62 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             env.audit();
         },
     );
+}
+
+/// Ranges the claim tree may hold in the full-tree test: one window each for that many
+/// VMAs.
+const SMALL_LIMIT: usize = 3;
+
+#[test]
+fn a_full_range_tree_refuses_the_next_vma_with_no_room_and_changes_nothing() {
+    arena(|env| {
+        let limits = [0, mm::mapping::claims::MAX_LIMIT + 1];
+        assert_eq!(env.mm.set_claim_limit(limits[0]), Err(LimitError::Zero));
+        assert_eq!(
+            env.mm.set_claim_limit(limits[1]),
+            Err(LimitError::TooLarge { limit: limits[1] })
+        );
+        assert_eq!(env.mm.claim_limit(), mm::mapping::claims::DEFAULT_LIMIT);
+        env.mm.set_claim_limit(SMALL_LIMIT).unwrap();
+        let spaces: Vec<_> = (0..=SMALL_LIMIT)
+            .map(|_| env.mm.new_space().unwrap())
+            .collect();
+        let va = 0x4000_0000u64;
+        for s in &spaces {
+            env.mm.map_anon(s, va, M2, small()).unwrap();
+        }
+        let vmas: Vec<_> = spaces.iter().map(|s| (s, va, 256)).collect();
+        interleave(env, &vmas);
+        // One window each for the first SMALL_LIMIT VMAs fills the tree.
+        for s in &spaces[..SMALL_LIMIT] {
+            let r = report(env, s, va);
+            assert_eq!((r.segments, r.after.chunks, r.failed), (1, 1, 0), "{r:?}");
+        }
+        let full = env.mm.claimed_windows();
+        assert_eq!(full.1, SMALL_LIMIT);
+        let last = &spaces[SMALL_LIMIT];
+        let leaves = last.leaves();
+        let free = env.free_frames();
+        assert_eq!(
+            env.mm
+                .make_vma_contiguous(last, va, &ContigOptions::default())
+                .unwrap_err(),
+            ContigError::NoRoom
+        );
+        assert_eq!(last.leaves(), leaves, "the refused VMA's pages moved");
+        assert_eq!(env.free_frames(), free);
+        assert!(last.vmas().iter().all(|v| v.anchor.is_none()));
+        assert_eq!(env.mm.claimed_windows(), full);
+        for s in &spaces {
+            check_tags(env, s, va, 256);
+        }
+        env.audit();
+        for s in &spaces {
+            env.mm.unmap(s, va, M2).unwrap();
+        }
+        assert_eq!(env.mm.claimed_windows(), (0, 0), "a claim leaked");
+        env.audit();
+    });
 }
 
 #[test]

@@ -79,7 +79,7 @@ use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::AtomicCpuSet;
 use crate::frame::meta::{FrameMeta, FrameState};
 use crate::frame::refs::{CountError, Released};
-use crate::mapping::claims::{ClaimId, PhysClaims};
+use crate::mapping::claims::{ClaimId, LimitError, PhysClaims};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
 use crate::mapping::vma::{check_user_addr, check_user_range, Vma, VmaError, VmaFlags, VmaSet};
 use crate::paging::MigrationEntry;
@@ -395,6 +395,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
             }
         }
+    }
+
+    /// Let the range tree of claimed windows hold at most `limit` ranges (default
+    /// [`DEFAULT_LIMIT`](crate::mapping::claims::DEFAULT_LIMIT)); contiguity generation of
+    /// a VMA whose windows would need more is refused with `ContigError::NoRoom`. Zero
+    /// or more than [`MAX_LIMIT`](crate::mapping::claims::MAX_LIMIT) is refused, and
+    /// nothing changes; ranges claimed already stay.
+    pub fn set_claim_limit(&self, limit: usize) -> Result<(), LimitError> {
+        self.claims.lock().set_limit(limit)
+    }
+
+    /// The most ranges the range tree of claimed windows may hold.
+    pub fn claim_limit(&self) -> usize {
+        self.claims.lock().limit()
     }
 
     /// Frames claimed by the windows of anchored VMAs, and the number of ranges.

@@ -9,8 +9,9 @@
 //! one owner that overlap or touch are merged, so the stored ranges are exactly the maximal
 //! runs of frames with one owner.
 //!
-//! The number of stored ranges is bounded ([`PhysClaims::with_limit`]) so the kernel heap
-//! use is bounded: a claim that would need a new range when the limit is reached is
+//! The number of stored ranges is bounded ([`PhysClaims::with_limit`],
+//! [`PhysClaims::set_limit`]) so the kernel heap use is bounded: a claim that would need
+//! a new range when the limit is reached is
 //! refused with [`ClaimError::Full`]. A release never fails, even when cutting a hole in
 //! a range needs one range more than the limit; the table may then hold more ranges than
 //! the limit until releases or merging claims bring it back.
@@ -22,6 +23,10 @@ use core::fmt;
 
 /// Ranges a [`PhysClaims::new`] table holds at most.
 pub const DEFAULT_LIMIT: usize = 4096;
+
+/// The largest limit [`PhysClaims::set_limit`] accepts: a range costs about 64 bytes of
+/// heap, so 64 MiB at most.
+pub const MAX_LIMIT: usize = 1 << 20;
 
 /// The opaque owner of claimed frames (an anchored VMA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,6 +66,34 @@ impl fmt::Display for ClaimError {
 
 impl core::error::Error for ClaimError {}
 
+/// Why a new limit was refused; the limit is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitError {
+    /// A limit of zero ranges: no VMA could ever be anchored.
+    Zero,
+    /// More than [`MAX_LIMIT`] ranges.
+    TooLarge {
+        /// The limit asked for.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitError::Zero => f.write_str("a claim table limited to zero ranges"),
+            LimitError::TooLarge { limit } => {
+                write!(
+                    f,
+                    "a limit of {limit} ranges is above the most, {MAX_LIMIT}"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for LimitError {}
+
 /// Disjoint claimed frame ranges `[start, end)` with their owners, sorted by start; the
 /// ranges of one owner never overlap or touch.
 #[derive(Clone, Debug)]
@@ -94,6 +127,20 @@ impl PhysClaims {
     /// The most ranges a claim may leave stored.
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Let claims leave at most `limit` ranges stored from now on (1 to [`MAX_LIMIT`]).
+    /// Ranges stored already stay, even above a lower limit; claims that need a new range
+    /// are refused until releases bring the table under it.
+    pub fn set_limit(&mut self, limit: usize) -> Result<(), LimitError> {
+        match limit {
+            0 => Err(LimitError::Zero),
+            l if l > MAX_LIMIT => Err(LimitError::TooLarge { limit }),
+            l => {
+                self.limit = l;
+                Ok(())
+            }
+        }
     }
 
     /// Number of stored ranges.

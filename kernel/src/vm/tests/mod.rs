@@ -31,6 +31,7 @@ mod contig_races;
 mod contig_scenario;
 mod exchange;
 mod faults;
+mod full_claims;
 pub mod huge;
 mod migration;
 mod numa;
@@ -125,6 +126,10 @@ pub const TESTS: &[KernelTest] = &[
         run: bad_contig::bad_contig,
     },
     KernelTest {
+        name: "vm::contig_full_range_tree_is_no_room_and_changes_nothing",
+        run: full_claims::full_range_tree,
+    },
+    KernelTest {
         name: "vm::contig_scenario_4g_4cpu_seed_1",
         run: contig_scenario::seed_1,
     },
@@ -135,6 +140,10 @@ pub const TESTS: &[KernelTest] = &[
     KernelTest {
         name: "vm::contig_scenario_4g_4cpu_seed_7",
         run: contig_scenario::seed_7,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_run_seed",
+        run: contig_scenario::run_seed,
     },
     KernelTest {
         name: "vm::contig_scenario_smaller_machine",

@@ -75,6 +75,31 @@ fn a_release_splits_even_past_the_limit() {
 }
 
 #[test]
+fn a_new_limit_applies_to_later_claims_and_absurd_ones_are_refused() {
+    let mut c = PhysClaims::new();
+    claim(&mut c, 0, 10, A).unwrap();
+    claim(&mut c, 20, 30, B).unwrap();
+    assert_eq!(c.set_limit(0), Err(LimitError::Zero));
+    assert_eq!(
+        c.set_limit(MAX_LIMIT + 1),
+        Err(LimitError::TooLarge {
+            limit: MAX_LIMIT + 1
+        })
+    );
+    assert_eq!(c.limit(), DEFAULT_LIMIT);
+    // Below the ranges stored: they stay, a new range is refused, growing one is not.
+    c.set_limit(1).unwrap();
+    assert_eq!(spans(&c), [(0, 10, A), (20, 30, B)]);
+    assert_eq!(claim(&mut c, 40, 50, ClaimId(3)), Err(ClaimError::Full));
+    claim(&mut c, 10, 15, A).unwrap();
+    c.release_owner(B);
+    claim(&mut c, 40, 50, ClaimId(3)).unwrap_err();
+    c.set_limit(MAX_LIMIT).unwrap();
+    claim(&mut c, 40, 50, ClaimId(3)).unwrap();
+    assert_eq!(c.len(), 2);
+}
+
+#[test]
 fn queries_at_the_edges() {
     let mut c = PhysClaims::new();
     claim(&mut c, 10, 20, A).unwrap();

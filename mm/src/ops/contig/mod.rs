@@ -16,7 +16,10 @@
 //!    segment of the anchor, and each stretch between them is anchored on its own; a
 //!    stretch whose chosen window would put a page on a blocked frame is cut there and
 //!    the rest re-anchored, a bounded number of times. So a VMA with `k` pinned pages
-//!    off the line ends in at most `2k + 1` chunks.
+//!    off the line ends in at most `2k + 1` chunks. A stretch all of whose windows put
+//!    resident pages on blocked frames (memory cut into pieces shorter than it) anchors
+//!    only the 2 MiB-aligned span of its resident pages, when that finds a cheaper
+//!    window.
 //! 3. **Claim** the windows in the range tree and store the anchor in the VMA (refused
 //!    with [`ContigError::Changed`] if the VMA was unmapped or split meanwhile). From then
 //!    on a page faulted into the VMA is allocated at its target frame when that is free,

@@ -11,7 +11,7 @@ use crate::mapping::anchor::{Anchor, AnchorSegment};
 use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
 use crate::mapping::vma::{check_user_addr, Vma};
-use crate::ops::contig::anchor::{choose, Choice, FrameClass, PhysView, Unit};
+use crate::ops::contig::anchor::{choose, Choice, FrameClass, PhysView, Unit, BLOCK};
 use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Placement};
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
@@ -310,10 +310,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Choose the anchor's segments: the VMA's pinned blocks stay where they are, each
-    /// its own segment; every stretch between them gets the cheapest window, and is cut
-    /// and re-anchored past a page whose target is blocked (at most
-    /// `opts.max_reanchors` times). `None` if some stretch with resident pages finds no
-    /// window at all.
+    /// its own segment; every stretch between them gets the cheapest window (or, when
+    /// every window of the whole stretch puts resident pages on blocked frames, the span
+    /// of its resident pages does, if that finds a cheaper one), and is cut and
+    /// re-anchored past a page whose target is blocked (at most `opts.max_reanchors`
+    /// times). `None` if some stretch with resident pages finds no window at all.
     fn plan_segments(
         &self,
         found: &Found,
@@ -352,7 +353,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .iter()
             .map(|&(lo, hi)| self.phys_view(lo, hi, Some(own)))
             .collect();
-        let mut excluding: Vec<PhysView>;
         for (mut a, b) in stretches {
             loop {
                 // Each movable block's part inside the stretch (a block only partly
@@ -371,27 +371,30 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         })
                     })
                     .collect();
-                // The snapshot of memory is taken once per VMA; only when the window
-                // found overlaps one chosen for this VMA already is it taken again with
-                // those excluded.
-                let mut found = best_window(&base, &units, a, b, self.max_leaf());
-                let overlaps = |c: &Choice| {
-                    let (s, e) = (c.pfn_start, c.pfn_start + (b - a));
-                    chosen.iter().any(|&(x, y)| x.0 < e && s < y.0)
-                };
-                if found.as_ref().is_some_and(|(_, c)| overlaps(c)) {
-                    excluding = ranges
-                        .iter()
-                        .map(|&(lo, hi)| self.phys_view_with(lo, hi, Some(own), &chosen))
-                        .collect();
-                    found = best_window(&excluding, &units, a, b, self.max_leaf());
+                let mut end = b;
+                let mut window = self.stretch_window(&base, ranges, own, &chosen, &units, a, b);
+                // When every window of the whole stretch puts resident pages on blocked
+                // frames (memory cut by other windows into pieces shorter than the
+                // stretch leaves only windows reaching into a hole), the resident pages'
+                // span alone is anchored if it finds a cheaper window; the rest of the
+                // stretch then has no segment.
+                if let Some((cost, (s, e))) = window
+                    .filter(|&(_, c)| c.cost >= BLOCK)
+                    .map(|(_, c)| c.cost)
+                    .zip(resident_span(&units, a, b))
+                {
+                    let span = self.stretch_window(&base, ranges, own, &chosen, &units, s, e);
+                    if let Some(w) = span.filter(|(_, c)| c.cost < cost) {
+                        (window, a, end) = (Some(w), s, e);
+                    }
                 }
-                let Some((view, choice)) = found else {
+                let Some((view, choice)) = window else {
                     if units.is_empty() {
                         break;
                     }
                     return None;
                 };
+                let view = &base[view];
                 let blocked = units.iter().find(|u| {
                     let t = choice.pfn_start + (u.vpn - a);
                     t != u.pfn
@@ -400,13 +403,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 let cut = blocked
                     .map(|u| u.vpn)
                     .filter(|&v| v > a && reanchors < opts.max_reanchors);
-                let end = cut.unwrap_or(b);
+                let seg_end = cut.unwrap_or(end);
                 let seg = AnchorSegment {
                     start: a * PAGE_SIZE,
-                    end: end * PAGE_SIZE,
+                    end: seg_end * PAGE_SIZE,
                     pfn: Pfn(choice.pfn_start),
                 };
-                chosen.push((seg.pfn, seg.pfn.add(end - a)));
+                chosen.push((seg.pfn, seg.pfn.add(seg_end - a)));
                 segments.push(seg);
                 match cut {
                     Some(v) => {
@@ -419,6 +422,36 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         segments.sort_by_key(|s| s.start);
         Some(segments)
+    }
+
+    /// The cheapest window for the stretch `[a, b)` with movable `units`, as the index of
+    /// its range and the choice. The snapshot of memory is taken once per VMA (`base`,
+    /// one view per range); only when the window found overlaps one `chosen` for this
+    /// VMA already is it taken again with those excluded.
+    #[allow(clippy::too_many_arguments)]
+    fn stretch_window(
+        &self,
+        base: &[PhysView],
+        ranges: &[(Pfn, Pfn)],
+        own: ClaimId,
+        chosen: &[(Pfn, Pfn)],
+        units: &[Unit],
+        a: u64,
+        b: u64,
+    ) -> Option<(usize, Choice)> {
+        let found = best_window(base, units, a, b, self.max_leaf());
+        let overlaps = |c: &Choice| {
+            let (s, e) = (c.pfn_start, c.pfn_start + (b - a));
+            chosen.iter().any(|&(x, y)| x.0 < e && s < y.0)
+        };
+        if !found.as_ref().is_some_and(|(_, c)| overlaps(c)) {
+            return found;
+        }
+        let excluding: Vec<PhysView> = ranges
+            .iter()
+            .map(|&(lo, hi)| self.phys_view_with(lo, hi, Some(own), chosen))
+            .collect();
+        best_window(&excluding, units, a, b, self.max_leaf())
     }
 
     /// Claim every segment's window for `anchor`; on failure nothing stays claimed.
@@ -717,26 +750,28 @@ fn ranges_node<M: PhysMem>(found: &Found, placement: Placement, mm: &Mm<'_, M>) 
     }
 }
 
-/// The cheapest window for the stretch `[a, b)` over every view, congruent modulo 1 GiB
-/// when the stretch spans an aligned gigabyte and 1 GiB leaves are allowed (unless only
-/// a 2 MiB-congruent window avoids blocked frames), else modulo 2 MiB.
-fn best_window<'v>(
-    views: &'v [PhysView],
+/// The cheapest window for the stretch `[a, b)` over every view (the view's index and the
+/// choice), congruent modulo 1 GiB when the stretch spans an aligned gigabyte and 1 GiB
+/// leaves are allowed (unless only a 2 MiB-congruent window avoids blocked frames), else
+/// modulo 2 MiB.
+fn best_window(
+    views: &[PhysView],
     units: &[Unit],
     a: u64,
     b: u64,
     max_leaf: PageSize,
-) -> Option<(&'v PhysView, Choice)> {
+) -> Option<(usize, Choice)> {
     let spans_1g = max_leaf == PageSize::Size1G && a.next_multiple_of(G1_PAGES) + G1_PAGES <= b;
     let best = |align: u64| {
         views
             .iter()
-            .filter_map(|v| Some((v, choose(v, units, a, b, align)?)))
+            .enumerate()
+            .filter_map(|(i, v)| Some((i, choose(v, units, a, b, align)?)))
             .min_by_key(|(_, c)| (c.cost, c.pfn_start))
     };
     let coarse = spans_1g.then(|| best(G1_PAGES)).flatten();
     match coarse {
-        Some((v, c)) if c.cost < crate::ops::contig::anchor::BLOCK => Some((v, c)),
+        Some((v, c)) if c.cost < BLOCK => Some((v, c)),
         _ => {
             let fine = best(M2_PAGES);
             match (coarse, fine) {
@@ -746,3 +781,17 @@ fn best_window<'v>(
         }
     }
 }
+
+/// The 2 MiB-aligned virtual pages around the `units` (sorted by vpn) inside the stretch
+/// `[a, b)`, if any.
+fn resident_span(units: &[Unit], a: u64, b: u64) -> Option<(u64, u64)> {
+    let first = units.first()?.vpn;
+    let last = units.last().map(|u| u.vpn + u.pages)?;
+    Some((
+        (first / M2_PAGES * M2_PAGES).max(a),
+        last.next_multiple_of(M2_PAGES).min(b),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Host tests of the anchor plan on memory that other VMAs' windows have cut into pieces
+//! shorter than the VMA: the window of the VMA's resident pages must still land on
+//! frames its pages can be moved to.
+
+use super::*;
+use crate::aspace::testing::{read_user, with_env, write_user, Env};
+use crate::backend::phys::Arena;
+use crate::backend::source::FrameSource;
+use crate::frame::buddy::MigrateType;
+use crate::mapping::vma::{HugePolicy, VmaFlags};
+
+const K4: u64 = 4096;
+/// The machine: RAM in `[1, HOLE)`, then frames no page can move to (as the 3-4 GiB
+/// hole of a 4 GiB PC, here unmovable kernel blocks) up to `FRAMES`.
+const FRAMES: u64 = 16384;
+const HOLE: u64 = 8192;
+/// The VMA: 8192 pages (so no piece of RAM between the other windows holds its window),
+/// of which 256 from page 3072 on are resident.
+const VA: u64 = 0x4000_0000;
+const PAGES: u64 = 8192;
+const RESIDENT: (u64, u64) = (3072, 3328);
+/// Single frames other VMAs claim (pinned pages' segments), cutting RAM into pieces of
+/// about 2000 frames.
+const OTHER_CLAIMS: [u64; 3] = [2000, 4000, 6000];
+
+fn tag(va: u64) -> u64 {
+    va ^ 0x6a09_e667
+}
+
+/// Fill `[HOLE, FRAMES)` with unmovable blocks, claim the single frames of
+/// `OTHER_CLAIMS` for another owner (returned) and fault in the VMA's resident run.
+fn cut_memory<'a>(env: &Env<'a, Arena>) -> (Arc<AddressSpace<'a, Arena>>, ClaimId) {
+    let order = 12;
+    for head in (HOLE..FRAMES).step_by(1 << order) {
+        env.frames
+            .alloc_at(Pfn(head), order, MigrateType::Unmovable)
+            .unwrap();
+    }
+    let other = env.mm.new_claim_id();
+    for f in OTHER_CLAIMS {
+        env.mm
+            .claims
+            .lock()
+            .claim(Pfn(f), Pfn(f + 1), other)
+            .unwrap();
+    }
+    let space = env.mm.new_space().unwrap();
+    let flags = VmaFlags::private(HugePolicy::Never, true);
+    env.mm.map_anon(&space, VA, PAGES * K4, flags).unwrap();
+    for p in RESIDENT.0..RESIDENT.1 {
+        let va = VA + p * K4;
+        env.mm.populate(&space, va, K4).unwrap();
+        assert!(write_user(env.mem, &space, va, tag(va)));
+    }
+    (space, other)
+}
+
+/// Every feasible window of the whole VMA puts its resident pages on the unmovable
+/// frames; so does every window of the VMA from its first resident page on once the
+/// part before is anchored. The resident pages must still be placed in one chunk, with
+/// their data, each at its target, and the windows must hold no blocked target.
+#[test]
+fn resident_pages_get_a_movable_window_when_memory_is_cut_shorter_than_the_vma() {
+    with_env(Arena::new(FRAMES), FRAMES, &[], |env| {
+        let (space, other) = cut_memory(env);
+        let r = env
+            .mm
+            .make_vma_contiguous(&space, VA, &ContigOptions::default())
+            .unwrap();
+        std::println!("CONTIG {}", r.json(crate::ops::contig::Phase::Before));
+        std::println!("CONTIG {}", r.json(crate::ops::contig::Phase::After));
+        let resident = RESIDENT.1 - RESIDENT.0;
+        assert_eq!(r.misplaced, resident);
+        assert_eq!((r.failed, r.migrated + r.exchanged), (0, resident));
+        assert_eq!(r.after.chunks, 1);
+        assert!(r.complete);
+        let anchor = space.vmas()[0].anchor.clone().expect("anchored");
+        for p in RESIDENT.0..RESIDENT.1 {
+            let va = VA + p * K4;
+            let t = space.translate(va).expect("resident");
+            assert_eq!(Some(Pfn::containing(t.pa)), anchor.target(va), "{va:#x}");
+            assert!(Pfn::containing(t.pa).0 < HOLE, "{va:#x}");
+            assert_eq!(read_user(env.mem, &space, va), Some(tag(va)), "{va:#x}");
+        }
+        env.mm.destroy_space(&space).unwrap();
+        assert_eq!(env.mm.claims.lock().release_owner(other), 3);
+        assert!(env.mm.claims.lock().is_empty());
+        env.audit();
+    });
+}
