@@ -137,6 +137,10 @@ pub const TESTS: &[KernelTest] = &[
         run: contig_scenario::seed_7,
     },
     KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_huge",
+        run: contig_scenario::huge,
+    },
+    KernelTest {
         name: "vm::contig_scenario_smaller_machine",
         run: contig_scenario::smaller_machine,
     },
