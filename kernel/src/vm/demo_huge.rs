@@ -35,6 +35,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use mm::base::addr::{PageSize, Pfn};
 use mm::mapping::vma::HugePolicy;
+use mm::ops::contig::{ContigOptions, Phase};
 use mm::ops::huge::collapse::{CollapseMethod, CollapseOptions, CollapseTarget};
 use mm::ops::huge::leaves::LeafReport;
 
@@ -223,8 +224,22 @@ fn collapse_all(built: &Built) -> usize {
             at += M2;
         }
         for (start, len) in ranges {
-            if let Ok(out) = mm.collapse(space, start, len, &opts) {
-                failed += out.iter().filter(|o| o.result.is_err()).count();
+            let Ok(out) = mm.collapse(space, start, len, &opts) else {
+                continue;
+            };
+            failed += out.iter().filter(|o| o.result.is_err()).count();
+            for o in out.iter().filter(|o| o.size == PageSize::Size1G) {
+                if let Err((kind, cause)) = o.result {
+                    sprintln!(
+                        "huge pages: {} 1 GiB at {:#x} not collapsed: {kind:?} ({cause})",
+                        v.letter,
+                        o.start
+                    );
+                    if let Ok(r) = mm.make_vma_contiguous(space, o.start, &ContigOptions::default())
+                    {
+                        sprintln!("  its contiguity now: CONTIG {}", r.json(Phase::After));
+                    }
+                }
             }
         }
     }
