@@ -3,9 +3,12 @@
 //! alone.
 //!
 //! 1. **Room**: a VMA covering an aligned gigabyte (`G`) has only a run of it resident;
-//!    to become one 1 GiB leaf it must be faulted in whole. When free memory is short of
-//!    that, seeded background blocks are unmapped (the busy machine's other tenant gives
-//!    memory back) until it is not; the rest of the background stays scattered.
+//!    to become one 1 GiB leaf it must be faulted in whole, into a gigabyte of physical
+//!    memory without an unmovable frame. The scenario's unmovable kernel allocations,
+//!    scattered over every gigabyte, are freed (its short-lived kernel work is done), and
+//!    when free memory is short of the gigabyte, seeded background blocks are unmapped
+//!    (the busy machine's other tenant gives memory back) until it is not; the rest of
+//!    the background stays scattered.
 //! 2. **Synchronously** ([`Mm::collapse`](mm::aspace::Mm::collapse), target "largest
 //!    possible"): every aligned gigabyte of a VMA (faulted in) and every fully resident
 //!    2 MiB range elsewhere (a range with missing pages is left as it is).
@@ -158,11 +161,24 @@ fn free_bytes() -> u64 {
     super::scenario::machine().free_pages * 4096
 }
 
-/// Step 1: unmap background blocks until the gigabytes' missing pages fit.
-fn make_room(built: &mut Built) -> u64 {
-    if built.mm.max_leaf() != PageSize::Size1G {
-        return 0;
+/// Step 1: free the scenario's unmovable kernel allocations (a frame of one in a
+/// gigabyte keeps it from ever being one 1 GiB leaf) and unmap background blocks until
+/// the gigabytes' missing pages fit; how many of each.
+fn make_room(built: &mut Built) -> (usize, u64) {
+    let gigabyte_vmas = built
+        .plan
+        .vmas
+        .iter()
+        .any(|v| gigabytes(v.start, v.end()).next().is_some());
+    if built.mm.max_leaf() != PageSize::Size1G || !gigabyte_vmas {
+        return (0, 0);
     }
+    let kernel = built.free_kernel_allocations().unwrap_or(0);
+    (kernel, background_room(built))
+}
+
+/// Unmap background blocks until the gigabytes' missing pages fit.
+fn background_room(built: &mut Built) -> u64 {
     let mut missing = 0;
     for v in &built.plan.vmas {
         let space = &built.spaces[v.space];
@@ -418,11 +434,12 @@ fn table(title: &str, before: &Mapping, after: &Mapping) {
 
 /// Run the four steps on `built` (see the module doc) and print as it goes.
 pub fn run(built: &mut Built) -> HugeOutcome {
-    let room_blocks = make_room(built);
-    if room_blocks > 0 {
+    let (kernel, room_blocks) = make_room(built);
+    if kernel > 0 || room_blocks > 0 {
         sprintln!(
-            "huge pages: {room_blocks} background blocks of 2 MiB unmapped to leave room for \
-             the gigabytes to be faulted in"
+            "huge pages: {kernel} unmovable kernel allocations of the scenario freed, \
+             {room_blocks} background blocks of 2 MiB unmapped to leave room for the \
+             gigabytes to be faulted in"
         );
     }
     sprintln!("huge pages, by the synchronous collapse (target: largest possible)...");

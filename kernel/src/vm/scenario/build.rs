@@ -233,6 +233,17 @@ impl Built {
         done
     }
 
+    /// Free the unmovable kernel allocations made during the faults (the machine's
+    /// short-lived kernel work done); returns how many.
+    pub fn free_kernel_allocations(&mut self) -> Result<usize, ScenarioError> {
+        let kernel = core::mem::take(&mut self.kernel);
+        let n = kernel.len();
+        for pfn in kernel {
+            frames::free(pfn.addr(), 0).map_err(ScenarioError::KernelAlloc)?;
+        }
+        Ok(n)
+    }
+
     /// Pin the plan's pages of the pinned VMA.
     fn pin_all(&mut self) -> Result<(), ScenarioError> {
         let v = self.plan.vmas[self.plan.pinned_vma];
