@@ -748,46 +748,9 @@ fn ranges_node<M: PhysMem>(found: &Found, placement: Placement, mm: &Mm<'_, M>) 
     }
 }
 
-/// Frame numbers beyond any machine: where [`gigabyte_holes`] says its pages are.
-const NOWHERE: u64 = 1 << 52;
-
-/// The pages of each aligned gigabyte of `[a, b)` that none of `units` holds, as units
-/// that are nowhere (never in place). With them a 1 GiB-congruent window costs what the
-/// targets of the whole gigabyte weigh, not only those of its resident pages: a window
-/// with a blocked frame anywhere in its gigabyte, which could never become one 1 GiB
-/// leaf once the rest is faulted in, costs at least [`BLOCK`](crate::ops::contig::anchor::BLOCK).
-fn gigabyte_holes(units: &[Unit], a: u64, b: u64) -> Vec<Unit> {
-    let mut held: Vec<(u64, u64)> = units.iter().map(|u| (u.vpn, u.vpn + u.pages)).collect();
-    held.sort_unstable();
-    let hole = |from: u64, to: u64| Unit {
-        vpn: from,
-        pfn: NOWHERE + from,
-        pages: to - from,
-        pinned: false,
-    };
-    let mut out = Vec::new();
-    let mut g = a.next_multiple_of(G1_PAGES);
-    while g + G1_PAGES <= b {
-        let end = g + G1_PAGES;
-        let mut at = g;
-        for &(s, e) in held.iter().filter(|&&(s, e)| e > g && s < end) {
-            if s > at {
-                out.push(hole(at, s));
-            }
-            at = at.max(e);
-        }
-        if at < end {
-            out.push(hole(at, end));
-        }
-        g = end;
-    }
-    out
-}
-
 /// The cheapest window for the stretch `[a, b)` over every view, congruent modulo 1 GiB
 /// when the stretch spans an aligned gigabyte and 1 GiB leaves are allowed (unless only
-/// a 2 MiB-congruent window avoids blocked frames: for this choice the gigabyte's pages
-/// not resident count too, see [`gigabyte_holes`]), else modulo 2 MiB.
+/// a 2 MiB-congruent window avoids blocked frames), else modulo 2 MiB.
 fn best_window<'v>(
     views: &'v [PhysView],
     units: &[Unit],
@@ -796,23 +759,17 @@ fn best_window<'v>(
     max_leaf: PageSize,
 ) -> Option<(&'v PhysView, Choice)> {
     let spans_1g = max_leaf == PageSize::Size1G && a.next_multiple_of(G1_PAGES) + G1_PAGES <= b;
-    let best = |units: &[Unit], align: u64| {
+    let best = |align: u64| {
         views
             .iter()
             .filter_map(|v| Some((v, choose(v, units, a, b, align)?)))
             .min_by_key(|(_, c)| (c.cost, c.pfn_start))
     };
-    let coarse = spans_1g
-        .then(|| {
-            let mut all = units.to_vec();
-            all.extend(gigabyte_holes(units, a, b));
-            best(&all, G1_PAGES)
-        })
-        .flatten();
+    let coarse = spans_1g.then(|| best(G1_PAGES)).flatten();
     match coarse {
         Some((v, c)) if c.cost < crate::ops::contig::anchor::BLOCK => Some((v, c)),
         _ => {
-            let fine = best(units, M2_PAGES);
+            let fine = best(M2_PAGES);
             match (coarse, fine) {
                 (Some(c), Some(f)) => Some(if c.1.cost <= f.1.cost { c } else { f }),
                 (c, f) => f.or(c),
