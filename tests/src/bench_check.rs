@@ -4,7 +4,9 @@
 //! not checked (a quick run measures each figure once, under emulation), but values of the
 //! exchange and contiguity figures that cannot be right are: a `value` or `ratio` that is
 //! not a positive finite number, and a contiguity figure (`vm.contig.*`) whose exchanges allocated frames, whose VMAs did not
-//! end contiguous, or that moved fewer pages than were misplaced.
+//! end contiguous, or that moved fewer pages than were misplaced; and the churn check
+//! (`# vm.huge.churn check: ... ok`: in-place promotion kept memory huge while copying
+//! less than the copying collapse) must say ok.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -14,7 +16,8 @@ use std::collections::BTreeMap;
 /// policy against Linux's, shootdown latency of user- and kernel-half batches to as many
 /// remote CPUs as the machine has (1, 3 and 7), migration throughput, exchange against
 /// three migrations and the exchange's swap buffers, contiguity generation, and huge pages
-/// promoted in place (against the copying collapse) and split at 2 MiB and 1 GiB.
+/// promoted in place (against the copying collapse) and split at 2 MiB and 1 GiB, and
+/// the churn workload's huge share under each policy.
 pub fn expected_names(cpus: u32) -> Vec<String> {
     let mut names = Vec::new();
     for order in [0, 9, 18] {
@@ -52,7 +55,24 @@ pub fn expected_names(cpus: u32) -> Vec<String> {
             names.push(format!("vm.huge.{op}.{size}"));
         }
     }
+    for policy in ["fault_only", "copy_collapse", "contig_promote"] {
+        names.push(format!("vm.huge.churn.{policy}"));
+    }
     names
+}
+
+/// What is wrong with the churn check's line (`# vm.huge.churn check: ...: ok`): it is
+/// missing or does not say ok.
+fn churn_check(output: &str) -> Option<String> {
+    let line = output
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("# vm.huge.churn check:"));
+    match line {
+        Some(l) if l.ends_with(": ok") => None,
+        Some(l) => Some(l.to_owned()),
+        None => Some("no # vm.huge.churn check line".to_owned()),
+    }
 }
 
 /// What is wrong with a benchmark run's output.
@@ -152,6 +172,9 @@ pub fn check(output: &str, expected: &[String]) -> (Vec<(String, bool)>, Vec<Pro
             n => problems.push(Problem::Repeated(name.clone(), n)),
         }
         results.push((name.clone(), n == 1));
+    }
+    if let Some(why) = churn_check(output) {
+        problems.push(Problem::Insane("vm.huge.churn".to_owned(), why));
     }
     (results, problems)
 }

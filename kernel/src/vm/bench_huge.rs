@@ -19,7 +19,18 @@
 //! The address space is loaded on the measuring CPU only, so every shootdown is a local
 //! flush. Each figure is the median of [`REPS`] measurements (one with `quick`); the
 //! 1 GiB copy is measured once (it copies a gigabyte).
+//!
+//! `vm.huge.churn.<policy>` (`fault_only`, `copy_collapse`, `contig_promote`): the
+//! fragmentation-over-time workload of [`Mm::churn`](mm::aspace::Mm::churn) under each
+//! policy, in memory squeezed to [`CHURN_BLOCKS`] free 2 MiB blocks (with the whole
+//! machine free, every fault would find a free huge block and nothing would fragment);
+//! the value is the huge share of resident memory after the last round, with the lowest
+//! and the mean over the rounds and the bytes copied in all (pages migrated and
+//! exchanged). A `# vm.huge.churn check` line says whether in-place promotion kept at
+//! least 90 % huge in every round while copying fewer bytes than the copying collapse
+//! (`bench-check` requires it); each round is also printed as a `#` line.
 
+use super::squeeze::{self, Squeeze};
 use super::{activate, deactivate, KernelMm, Space};
 use crate::arch::timer;
 use crate::sprintln;
@@ -30,6 +41,7 @@ use alloc::vec::Vec;
 use mm::backend::source::FrameSource;
 use mm::base::addr::{PageSize, Pfn};
 use mm::mapping::vma::{HugePolicy, VmaFlags};
+use mm::ops::huge::churn::{Churn, Policy, Round};
 use mm::ops::huge::collapse::{CollapseMethod, CollapseOptions, CollapseTarget, Collapsed};
 use mm::ops::migrate::Destination;
 
@@ -177,6 +189,116 @@ fn figures(mm: &KernelMm, size: PageSize, reps: usize) -> Result<(u64, u64, u64)
     result
 }
 
+/// Free 2 MiB blocks the churn workload runs in (128 MiB).
+const CHURN_BLOCKS: usize = 64;
+/// The lowest huge share (per mille) in-place promotion must keep in every round.
+const CHURN_HUGE_PER_MILLE: u64 = 900;
+
+/// The churn workload; `quick` runs half the rounds.
+fn churn_workload(quick: bool) -> Churn {
+    Churn {
+        rounds: if quick { 4 } else { 8 },
+        spaces_per_round: 2,
+        vma_bytes: 8 * PageSize::Size2M.bytes(),
+        keep: 2,
+        small_pages: 3000,
+        holes: 2,
+        seed: 7,
+    }
+}
+
+/// The churn under `policy` in squeezed memory: [`CHURN_BLOCKS`] adjacent free 2 MiB
+/// blocks and a page-table pool, everything else taken away meanwhile.
+fn churn_rounds(mm: &KernelMm, policy: Policy, w: &Churn) -> Result<Vec<Round>, String> {
+    squeeze::reserve_heap().map_err(|e| format!("reserving heap: {e:?}"))?;
+    let mut sq = Squeeze::take_all().map_err(|e| format!("squeeze: {e:?}"))?;
+    let given = sq
+        .table_pool()
+        .and_then(|()| sq.table_pool())
+        .map_err(|e| format!("table pool: {e:?}"))
+        .and_then(|()| {
+            let first = sq
+                .movable_run(CHURN_BLOCKS, Pfn(0))
+                .ok_or_else(|| format!("no run of {CHURN_BLOCKS} movable 2 MiB blocks"))?;
+            sq.give_back(first, CHURN_BLOCKS)
+                .map_err(|e| format!("give back: {e:?}"))
+        });
+    let rounds = given.and_then(|()| mm.churn(policy, w).map_err(|e| format!("churn: {e}")));
+    sq.release().map_err(|e| format!("release: {e:?}"))?;
+    rounds
+}
+
+/// The churn figures: one `BENCH` line per policy, its rounds as `#` lines, the check.
+fn churn(mm: &KernelMm, quick: bool) {
+    let w = churn_workload(quick);
+    let mut copied = Vec::new();
+    let mut lowest_in_place = None;
+    for policy in [
+        Policy::FaultOnly,
+        Policy::CopyCollapse,
+        Policy::ContigPromote,
+    ] {
+        let name = policy.name();
+        let rounds = match churn_rounds(mm, policy, &w) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => {
+                sprintln!("# vm.huge.churn.{name}: skipped (no rounds)");
+                continue;
+            }
+            Err(why) => {
+                sprintln!("# vm.huge.churn.{name}: skipped ({why})");
+                continue;
+            }
+        };
+        for (i, r) in rounds.iter().enumerate() {
+            sprintln!(
+                "# vm.huge.churn.{name} round {i}: huge {}.{} % of {} MiB resident, {} KiB copied",
+                r.huge_per_mille() / 10,
+                r.huge_per_mille() % 10,
+                r.resident >> 20,
+                r.copied >> 10
+            );
+        }
+        let last = rounds[rounds.len() - 1].huge_per_mille();
+        let min = rounds.iter().map(Round::huge_per_mille).min().unwrap_or(0);
+        let mean = rounds.iter().map(Round::huge_per_mille).sum::<u64>() / rounds.len() as u64;
+        let bytes: u64 = rounds.iter().map(|r| r.copied).sum();
+        sprintln!(
+            "BENCH {{\"name\":\"vm.huge.churn.{name}\",\"value\":{:.1},\"unit\":\"% huge\",\"huge_min\":{:.1},\"huge_mean\":{:.1},\"copied_bytes\":{bytes},\"rounds\":{},\"spaces_per_round\":{},\"vma_bytes\":{},\"memory_bytes\":{}}}",
+            last as f64 / 10.0,
+            min as f64 / 10.0,
+            mean as f64 / 10.0,
+            w.rounds,
+            w.spaces_per_round,
+            w.vma_bytes,
+            CHURN_BLOCKS as u64 * PageSize::Size2M.bytes()
+        );
+        copied.push((policy, bytes));
+        if policy == Policy::ContigPromote {
+            lowest_in_place = Some(min);
+        }
+    }
+    let bytes_of = |p: Policy| copied.iter().find(|(q, _)| *q == p).map(|&(_, b)| b);
+    match (
+        lowest_in_place,
+        bytes_of(Policy::ContigPromote),
+        bytes_of(Policy::CopyCollapse),
+    ) {
+        (Some(min), Some(in_place), Some(copy)) => {
+            let ok = min >= CHURN_HUGE_PER_MILLE && in_place < copy;
+            sprintln!(
+                "# vm.huge.churn check: contig_promote lowest huge {}.{} % (at least {} %), \
+                 copied {in_place} bytes against copy_collapse's {copy}: {}",
+                min / 10,
+                min % 10,
+                CHURN_HUGE_PER_MILLE / 10,
+                if ok { "ok" } else { "FAILED" }
+            );
+        }
+        _ => sprintln!("# vm.huge.churn check: FAILED (a policy did not run)"),
+    }
+}
+
 /// Every huge-page figure; with `quick`, one measurement each.
 pub fn run(quick: bool) {
     let reps = if quick { 1 } else { REPS };
@@ -200,4 +322,5 @@ pub fn run(quick: bool) {
             Err(why) => sprintln!("# vm.huge {tag}: skipped ({why})"),
         }
     }
+    churn(mm, quick);
 }

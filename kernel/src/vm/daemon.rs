@@ -81,6 +81,8 @@ pub struct Totals {
     pub promoted_2m: u64,
     /// 1 GiB ranges promoted.
     pub promoted_1g: u64,
+    /// Pages contiguity generation moved.
+    pub placed: u64,
     /// Ranges skipped.
     pub skipped: u64,
     /// Passes over every address space finished.
@@ -89,7 +91,7 @@ pub struct Totals {
 
 /// The counters behind [`Totals`].
 #[derive(Default)]
-struct Counters([AtomicU64; 6]);
+struct Counters([AtomicU64; 7]);
 
 impl Counters {
     fn add(&self, step: &Step) {
@@ -98,6 +100,7 @@ impl Counters {
             step.scanned,
             step.promoted_2m,
             step.promoted_1g,
+            step.placed,
             step.skipped,
             u64::from(step.full_pass),
         ];
@@ -107,14 +110,15 @@ impl Counters {
     }
 
     fn totals(&self) -> Totals {
-        let v: [u64; 6] = core::array::from_fn(|i| self.0[i].load(Ordering::Relaxed));
+        let v: [u64; 7] = core::array::from_fn(|i| self.0[i].load(Ordering::Relaxed));
         Totals {
             steps: v[0],
             scanned: v[1],
             promoted_2m: v[2],
             promoted_1g: v[3],
-            skipped: v[4],
-            passes: v[5],
+            placed: v[4],
+            skipped: v[5],
+            passes: v[6],
         }
     }
 }

@@ -5,6 +5,7 @@
 //! and a summary; any unmet goal (or a scenario that could not be built) is returned as
 //! the demonstration's failure.
 
+use super::demo_huge::HugeOutcome;
 use super::physmap;
 use super::scenario::{self, Built, Kind, Observer, Outcome, VmaOutcome, VmaPlan};
 use crate::arch::percpu;
@@ -33,8 +34,11 @@ fn kind(v: &VmaPlan) -> &'static str {
     }
 }
 
-/// Prints what the scenario does as it goes.
-struct Console;
+/// Prints what the scenario does as it goes; keeps what the huge-page steps came to.
+#[derive(Default)]
+struct Console {
+    huge: Option<HugeOutcome>,
+}
 
 impl Console {
     fn picture(built: &Built, phase: &str) {
@@ -97,9 +101,11 @@ impl Observer for Console {
         }
     }
 
-    fn contiguous(&mut self, built: &Built) {
+    fn contiguous(&mut self, built: &mut Built) {
         Self::picture(built, "after");
-        super::demo_huge::run(built);
+        let huge = super::demo_huge::run(built);
+        Self::picture(built, "huge");
+        self.huge = Some(huge);
     }
 }
 
@@ -193,6 +199,39 @@ fn summary(outcome: &Outcome) -> String {
     )
 }
 
+/// The huge-page steps' summary line, and whether their data read back intact.
+fn huge_summary(h: &HugeOutcome) -> (String, bool) {
+    let share = |m: &super::demo_huge::Mapping| {
+        let p = m.huge_per_mille();
+        let goal = if m.goal_met() {
+            "goal met"
+        } else {
+            "goal NOT met"
+        };
+        format!("{}.{} % huge ({goal})", p / 10, p % 10)
+    };
+    let daemon = match &h.daemon {
+        Ok(w) => format!(
+            "by the daemon alone in {} ms: {}",
+            w.elapsed_ms,
+            share(&w.after)
+        ),
+        Err(why) => format!("by the daemon: {why}"),
+    };
+    let intact = h.damaged.0 == 0;
+    (
+        format!(
+            "huge pages demo: by the synchronous collapse in {} ms: {}; {daemon}; data of {} \
+             pages {}",
+            h.sync.elapsed_ms,
+            share(&h.sync.after),
+            h.damaged.1,
+            if intact { "intact" } else { "CORRUPTED" }
+        ),
+        intact,
+    )
+}
+
 /// Run the demonstration for `seed`; `corrupt` damages one page before the check (a
 /// self-test). Unmet goals and errors are returned.
 pub fn run(seed: u64, corrupt: bool) -> Result<(), String> {
@@ -200,13 +239,20 @@ pub fn run(seed: u64, corrupt: bool) -> Result<(), String> {
         seed,
         damage: corrupt,
     };
-    let outcome = scenario::run(opts, &mut Console).map_err(|e| format!("scenario: {e}"))?;
+    let mut console = Console::default();
+    let outcome = scenario::run(opts, &mut console).map_err(|e| format!("scenario: {e}"))?;
     report(&outcome);
     let line = summary(&outcome);
     sprintln!("{line}");
-    if outcome.passed() {
-        Ok(())
-    } else {
-        Err(line)
+    let huge = console.huge.as_ref().map(huge_summary);
+    if let Some((line, _)) = &huge {
+        sprintln!("{line}");
+    }
+    if !outcome.passed() {
+        return Err(line);
+    }
+    match huge {
+        Some((line, false)) => Err(line),
+        _ => Ok(()),
     }
 }

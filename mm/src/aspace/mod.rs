@@ -81,7 +81,9 @@ use crate::frame::meta::{FrameMeta, FrameState};
 use crate::frame::refs::{CountError, Released};
 use crate::mapping::claims::{ClaimId, LimitError, PhysClaims};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
-use crate::mapping::vma::{check_user_addr, check_user_range, Vma, VmaError, VmaFlags, VmaSet};
+use crate::mapping::vma::{
+    check_user_addr, check_user_range, HugePolicy, Vma, VmaError, VmaFlags, VmaSet,
+};
 use crate::paging::MigrationEntry;
 use crate::paging::{
     Entry, PageTable, RangeError, SplitError, Translation, UnmappedLeaf, LOWER_HALF_END,
@@ -669,6 +671,27 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         drop(st);
         flush.complete(self, space);
         result
+    }
+
+    /// Change when `[start, end)` may be mapped by huge pages (`madvise` with
+    /// `MADV_HUGEPAGE` / `MADV_NOHUGEPAGE`): VMAs are split at the range's ends (and a
+    /// huge leaf across an end split there), the leaves inside stay as they are; later
+    /// faults, promotions, collapses and the daemon follow the new policy. Gaps are
+    /// skipped.
+    pub fn advise_huge(
+        &self,
+        space: &AddressSpace<'m, M>,
+        start: u64,
+        len: u64,
+        huge: HugePolicy,
+    ) -> Result<(), SpaceError> {
+        self.check_space(space)?;
+        let (start, end) = check_user_range(start, len)?;
+        let mut st = self.lock_settled(space, start, end, true)?;
+        self.split_boundaries(space, &mut st, start, end)?;
+        st.vmas.set_huge(start, end, huge);
+        st.generation += 1;
+        Ok(())
     }
 
     /// Tear the address space down: unmap everything, free its page tables and its root,

@@ -307,6 +307,23 @@ impl VmaSet {
         }
     }
 
+    /// Set the huge-page policy of `[start, end)`, splitting the VMAs whose policy
+    /// changes at the range's ends. Gaps are skipped.
+    pub fn set_huge(&mut self, start: u64, end: u64, huge: HugePolicy) {
+        let changing: Vec<(u64, u64)> = self
+            .overlapping(start, end)
+            .filter(|v| v.flags.huge != huge)
+            .map(|v| (v.start.max(start), v.end.min(end)))
+            .collect();
+        for (s, e) in changing {
+            self.split_at(s);
+            self.split_at(e);
+            if let Some(v) = self.map.get_mut(&s) {
+                v.flags.huge = huge;
+            }
+        }
+    }
+
     /// Set the anchor of the VMA that is exactly `[start, end)`; `false` (nothing
     /// changed) if there is none.
     pub fn set_anchor(&mut self, start: u64, end: u64, anchor: Option<Anchor>) -> bool {

@@ -13,12 +13,12 @@ fn line(name: &str) -> String {
     )
 }
 
+const CHURN_OK: &str = "# vm.huge.churn check: contig_promote lowest huge 97.0 % (at least 90 %), copied 1 bytes against copy_collapse's 2: ok";
+
 fn all_lines(cpus: u32) -> String {
-    expected_names(cpus)
-        .iter()
-        .map(|n| line(n))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut lines: Vec<String> = expected_names(cpus).iter().map(|n| line(n)).collect();
+    lines.push(CHURN_OK.to_owned());
+    lines.join("\n")
 }
 
 #[test]
@@ -103,6 +103,25 @@ fn values_that_cannot_be_right_are_reported() {
         );
         assert!(results.iter().all(|(_, ok)| *ok), "the line is there once");
     }
+}
+
+#[test]
+fn a_churn_check_that_failed_or_is_missing_is_reported() {
+    let failed = all_lines(8).replace(": ok", ": FAILED");
+    let (_, problems) = check(&failed, &expected_names(8));
+    assert!(
+        matches!(problems.as_slice(), [Problem::Insane(n, why)] if n == "vm.huge.churn" && why.ends_with("FAILED")),
+        "{problems:?}"
+    );
+    let missing = all_lines(8).replace(CHURN_OK, "");
+    let (_, problems) = check(&missing, &expected_names(8));
+    assert_eq!(
+        problems,
+        vec![Problem::Insane(
+            "vm.huge.churn".to_owned(),
+            "no # vm.huge.churn check line".to_owned()
+        )]
+    );
 }
 
 #[test]

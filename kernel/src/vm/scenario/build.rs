@@ -207,6 +207,43 @@ impl Built {
         Ok(())
     }
 
+    /// Unmap `blocks` more background blocks, a seeded choice among those still mapped
+    /// (the machine's other tenant giving memory back); returns how many were unmapped.
+    pub fn shrink_background(&mut self, blocks: u64) -> u64 {
+        let mut rng = super::plan::Rng::new(self.plan.seed ^ 0x5b1e);
+        let live: Vec<u64> = (0..self.plan.background.blocks)
+            .filter(|&i| self.block_live(i))
+            .collect();
+        let mut done = 0;
+        let mut picked = BTreeSet::new();
+        while picked.len() < live.len() && done < blocks {
+            let i = live[rng.range(0, live.len() as u64 - 1) as usize];
+            if !picked.insert(i) {
+                continue;
+            }
+            if self
+                .mm
+                .unmap(&self.background, Background::block_va(i), M2)
+                .is_ok()
+            {
+                self.holes.insert(i);
+                done += 1;
+            }
+        }
+        done
+    }
+
+    /// Free the unmovable kernel allocations made during the faults (the machine's
+    /// short-lived kernel work done); returns how many.
+    pub fn free_kernel_allocations(&mut self) -> Result<usize, ScenarioError> {
+        let kernel = core::mem::take(&mut self.kernel);
+        let n = kernel.len();
+        for pfn in kernel {
+            frames::free(pfn.addr(), 0).map_err(ScenarioError::KernelAlloc)?;
+        }
+        Ok(n)
+    }
+
     /// Pin the plan's pages of the pinned VMA.
     fn pin_all(&mut self) -> Result<(), ScenarioError> {
         let v = self.plan.vmas[self.plan.pinned_vma];

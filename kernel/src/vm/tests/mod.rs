@@ -146,6 +146,14 @@ pub const TESTS: &[KernelTest] = &[
         run: contig_scenario::run_seed,
     },
     KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_huge",
+        run: contig_scenario::huge,
+    },
+    KernelTest {
+        name: "vm::contig_scenario_4g_4cpu_huge_gigabyte_leaf",
+        run: contig_scenario::huge_gigabyte_leaf,
+    },
+    KernelTest {
         name: "vm::contig_scenario_smaller_machine",
         run: contig_scenario::smaller_machine,
     },

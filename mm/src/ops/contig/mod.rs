@@ -33,9 +33,10 @@
 //!    that only wait on each other are exchanged to break the cycle.
 //! 5. **Report** ([`ContigReport`]): contiguity before and after, and what moved.
 //!
-//! The work of one call is bounded ([`ContigOptions::max_pages`]); the operation stops at
-//! a batch that would pass the bound and says so (`complete: false`), and a later call
-//! continues from the stored anchor.
+//! The work of one call is bounded ([`ContigOptions::max_pages`]): a batch is cut to the
+//! blocks the bound still leaves room for; the operation stops when not one more block
+//! fits and says so (`complete: false`), and a later call continues from the stored
+//! anchor.
 
 pub mod anchor;
 pub mod report;

@@ -26,8 +26,8 @@ pub enum Placement {
 pub struct ContigOptions {
     /// Where windows may lie.
     pub placement: Placement,
-    /// Pages (of any VMA) the call may move in all: it stops, reporting what it did,
-    /// when the next batch would pass it.
+    /// Pages (of any VMA) the call may move in all: a batch is cut to what is left,
+    /// and the call stops, reporting what it did, when not one more block fits.
     pub max_pages: u64,
     /// Blocks per batch (one shootdown each).
     pub batch: usize,

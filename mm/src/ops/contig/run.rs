@@ -584,12 +584,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             // Moving what sits in the way first, then migrations, then exchanges.
             displace.sort_unstable();
             displace.dedup();
-            for chunk in displace.chunks(batch) {
-                let pages: u64 = chunk.iter().map(|&(_, o)| 1u64 << o).sum();
-                if pages > *budget {
+            let mut rest = &displace[..];
+            while !rest.is_empty() {
+                let n = fitting(rest, batch, *budget, |&(_, o)| 1u64 << o);
+                if n == 0 {
                     report.complete = false;
                     return;
                 }
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
                 let requests = self.destinations_outside_windows(chunk, away);
                 for (r, &(_, o)) in self.migrate_batch(&requests).iter().zip(chunk) {
                     if r.is_ok() {
@@ -598,12 +601,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            for chunk in migrations.chunks(batch) {
-                let pages: u64 = chunk.iter().map(|&i| 1u64 << todo[i].order).sum();
-                if pages > *budget {
+            let mut rest = &migrations[..];
+            while !rest.is_empty() {
+                let n = fitting(rest, batch, *budget, |&i| 1u64 << todo[i].order);
+                if n == 0 {
                     report.complete = false;
                     return;
                 }
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
                 let requests: Vec<(Pfn, Destination)> = chunk
                     .iter()
                     .map(|&i| (todo[i].head, Destination::Frame(todo[i].target)))
@@ -620,12 +626,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            for chunk in exchanges.chunks(batch) {
-                let pages: u64 = chunk.iter().map(|&(i, _)| 2u64 << todo[i].order).sum();
-                if pages > *budget {
+            let mut rest = &exchanges[..];
+            while !rest.is_empty() {
+                let n = fitting(rest, batch, *budget, |&(i, _)| 2u64 << todo[i].order);
+                if n == 0 {
                     report.complete = false;
                     return;
                 }
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
                 let pairs: Vec<(Pfn, Pfn)> =
                     chunk.iter().map(|&(i, h)| (todo[i].head, h)).collect();
                 let before = self.frames.allocations();
@@ -791,6 +800,21 @@ fn resident_span(units: &[Unit], a: u64, b: u64) -> Option<(u64, u64)> {
         (first / M2_PAGES * M2_PAGES).max(a),
         last.next_multiple_of(M2_PAGES).min(b),
     ))
+}
+
+/// How many of the first `batch` of `items` fit in `budget` pages together (`pages` of
+/// each): a batch is cut to what the call's bound leaves, so a small bound still moves
+/// blocks one at a time rather than stopping before a batch that would pass it.
+fn fitting<T>(items: &[T], batch: usize, budget: u64, pages: impl Fn(&T) -> u64) -> usize {
+    let mut sum = 0u64;
+    items
+        .iter()
+        .take(batch)
+        .take_while(|item| {
+            sum = sum.saturating_add(pages(item));
+            sum <= budget
+        })
+        .count()
 }
 
 #[cfg(test)]

@@ -3,19 +3,29 @@
 //! looks at a bounded number of pages, continuing where the last one stopped, address
 //! space by address space and VMA by VMA. In a VMA whose policy is
 //! [`HugePolicy::Always`], a 2 MiB range with at most `max_ptes_none` missing pages is
-//! made huge: the VMA is made contiguous (once per pass), the missing pages are faulted
-//! in and the range promoted in place; a VMA covering an aligned gigabyte whose 2 MiB
-//! ranges are all huge is promoted to 1 GiB. It is started, stopped and retuned while
+//! made huge: the missing pages are faulted in and the range promoted in place; when its
+//! pages are not contiguous, the VMA is made contiguous first. A VMA covering an aligned
+//! gigabyte whose 2 MiB ranges are all huge is promoted to 1 GiB; when those 2 MiB
+//! blocks are not contiguous and aligned, the VMA is made contiguous (its anchor is
+//! congruent modulo 1 GiB there) and the gigabyte promoted.
+//!
+//! Contiguity generation is bounded like the scan: one call moves at most
+//! `pages_per_step` pages (at least [`MIN_PLACE_PAGES`], one exchange of 2 MiB blocks);
+//! a call the bound stopped ends the step, and the next step carries on at the same
+//! range from the VMA's stored anchor. A VMA is made contiguous at most once per pass to
+//! completion, so a range that cannot be promoted (pinned or shared pages) does not make
+//! every later range of the VMA run it again. It is started, stopped and retuned while
 //! running through [`Daemon`]; the kernel's options set its defaults.
 
 use super::HugeError;
 use crate::aspace::vmstat::Event;
-use crate::aspace::Mm;
+use crate::aspace::{AddressSpace, Mm};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, PAGE_SIZE};
 use crate::mapping::rmap::SpaceId;
-use crate::mapping::vma::HugePolicy;
+use crate::mapping::vma::{HugePolicy, Vma};
 use crate::ops::contig::ContigOptions;
+use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
@@ -24,6 +34,9 @@ use spin::Mutex;
 pub const MAX_PAGES_PER_STEP: u64 = 1 << 24;
 /// The longest sleep between steps, in milliseconds.
 pub const MAX_SLEEP_MS: u64 = 60_000;
+/// The fewest pages one contiguity-generation call of a step may move: an exchange of
+/// two 2 MiB blocks, so a small scan budget still makes progress.
+pub const MIN_PLACE_PAGES: u64 = 1024;
 
 /// The daemon's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +114,8 @@ pub struct Step {
     pub promoted_2m: u64,
     /// 1 GiB ranges promoted.
     pub promoted_1g: u64,
+    /// Pages contiguity generation moved (each move counted).
+    pub placed: u64,
     /// Ranges skipped (too many missing pages, busy, pinned...).
     pub skipped: u64,
     /// Whether the step finished a pass over every address space.
@@ -114,6 +129,16 @@ struct Cursor {
     va: u64,
     /// Whether the VMA at the cursor was made contiguous in this pass.
     contiguous: bool,
+}
+
+/// What one bounded contiguity-generation call came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placing {
+    /// The VMA is as contiguous as it gets (or was refused): promote now, and do not
+    /// run it again in this pass.
+    Done,
+    /// The bound stopped it: the step ends, the next one carries on.
+    Stopped,
 }
 
 /// The daemon's state (see the module doc).
@@ -213,7 +238,12 @@ impl Daemon {
                 .translate(at)
                 .is_some_and(|t| t.size >= PageSize::Size2M)
             {
-                self.try_1g(mm, &space, &vma, at, &mut step);
+                if self.try_1g(mm, &space, &vma, at, &mut cursor, &tuning, &mut step)
+                    == Placing::Stopped
+                {
+                    cursor.va = at;
+                    break;
+                }
                 continue;
             }
             let present = space
@@ -231,43 +261,105 @@ impl Daemon {
             }
             let mut promoted = mm.promote(&space, at, PageSize::Size2M);
             if matches!(promoted, Err(HugeError::NotContiguous(_))) && !cursor.contiguous {
-                cursor.contiguous = true;
-                let _ = mm.make_vma_contiguous(&space, at, &ContigOptions::default());
+                if self.place(mm, &space, at, &mut cursor, &tuning, &mut step) == Placing::Stopped {
+                    cursor.va = at;
+                    break;
+                }
                 promoted = mm.promote(&space, at, PageSize::Size2M);
             }
             match promoted {
                 Ok(()) => step.promoted_2m += 1,
                 Err(_) => step.skipped += 1,
             }
-            self.try_1g(mm, &space, &vma, at, &mut step);
+            if self.try_1g(mm, &space, &vma, at, &mut cursor, &tuning, &mut step)
+                == Placing::Stopped
+            {
+                cursor.va = at;
+                break;
+            }
         }
         step
     }
 
-    /// After the last 2 MiB range of an aligned gigabyte of `vma`: promote it to 1 GiB.
+    /// One bounded contiguity-generation call on the VMA at `va` (see the module doc).
+    fn place<'m, M: PhysMem>(
+        &self,
+        mm: &Mm<'m, M>,
+        space: &Arc<AddressSpace<'m, M>>,
+        va: u64,
+        cursor: &mut Cursor,
+        tuning: &Tuning,
+        step: &mut Step,
+    ) -> Placing {
+        let opts = ContigOptions {
+            max_pages: tuning.pages_per_step.max(MIN_PLACE_PAGES),
+            ..ContigOptions::default()
+        };
+        match mm.make_vma_contiguous(space, va, &opts) {
+            Ok(r) => {
+                step.placed += r.moved();
+                if r.complete {
+                    cursor.contiguous = true;
+                    Placing::Done
+                } else if r.moved() == 0 {
+                    // Stopped with nothing moved (the VMA changed under it): leave it
+                    // for the next pass rather than retrying at once.
+                    cursor.contiguous = true;
+                    Placing::Done
+                } else {
+                    Placing::Stopped
+                }
+            }
+            Err(_) => {
+                cursor.contiguous = true;
+                Placing::Done
+            }
+        }
+    }
+
+    /// After the last 2 MiB range of an aligned gigabyte of `vma`: promote it to 1 GiB,
+    /// making the VMA contiguous first when its 2 MiB blocks are all huge but not
+    /// contiguous and aligned.
+    #[allow(clippy::too_many_arguments)]
     fn try_1g<'m, M: PhysMem>(
         &self,
         mm: &Mm<'m, M>,
-        space: &crate::aspace::AddressSpace<'m, M>,
-        vma: &crate::mapping::vma::Vma,
+        space: &Arc<AddressSpace<'m, M>>,
+        vma: &Vma,
         at: u64,
+        cursor: &mut Cursor,
+        tuning: &Tuning,
         step: &mut Step,
-    ) {
-        let g1 = PageSize::Size1G.bytes();
+    ) -> Placing {
+        let (g1, m2) = (PageSize::Size1G.bytes(), PageSize::Size2M.bytes());
         let base = at & !(g1 - 1);
-        let last = base + g1 - PageSize::Size2M.bytes();
-        if at != last || base < vma.start || base + g1 > vma.end {
-            return;
+        if at != base + g1 - m2 || base < vma.start || base + g1 > vma.end {
+            return Placing::Done;
         }
         if mm.max_leaf() < PageSize::Size1G
             || space
                 .translate(base)
                 .is_some_and(|t| t.size == PageSize::Size1G)
         {
-            return;
+            return Placing::Done;
         }
-        if mm.promote(space, base, PageSize::Size1G).is_ok() {
+        let mut promoted = mm.promote(space, base, PageSize::Size1G);
+        if matches!(promoted, Err(HugeError::NotContiguous(_)))
+            && !cursor.contiguous
+            && (base..base + g1).step_by(m2 as usize).all(|r| {
+                space
+                    .translate(r)
+                    .is_some_and(|t| t.size == PageSize::Size2M)
+            })
+        {
+            if self.place(mm, space, base, cursor, tuning, step) == Placing::Stopped {
+                return Placing::Stopped;
+            }
+            promoted = mm.promote(space, base, PageSize::Size1G);
+        }
+        if promoted.is_ok() {
             step.promoted_1g += 1;
         }
+        Placing::Done
     }
 }

@@ -481,6 +481,103 @@ mod daemon {
             env.audit();
         });
     }
+    #[test]
+    fn the_daemon_leaves_huge_on_request_vmas_alone_until_advised_always() {
+        with_env(Arena::new(4096), 4096, &[], |env| {
+            let s = env.mm.new_space().unwrap();
+            let va = 0x4000_0000u64;
+            env.mm.map_anon(&s, va, 3 * M2, on_request()).unwrap();
+            for i in 0..3 * 512 {
+                env.mm.handle_fault(&s, va + i * K4, true).unwrap();
+            }
+            let daemon = Daemon::new(Tuning::default()).unwrap();
+            daemon.start();
+            while !daemon.step(env.mm).full_pass {}
+            assert_eq!(s.translate(va + M2).unwrap().size, PageSize::Size4K);
+            assert_eq!(
+                env.mm
+                    .advise_huge(&s, u64::MAX - 4095, 4096, HugePolicy::Always),
+                Err(SpaceError::KernelHalf)
+            );
+            env.mm
+                .advise_huge(&s, va + M2, M2, HugePolicy::Always)
+                .unwrap();
+            let policies: Vec<(u64, HugePolicy)> =
+                s.vmas().iter().map(|v| (v.start, v.flags.huge)).collect();
+            assert_eq!(
+                policies,
+                [
+                    (va, HugePolicy::OnRequest),
+                    (va + M2, HugePolicy::Always),
+                    (va + 2 * M2, HugePolicy::OnRequest)
+                ]
+            );
+            while !daemon.step(env.mm).full_pass {}
+            assert_eq!(s.translate(va).unwrap().size, PageSize::Size4K);
+            assert_eq!(s.translate(va + M2).unwrap().size, PageSize::Size2M);
+            assert_eq!(s.translate(va + 2 * M2).unwrap().size, PageSize::Size4K);
+            env.audit();
+        });
+    }
+
+    #[test]
+    fn the_daemon_makes_scattered_2m_blocks_of_a_gigabyte_contiguous_and_promotes_it() {
+        const BIG: u64 = 3 << 18;
+        with_env(SparseMem::new(BIG), BIG, &[], |env| {
+            let s = env.mm.new_space().unwrap();
+            let va = G1;
+            env.mm
+                .map_anon(&s, va, G1, VmaFlags::private(HugePolicy::Always, true))
+                .unwrap();
+            env.mm.set_max_leaf(PageSize::Size2M);
+            env.mm.populate(&s, va, G1).unwrap();
+            for i in [0u64, 7, 300, 511] {
+                assert!(write_user(env.mem, &s, va + i * M2 + 8, tag(va + i * M2)));
+            }
+            // Scatter: swap 2 MiB blocks, so the gigabyte's leaves are all 2 MiB but no
+            // longer contiguous.
+            let head = |i: u64| Pfn::containing(s.translate(va + i * M2).unwrap().leaf_base_pa);
+            env.mm.exchange(head(0), head(511)).unwrap();
+            env.mm.exchange(head(7), head(300)).unwrap();
+            env.mm.set_max_leaf(PageSize::Size1G);
+            assert!(matches!(
+                env.mm.promote(&s, va, PageSize::Size1G),
+                Err(HugeError::NotContiguous(_))
+            ));
+            let daemon = Daemon::new(Tuning {
+                pages_per_step: 512,
+                sleep_ms: 0,
+                max_ptes_none: 0,
+            })
+            .unwrap();
+            daemon.start();
+            let (mut steps, mut placed, mut placing_steps, mut promoted) = (0, 0, 0, 0);
+            while s.translate(va).unwrap().size != PageSize::Size1G {
+                let step = daemon.step(env.mm);
+                placed += step.placed;
+                placing_steps += u64::from(step.placed > 0);
+                promoted += step.promoted_1g;
+                steps += 1;
+                assert!(steps < 2000, "the daemon reaches the 1 GiB leaf");
+            }
+            assert_eq!(promoted, 1);
+            assert!(
+                placed >= 4 * 512,
+                "four blocks misplaced, {placed} pages moved"
+            );
+            assert!(
+                placing_steps >= 2,
+                "contiguity generation bounded per step: {placing_steps} steps"
+            );
+            for i in [0u64, 7, 300, 511] {
+                assert_eq!(
+                    read_user(env.mem, &s, va + i * M2 + 8),
+                    Some(tag(va + i * M2))
+                );
+            }
+            env.audit();
+        });
+    }
 }
 
 mod churn {
