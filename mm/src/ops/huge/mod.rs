@@ -44,6 +44,7 @@
 
 pub mod churn;
 pub mod collapse;
+pub mod compact;
 pub mod daemon;
 pub mod leaves;
 mod shared;
@@ -61,6 +62,7 @@ use crate::mapping::rmap::{Rmap, RmapEntry, SpaceId};
 use crate::mapping::vma::HugePolicy;
 use crate::paging::CollapseError;
 use alloc::vec::Vec;
+use compact::CompactError;
 use core::fmt;
 use x86_64::VirtAddr;
 
@@ -71,7 +73,8 @@ pub enum HugeError {
     /// The size is 4 KiB (nothing to promote to or split), or above the largest leaf
     /// allowed ([`Mm::set_max_leaf`]).
     BadSize,
-    /// The address is not aligned to the size.
+    /// The address is not aligned to the size (or, in a shared VMA, its offset in the
+    /// region is not).
     Unaligned,
     /// No VMA covers the whole range, or nothing is mapped there.
     NotMapped,
@@ -95,6 +98,8 @@ pub enum HugeError {
     Compound(CompoundError),
     /// The address space refused.
     Space(SpaceError),
+    /// No huge block was free for a copying collapse and none could be compacted.
+    Compact(CompactError),
     /// The tables or the metadata changed in a way the checks exclude (a bug or
     /// corruption); the error counter of the audit records it.
     Inconsistent,
@@ -115,6 +120,7 @@ impl fmt::Display for HugeError {
             HugeError::Count(e) => write!(f, "{e}"),
             HugeError::Compound(e) => write!(f, "{e}"),
             HugeError::Space(e) => write!(f, "{e}"),
+            HugeError::Compact(e) => write!(f, "compaction: {e}"),
             HugeError::Inconsistent => f.write_str("tables changed under the operation"),
         }
     }

@@ -119,7 +119,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let step = child.bytes() / PAGE_SIZE;
         let offset = backing.offset + (va - vma_start);
         if !offset.is_multiple_of(size.bytes()) {
-            return Err(misaligned());
+            // No block of the size can start at that offset of the region.
+            return Err(HugeError::Unaligned);
         }
         let key = offset / PAGE_SIZE;
         let mut pfn0 = None;

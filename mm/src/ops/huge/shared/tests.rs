@@ -199,10 +199,10 @@ fn shared_refusals_are_typed_and_change_nothing() {
         let c = env.mm.new_space().unwrap();
         env.mm.map_anon(&c, va, M2, shared(&region, K4)).unwrap();
         env.mm.populate(&c, va, M2).unwrap();
-        assert!(matches!(
+        assert_eq!(
             env.mm.promote(&c, va, PageSize::Size2M),
-            Err(HugeError::NotContiguous(_))
-        ));
+            Err(HugeError::Unaligned)
+        );
         assert_eq!(env.mm.promote(&a, va, PageSize::Size2M), Ok(()));
         assert_eq!(leaf(&b, vb).0, PageSize::Size2M);
         assert_eq!(
@@ -212,4 +212,46 @@ fn shared_refusals_are_typed_and_change_nothing() {
         );
         env.audit();
     });
+}
+
+#[test]
+fn scattered_shared_pages_collapse_by_copy_and_in_place_for_both_spaces() {
+    use crate::ops::huge::collapse::{CollapseMethod, CollapseOptions, CollapseTarget, Collapsed};
+    for method in [CollapseMethod::Copy, CollapseMethod::InPlace] {
+        with_env(Arena::new(8192), 8192, &[], |env| {
+            let region = SharedRegion::new(M2).unwrap();
+            let (a, b) = (env.mm.new_space().unwrap(), env.mm.new_space().unwrap());
+            let (va, vb, filler) = (0x4000_0000u64, 0x8000_0000u64, 0x7000_0000_0000u64);
+            env.mm.map_anon(&a, va, M2, shared(&region, 0)).unwrap();
+            env.mm.map_anon(&b, vb, M2, shared(&region, 0)).unwrap();
+            let never = VmaFlags::private(HugePolicy::Never, true);
+            env.mm.map_anon(&a, filler, M2, never).unwrap();
+            // 4 KiB faults interleaved with a filler's, in reverse order: scattered.
+            for i in (0..512).rev() {
+                env.mm.handle_fault(&a, va + i * K4, true).unwrap();
+                env.mm.handle_fault(&a, filler + i * K4, true).unwrap();
+                assert!(write_user(env.mem, &a, va + i * K4 + 8, tag(i)));
+            }
+            env.mm.populate(&b, vb, M2).unwrap();
+            let pages: Vec<u64> = (0..512).collect();
+            check(env, &b, vb, &pages);
+            let opts = CollapseOptions {
+                target: CollapseTarget::Size2M,
+                method,
+            };
+            let out = env.mm.collapse(&a, va, M2, &opts).unwrap();
+            let expected = match method {
+                CollapseMethod::Copy => Collapsed::Copied,
+                _ => Collapsed::InPlace,
+            };
+            assert_eq!(out[0].result, Ok(expected), "{method:?}");
+            let (size, pa) = leaf(&a, va);
+            assert_eq!(size, PageSize::Size2M);
+            assert_eq!(leaf(&b, vb), (PageSize::Size2M, pa), "{method:?}");
+            check(env, &a, va, &pages);
+            check(env, &b, vb, &pages);
+            assert_eq!(counts(env, pa), (2, 3));
+            env.audit();
+        });
+    }
 }
