@@ -24,7 +24,9 @@
 //! target size) in order; it fuses them if they are not fused yet, promotes the caller's
 //! mapping, then every other space's that maps the compound by 512 aligned leaves of the
 //! child size in order. A space that maps it otherwise (not aligned to the huge size,
-//! partly, never-huge) keeps its smaller leaves of the compound's frames. A split
+//! partly, never-huge) keeps its smaller leaves of the compound's frames, as does a space
+//! whose own step fails (transiently) after the block step: a valid state, which a
+//! later promotion from that space completes with its table step alone. A split
 //! ([`Mm::split_huge`]) splits every huge leaf of the block, in every space, then the
 //! block.
 //!
