@@ -510,6 +510,15 @@ mod churn {
         ] {
             let rounds = with_env(SparseMem::new(FRAMES), FRAMES, &[], |env| {
                 let r = env.mm.churn(policy, &w).unwrap();
+                let stat = env.mm.vmstat();
+                std::println!(
+                    "churn {}: compact_stall {} compact_success {} compact_fail {} compact_migrated {}",
+                    policy.name(),
+                    stat.get(Event::CompactStall),
+                    stat.get(Event::CompactSuccess),
+                    stat.get(Event::CompactFail),
+                    stat.get(Event::CompactMigrated)
+                );
                 env.audit();
                 assert_eq!(
                     env.free_frames() as u64,
