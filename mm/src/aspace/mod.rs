@@ -784,13 +784,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             return Ok(());
         };
         let id = space.id;
+        // The head is read under the reverse-map lock: a shared block mapped here may be
+        // fused or split by a promotion started from another space, which changes heads
+        // under that lock only (and refuses a block whose map count runs ahead of its
+        // reverse-map entries, as it does from here until the entries are recorded).
+        let rmap = self.rmap.lock();
         let head = self.head_of(Pfn::containing(t.leaf_base_pa));
         let meta = head.and_then(|h| self.meta(h));
         // The 511 new mappings are counted before anything changes, so a count that
         // would overflow refuses the split with the tables untouched.
         let recorded = match (head, meta) {
             (Some(h), Some(meta)) => {
-                let rmap = self.rmap.lock();
                 let recorded = rmap.get(h, id, va).is_some();
                 if recorded {
                     meta.add_mappings(511).map_err(SpaceError::Count)?;
@@ -799,6 +803,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             _ => false,
         };
+        drop(rmap);
         let unreserve = || {
             if let (true, Some(meta)) = (recorded, meta) {
                 let _rmap = self.rmap.lock();

@@ -1,7 +1,7 @@
 //! The memory manager's event counters, in the vocabulary of Linux's `/proc/vmstat`:
 //! faults served huge at each size and their fallbacks, promotions, splits and collapses
 //! at each level by kind and result, pages migrated and exchanged, and the background
-//! daemon's scans and full passes. Only the memory manager counts
+//! daemon's scans and full passes, and the compactions of the copying collapse. Only the memory manager counts
 //! ([`VmStat::count`] is crate-private); anyone may read a [`VmStatSnapshot`], which
 //! prints as the payload of one `VMSTAT {json}` line with stable field names.
 
@@ -46,11 +46,19 @@ pub enum Event {
     DaemonScans,
     /// Daemon passes over every address space.
     DaemonFullPasses,
+    /// Compactions of a window for a copying collapse that found no free huge block.
+    CompactStall,
+    /// Compactions that freed their window.
+    CompactSuccess,
+    /// Compactions that did not.
+    CompactFail,
+    /// 4 KiB pages migrated out of compacted windows.
+    CompactMigrated,
 }
 
 impl Event {
     /// Every event, in the order of the JSON line.
-    pub const ALL: [Event; 17] = [
+    pub const ALL: [Event; 21] = [
         Event::FaultHuge2m,
         Event::FaultHuge1g,
         Event::FaultFallback,
@@ -68,6 +76,10 @@ impl Event {
         Event::PagesExchanged,
         Event::DaemonScans,
         Event::DaemonFullPasses,
+        Event::CompactStall,
+        Event::CompactSuccess,
+        Event::CompactFail,
+        Event::CompactMigrated,
     ];
 
     /// The field name in the `VMSTAT` line.
@@ -90,6 +102,10 @@ impl Event {
             Event::PagesExchanged => "pgexchange_success",
             Event::DaemonScans => "thp_daemon_scans",
             Event::DaemonFullPasses => "thp_daemon_full_passes",
+            Event::CompactStall => "compact_stall",
+            Event::CompactSuccess => "compact_success",
+            Event::CompactFail => "compact_fail",
+            Event::CompactMigrated => "compact_migrated",
         }
     }
 

@@ -240,6 +240,18 @@ impl FrameMeta {
         sub(&self.refcount, gone).map(|_| ())
     }
 
+    /// `n` blocks, each held by one shared region, were fused into this one (which took
+    /// their references): the `n` holds become the region's one hold on the compound.
+    pub fn merge_holds(&self, n: u32) -> Result<(), CountError> {
+        sub(&self.refcount, n.saturating_sub(1)).map(|_| ())
+    }
+
+    /// This block, held by a shared region, is about to be split into `n` blocks that the
+    /// region each holds: its one hold becomes `n`.
+    pub fn split_hold(&self, n: u32) -> Result<(), CountError> {
+        add(&self.refcount, n.saturating_sub(1)).map(|_| ())
+    }
+
     /// Splitting a compound block: `maps` of this head's mappings and `refs` of its
     /// references (mappings included) go to `child`, a new head that had none; `child`
     /// becomes managed when it gets a reference. Refused, changing nothing, when this

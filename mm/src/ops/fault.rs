@@ -371,14 +371,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     &mut flush,
                 );
                 if let Err(e) = mapped {
-                    {
+                    // The block may have been fused or split meanwhile (a promotion of
+                    // the region from another space): its head is read again.
+                    let head = {
                         let mut rmap = self.rmap.lock();
-                        rmap.remove(rf.head, space.id(), leaf_va);
-                        self.count_result(meta.remove_mapping());
-                    }
+                        let head = self.head_of(pfn).unwrap_or(rf.head);
+                        rmap.remove(head, space.id(), leaf_va);
+                        if let Some(m) = self.meta(head) {
+                            self.count_result(m.remove_mapping());
+                        }
+                        head
+                    };
                     drop(st);
                     flush.complete(self, space);
-                    self.put_refs(&[rf.head]);
+                    self.put_refs(&[head]);
                     return match e {
                         MapError::OutOfTables => Err(FaultError::OutOfMemory),
                         _ => Ok(Step::Done(FaultOutcome::Spurious)),

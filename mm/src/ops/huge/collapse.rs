@@ -9,13 +9,16 @@
 //! two ways, both kept so they can be compared:
 //! - **in place** ([`CollapseMethod::InPlace`]): contiguity generation of the VMA (which
 //!   moves only the pages not yet where the anchor puts them), then promotion;
-//! - **copy** ([`CollapseMethod::Copy`], Linux's way): a free huge block is found, every
-//!   page of the range is migrated into its frame at the same offset, then promotion.
+//! - **copy** ([`CollapseMethod::Copy`], Linux's way): a free huge block is found (or,
+//!   when none is free, an aligned window is compacted for it, see [`super::compact`]),
+//!   every page of the range is migrated into its frame at the same offset, then
+//!   promotion.
 //!
 //! [`CollapseMethod::Auto`] tries in place first (it never copies more than the copy
 //! does, and usually far less) and copies when that fails. A 1 GiB range collapses its
 //! 2 MiB ranges first.
 
+use super::compact::CompactError;
 use super::HugeError;
 use crate::aspace::vmstat::Event;
 use crate::aspace::{AddressSpace, Mm, SpaceError};
@@ -109,7 +112,11 @@ pub struct RangeOutcome {
 fn kind(e: HugeError) -> CollapseFailure {
     match e {
         HugeError::Busy | HugeError::Pinned | HugeError::NotContiguous(_) => CollapseFailure::Busy,
-        HugeError::Space(SpaceError::OutOfMemory) => CollapseFailure::NoMemory,
+        HugeError::Space(SpaceError::OutOfMemory)
+        | HugeError::Compact(CompactError::NoWindow | CompactError::NoDestination) => {
+            CollapseFailure::NoMemory
+        }
+        HugeError::Compact(CompactError::Migrate(_) | CompactError::Taken) => CollapseFailure::Busy,
         _ => CollapseFailure::Invalid,
     }
 }
@@ -233,7 +240,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Migrate every block of `[va, va + size)` into a free, aligned block of `size`, at
-    /// the same offsets (the copying collapse).
+    /// the same offsets (the copying collapse); without a free block, compact a window
+    /// first (see [`super::compact`]).
     fn copy_into_free_block(
         &self,
         space: &AddressSpace<'m, M>,
@@ -242,15 +250,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     ) -> Result<(), HugeError> {
         let child = size.smaller().ok_or(HugeError::BadSize)?;
         let order = size.order();
-        let window = self
-            .frames
-            .alloc(order, MigrateType::Movable, None)
-            .map_err(|_| HugeError::Space(SpaceError::OutOfMemory))?;
-        // The block is given back at once: the migrations take its frames one by one
+        // A free block is given back at once: the migrations take its frames one by one
         // (another allocation may take some meanwhile; those pages then fail, Busy).
-        if self.frames.free(window, order).is_err() {
-            return Err(HugeError::Inconsistent);
-        }
+        // Without one, a window is compacted for the range.
+        let window = match self.frames.alloc(order, MigrateType::Movable, None) {
+            Ok(window) => {
+                if self.frames.free(window, order).is_err() {
+                    return Err(HugeError::Inconsistent);
+                }
+                window
+            }
+            Err(_) => self
+                .compact_window(space, va, size)
+                .map_err(HugeError::Compact)?,
+        };
         let step = child.bytes() / PAGE_SIZE;
         let mut requests = Vec::new();
         for (i, (_, t)) in space
@@ -270,7 +283,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 ));
             }
             let head = Pfn::containing(t.leaf_base_pa);
-            requests.push((head, Destination::Frame(window.add(i as u64 * step))));
+            let target = window.add(i as u64 * step);
+            if head != target {
+                requests.push((head, Destination::Frame(target)));
+            }
         }
         let moved = self.migrate_batch(&requests);
         if moved.iter().all(|r| r.is_ok()) {

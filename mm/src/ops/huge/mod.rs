@@ -31,16 +31,23 @@
 //! split into 512 blocks ([`crate::frame::compound::split`]), each taking its own
 //! mapping.
 //!
-//! Pages of shared regions are refused (`Shared`) for now: a region's index would have
-//! to be fused and split with them.
+//! # Shared regions
+//!
+//! Pages of a shared region, which several spaces may map, are promoted and split by
+//! [`shared`]: the block (with the region's index, holders and reverse map) first,
+//! under the region's and the reverse map's locks, then each space's mapping under its
+//! own lock; a space whose mapping cannot become one leaf keeps smaller leaves of the
+//! compound block.
 //!
 //! [`PageTable::begin_collapse`]: crate::paging::PageTable::begin_collapse
 //! [`PageTable::finish_collapse`]: crate::paging::PageTable::finish_collapse
 
 pub mod churn;
 pub mod collapse;
+pub mod compact;
 pub mod daemon;
 pub mod leaves;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +62,7 @@ use crate::mapping::rmap::{Rmap, RmapEntry, SpaceId};
 use crate::mapping::vma::HugePolicy;
 use crate::paging::CollapseError;
 use alloc::vec::Vec;
+use compact::CompactError;
 use core::fmt;
 use x86_64::VirtAddr;
 
@@ -65,7 +73,8 @@ pub enum HugeError {
     /// The size is 4 KiB (nothing to promote to or split), or above the largest leaf
     /// allowed ([`Mm::set_max_leaf`]).
     BadSize,
-    /// The address is not aligned to the size.
+    /// The address is not aligned to the size (or, in a shared VMA, its offset in the
+    /// region is not).
     Unaligned,
     /// No VMA covers the whole range, or nothing is mapped there.
     NotMapped,
@@ -89,6 +98,8 @@ pub enum HugeError {
     Compound(CompoundError),
     /// The address space refused.
     Space(SpaceError),
+    /// No huge block was free for a copying collapse and none could be compacted.
+    Compact(CompactError),
     /// The tables or the metadata changed in a way the checks exclude (a bug or
     /// corruption); the error counter of the audit records it.
     Inconsistent,
@@ -109,6 +120,7 @@ impl fmt::Display for HugeError {
             HugeError::Count(e) => write!(f, "{e}"),
             HugeError::Compound(e) => write!(f, "{e}"),
             HugeError::Space(e) => write!(f, "{e}"),
+            HugeError::Compact(e) => write!(f, "compaction: {e}"),
             HugeError::Inconsistent => f.write_str("tables changed under the operation"),
         }
     }
@@ -201,8 +213,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if vma.flags.huge == HugePolicy::Never {
             return Err(HugeError::NeverHuge);
         }
-        if vma.flags.shared.is_some() {
-            return Err(HugeError::Shared);
+        if let Some(backing) = vma.flags.shared.clone() {
+            let vma_start = vma.start;
+            return self.promote_shared(space, st, &backing, vma_start, va, size);
         }
         let first = st
             .pt
@@ -325,15 +338,25 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// once by one leaf) into 512 blocks of the next size down, each mapped by its own
     /// leaf, in place (see the module doc); returns the new leaf size.
     pub fn split_huge(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<PageSize, HugeError> {
+        let result = self.split_locked(space, va);
+        match result {
+            Ok(PageSize::Size2M) => self.vmstat.count(Event::Split1g, 1),
+            Ok(_) => self.vmstat.count(Event::Split2m, 1),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn split_locked(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<PageSize, HugeError> {
         self.check_space(space)?;
         let mut st = self.lock_settled(space, va, va.saturating_add(1), false)?;
         let t = st.pt.query(va).ok_or(HugeError::NotMapped)?;
         let child = t.size.smaller().ok_or(HugeError::BadSize)?;
         let vma = st.vmas.find(va).ok_or(HugeError::NotMapped)?;
-        if vma.flags.shared.is_some() {
-            return Err(HugeError::Shared);
-        }
         let leaf_va = va & !(t.size.bytes() - 1);
+        if let Some(backing) = vma.flags.shared.clone() {
+            return self.split_shared(space, st, &backing.region, leaf_va, t);
+        }
         let head = Pfn::containing(t.leaf_base_pa);
         let meta = self.meta(head).ok_or(HugeError::NotMapped)?;
         let id = space.id();
@@ -361,17 +384,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             split
         };
         match result {
-            Ok(()) => {
-                self.vmstat.count(
-                    if t.size == PageSize::Size1G {
-                        Event::Split1g
-                    } else {
-                        Event::Split2m
-                    },
-                    1,
-                );
-                Ok(child)
-            }
+            Ok(()) => Ok(child),
             Err(e) => {
                 self.count_errors
                     .fetch_add(1, core::sync::atomic::Ordering::AcqRel);

@@ -4,10 +4,11 @@
 //! At 2 MiB: private 2 MiB ranges in two address spaces go back and forth between one
 //! 2 MiB leaf and 512 4 KiB leaves: split, promotion in place, and collapse after a few
 //! of their pages were migrated elsewhere, in place (contiguity generation, then
-//! promotion) or by copy. Two shared regions mapped in both spaces are written too; the
-//! memory manager refuses to promote or split pages of shared regions today
-//! (`HugeError::Shared`), so the test checks that refusal, and the collapse's
-//! (`Invalid`), under the same load.
+//! promotion) or by copy. Two shared regions mapped in both spaces are written too, from
+//! both spaces, and operated on from each space in turn: the 2 MiB page is split and
+//! promoted back, the 4 KiB pages are collapsed (in place or by copy) and split again;
+//! after each operation both spaces must map the region with the same leaf size and
+//! frames.
 //!
 //! At 1 GiB: a 1 GiB page goes back and forth between one 1 GiB leaf and 512 2 MiB
 //! leaves, one of which is split to 4 KiB and promoted back now and then, or migrated
@@ -57,7 +58,7 @@ struct Ops {
     in_place: u64,
     copied: u64,
     busy: u64,
-    refused_shared: u64,
+    shared: u64,
     errors: Vec<String>,
 }
 
@@ -157,14 +158,14 @@ impl Ops {
 
     fn report(&self) {
         sprint!(
-            "{} cycles: {} promoted, {} split, {} collapsed in place, {} by copy, {} busy, {} shared refusals; ",
+            "{} cycles: {} promoted, {} split, {} collapsed in place, {} by copy, {} busy, {} shared-region operations; ",
             self.cycles,
             self.promoted,
             self.split,
             self.in_place,
             self.copied,
             self.busy,
-            self.refused_shared
+            self.shared
         );
     }
 }
@@ -260,36 +261,57 @@ fn shared_regions(env: &mut Env, a: &Space, b: &Space) -> Result<(), TestError> 
     Ok(())
 }
 
-/// The refusals of the shared regions, through both spaces.
-fn shared_refusals(ops: &mut Ops, mm: &KernelMm, a: &Arc<Space>, b: &Arc<Space>) {
-    for (space, off) in [(a, 0), (b, OTHER)] {
-        let (huge, small) = (BASE + G1 + off, BASE + 2 * G1 + off);
-        let split = mm.split_huge(space, huge + 17 * K4);
-        let promote = mm.promote(space, small, PageSize::Size2M);
-        let opts = CollapseOptions {
-            target: CollapseTarget::Size2M,
-            method: CollapseMethod::Auto,
-        };
-        let collapse = mm
-            .collapse(space, small, M2, &opts)
-            .map(|out| out.iter().map(|o| o.result).collect::<Vec<_>>());
-        let ok = ops.expect(
-            "split of a shared 2 MiB page",
-            split,
-            Err(HugeError::Shared),
-        ) & ops.expect(
-            "promotion of shared 4 KiB pages",
-            promote,
-            Err(HugeError::Shared),
-        ) & ops.expect(
-            "collapse of shared 4 KiB pages",
-            collapse,
-            Ok(alloc::vec![Err((
-                CollapseFailure::Invalid,
-                HugeError::Shared
-            ))]),
-        );
-        ops.refused_shared += u64::from(ok) * 3;
+/// One operation on each shared region from one space, the other space's mapping
+/// checked after it: the region at [`BASE`] + 1 GiB and the one at [`BASE`] + 2 GiB
+/// alike, a 2 MiB page is split, 4 KiB pages are collapsed (in place, else by copy).
+fn shared_ops(ops: &mut Ops, mm: &KernelMm, turn: u64, a: &Arc<Space>, b: &Arc<Space>) {
+    let spaces = [(a, 0), (b, OTHER)];
+    let (from, off) = spaces[(turn % 2) as usize];
+    let (other, other_off) = spaces[1 - (turn % 2) as usize];
+    for region_va in [BASE + G1, BASE + 2 * G1] {
+        let (va, other_va) = (region_va + off, region_va + other_off);
+        match leaf(from, va) {
+            Some((PageSize::Size2M, pa)) => {
+                let split = mm.split_huge(from, va + 17 * K4);
+                if ops.expect("split of a shared 2 MiB page", split, Ok(PageSize::Size4K)) {
+                    ops.shared += 1;
+                    let want = Some((PageSize::Size4K, pa + 3 * K4));
+                    ops.expect(
+                        "the other space after the split",
+                        leaf(other, other_va + 3 * K4),
+                        want,
+                    );
+                }
+            }
+            Some((PageSize::Size4K, _)) => {
+                let opts = CollapseOptions {
+                    target: CollapseTarget::Size2M,
+                    method: CollapseMethod::Auto,
+                };
+                let out = mm
+                    .collapse(from, va, M2, &opts)
+                    .map(|out| out.iter().map(|o| o.result).collect::<Vec<_>>());
+                match out.as_deref() {
+                    Ok([Ok(_)]) => {
+                        ops.shared += 1;
+                        match leaf(from, va) {
+                            Some((PageSize::Size2M, pa)) => {
+                                let want = Some((PageSize::Size2M, pa));
+                                ops.expect(
+                                    "the other space after the collapse",
+                                    leaf(other, other_va),
+                                    want,
+                                );
+                            }
+                            got => ops.error(format!("shared collapse({va:#x}) left {got:?}")),
+                        }
+                    }
+                    Ok([Err((CollapseFailure::Busy, _))]) => ops.busy += 1,
+                    got => ops.error(format!("shared collapse({va:#x}): {got:?}")),
+                }
+            }
+            got => ops.error(format!("shared region at {va:#x}: {got:?}")),
+        }
     }
 }
 
@@ -362,7 +384,8 @@ pub(super) fn writers_2m(ctx: &TestContext) -> TestResult {
             other => ops.error(format!("{va:#x}: {other:?}")),
         }
         if ops.cycles.is_multiple_of(4) {
-            shared_refusals(&mut ops, mm, &a, &b);
+            let turn = ops.cycles / 4;
+            shared_ops(&mut ops, mm, turn, &a, &b);
         }
         ops.cycles += 1;
         if !ops.errors.is_empty() {
