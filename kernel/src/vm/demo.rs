@@ -5,7 +5,7 @@
 //! and a summary; any unmet goal (or a scenario that could not be built) is returned as
 //! the demonstration's failure.
 
-use super::demo_huge::HugeOutcome;
+use super::demo_huge::{HugeOutcome, GOAL_PER_MILLE};
 use super::physmap;
 use super::scenario::{self, Built, Kind, Observer, Outcome, VmaOutcome, VmaPlan};
 use crate::arch::percpu;
@@ -203,10 +203,24 @@ fn summary(outcome: &Outcome) -> String {
 fn huge_summary(h: &HugeOutcome) -> (String, bool) {
     let share = |m: &super::demo_huge::Mapping| {
         let p = m.huge_per_mille();
-        let goal = if m.goal_met() {
-            "goal met"
-        } else {
-            "goal NOT met"
+        let goal = match (
+            m.huge_per_mille() >= GOAL_PER_MILLE,
+            m.missing_1g.is_empty(),
+        ) {
+            (true, true) => String::from("goal met"),
+            (share, _) => format!(
+                "goal NOT met: {}{}",
+                if share {
+                    "share reached"
+                } else {
+                    "share below 95 %"
+                },
+                if m.missing_1g.is_empty() {
+                    String::new()
+                } else {
+                    format!(", no 1 GiB leaf in {:?}", m.missing_1g)
+                }
+            ),
         };
         format!("{}.{} % huge ({goal})", p / 10, p % 10)
     };
