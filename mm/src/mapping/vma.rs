@@ -293,33 +293,35 @@ impl VmaSet {
     /// Set the write permission of `[start, end)`, splitting the VMAs whose permission
     /// changes at the range's ends. Gaps are skipped.
     pub fn set_writable(&mut self, start: u64, end: u64, writable: bool) {
-        let changing: Vec<(u64, u64)> = self
-            .overlapping(start, end)
-            .filter(|v| v.flags.writable != writable)
-            .map(|v| (v.start.max(start), v.end.min(end)))
-            .collect();
-        for (s, e) in changing {
-            self.split_at(s);
-            self.split_at(e);
-            if let Some(v) = self.map.get_mut(&s) {
-                v.flags.writable = writable;
-            }
-        }
+        self.set_flag(start, end, writable, |f| f.writable, |f, w| f.writable = w);
     }
 
     /// Set the huge-page policy of `[start, end)`, splitting the VMAs whose policy
     /// changes at the range's ends. Gaps are skipped.
     pub fn set_huge(&mut self, start: u64, end: u64, huge: HugePolicy) {
+        self.set_flag(start, end, huge, |f| f.huge, |f, h| f.huge = h);
+    }
+
+    /// Set one flag (read by `get`, written by `set`) to `value` over `[start, end)`,
+    /// splitting the VMAs where it changes at the range's ends.
+    fn set_flag<T: PartialEq + Copy>(
+        &mut self,
+        start: u64,
+        end: u64,
+        value: T,
+        get: impl Fn(&VmaFlags) -> T,
+        set: impl Fn(&mut VmaFlags, T),
+    ) {
         let changing: Vec<(u64, u64)> = self
             .overlapping(start, end)
-            .filter(|v| v.flags.huge != huge)
+            .filter(|v| get(&v.flags) != value)
             .map(|v| (v.start.max(start), v.end.min(end)))
             .collect();
         for (s, e) in changing {
             self.split_at(s);
             self.split_at(e);
             if let Some(v) = self.map.get_mut(&s) {
-                v.flags.huge = huge;
+                set(&mut v.flags, value);
             }
         }
     }
