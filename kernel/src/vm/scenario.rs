@@ -38,12 +38,9 @@
 //!
 //! Every resident page is tagged (a value and its checksum, [`data`]); then
 //! [`Mm::make_vma_contiguous`](mm::aspace::Mm::make_vma_contiguous) runs on each demo
-//! VMA, one call each so progress can be shown, with the default options: first the VMAs
-//! covering an aligned gigabyte (a window congruent modulo 1 GiB is the scarcest: on
-//! 4 GiB there is about one, and the window of a VMA placed before could overlap it and
-//! leave only a 2 MiB-congruent one, so the gigabyte could never be one 1 GiB leaf), then
-//! the others in the order `make_all_contiguous` would visit them (spaces in creation
-//! order, VMAs by address); the background is left as it is.
+//! VMA in the order `make_all_contiguous` would visit them (spaces in creation order,
+//! VMAs by address), one call each so progress can be shown, with the default options;
+//! the background is left as it is.
 //! Then the goals ([`goals`]) are checked: contiguity and alignment per VMA, moves within
 //! 5 % of the misplaced pages, no frame allocated by an exchange, every page's data (read
 //! back through its virtual address), the reverse-map and allocator audits. Finally
@@ -408,17 +405,12 @@ pub fn machine() -> Machine {
     }
 }
 
-/// Make each demo VMA contiguous, one call per VMA: those covering an aligned gigabyte
-/// first, then in the order `make_all_contiguous` visits them (spaces in creation order,
-/// each space's VMAs by address).
+/// Make each demo VMA contiguous in the order `make_all_contiguous` visits them (spaces
+/// in creation order, each space's VMAs by address), one call per VMA.
 fn make_contiguous(built: &Built, observer: &mut dyn Observer) -> Vec<VmaOutcome> {
     let plan = &built.plan;
     let mut order: Vec<usize> = (0..plan.vmas.len()).collect();
-    let gigabyte = |v: &VmaPlan| v.start.next_multiple_of(1 << 30) + (1 << 30) <= v.end();
-    order.sort_by_key(|&i| {
-        let v = &plan.vmas[i];
-        (!gigabyte(v), v.space, v.start)
-    });
+    order.sort_by_key(|&i| (plan.vmas[i].space, plan.vmas[i].start));
     let mut out = Vec::new();
     for index in order {
         let v = plan.vmas[index];
