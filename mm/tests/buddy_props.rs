@@ -1,9 +1,10 @@
 //! Property tests of the buddy allocator against a simple model: a bitmap of managed and
-//! allocated frames and the set of allocated blocks, with `audit()` after every step.
+//! allocated frames, the set of allocated blocks and the claimed pageblocks, with
+//! `audit()` after every step.
 
 use mm::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
 use mm::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
-use mm::frame::meta::{FrameMeta, FrameTable};
+use mm::frame::meta::{FrameFlags, FrameMeta, FrameTable};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +50,8 @@ struct Model {
     /// Runs from `alloc_range`, possibly stale after single-block frees.
     ranges: Vec<(u64, usize)>,
     free_frames: usize,
+    /// Pageblocks marked claimed.
+    claimed: BTreeSet<u64>,
 }
 
 impl Model {
@@ -65,7 +68,28 @@ impl Model {
             freed: BTreeSet::new(),
             ranges: Vec::new(),
             free_frames,
+            claimed: BTreeSet::new(),
         }
+    }
+
+    /// Where an unmovable allocation of `order` that takes whole free pageblocks must
+    /// land: the lowest free aligned block of `order` (at least a pageblock) with no
+    /// claimed pageblock, or the lowest free one when each has one.
+    fn unmovable_pageblocks(&self, order: u8) -> Option<u64> {
+        let span = 1u64 << order.max(PAGEBLOCK_ORDER);
+        let free: Vec<u64> = (0..FRAMES as u64 / span)
+            .map(|k| k * span)
+            .filter(|&p| self.free_run(p, span as usize))
+            .collect();
+        let claimed = |p: u64| {
+            (p..p + span)
+                .step_by(1 << PAGEBLOCK_ORDER)
+                .any(|pb| self.claimed.contains(&(pb >> PAGEBLOCK_ORDER)))
+        };
+        free.iter()
+            .copied()
+            .find(|&p| !claimed(p))
+            .or(free.first().copied())
     }
 
     fn free_run(&self, start: u64, n: usize) -> bool {
@@ -145,6 +169,8 @@ enum Op {
     /// Free whatever is at a random PFN.
     FreeAny(u64, u8),
     FreeRange(Index),
+    /// Mark a pageblock claimed (or no longer), as contiguity generation does.
+    Claim(u64, bool),
 }
 
 fn order() -> impl Strategy<Value = u8> {
@@ -153,6 +179,14 @@ fn order() -> impl Strategy<Value = u8> {
         4 => 3u8..=8,
         2 => 9u8..=12,
         1 => 13u8..=MAX_ORDER,
+    ]
+}
+
+/// A pageblock to mark: mostly among the lowest, where unmovable allocations go.
+fn claimable() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => 0u64..24,
+        1 => 0u64..(FRAMES >> PAGEBLOCK_ORDER) as u64,
     ]
 }
 
@@ -170,23 +204,48 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<Index>(), 0u8..=MAX_ORDER, any::<u64>()).prop_map(|(i, o, t)| Op::BadFree(i, o, t)),
         2 => (pfn, order()).prop_map(|(p, o)| Op::FreeAny(p, o)),
         1 => any::<Index>().prop_map(Op::FreeRange),
+        4 => (claimable(), any::<bool>()).prop_map(|(p, c)| Op::Claim(p, c)),
     ]
 }
 
 fn step(b: &mut BuddyAllocator<'_>, m: &mut Model, op: &Op) {
     match *op {
-        Op::Alloc(order, mt) => match b.alloc(order, mt) {
-            Ok(p) => {
-                assert!(p.is_aligned(order));
-                m.take(p.0, order);
+        Op::Alloc(order, mt) => {
+            let steals = b.stats().pageblock_steals;
+            let whole = m.unmovable_pageblocks(order);
+            match b.alloc(order, mt) {
+                Ok(p) => {
+                    assert!(p.is_aligned(order));
+                    let took_pageblock =
+                        order >= PAGEBLOCK_ORDER || b.stats().pageblock_steals > steals;
+                    if mt == MigrateType::Unmovable && took_pageblock {
+                        assert_eq!(
+                            Some(p.0),
+                            whole,
+                            "unmovable order {order}: not the lowest unclaimed pageblock"
+                        );
+                    }
+                    m.take(p.0, order);
+                }
+                Err(e) => {
+                    assert_eq!(e, AllocError::OutOfMemory);
+                    let size = 1u64 << order;
+                    let fits =
+                        (0..FRAMES as u64 / size).any(|k| m.free_run(k * size, size as usize));
+                    assert!(!fits, "order {order} refused though a free block exists");
+                }
             }
-            Err(e) => {
-                assert_eq!(e, AllocError::OutOfMemory);
-                let size = 1u64 << order;
-                let fits = (0..FRAMES as u64 / size).any(|k| m.free_run(k * size, size as usize));
-                assert!(!fits, "order {order} refused though a free block exists");
+        }
+        Op::Claim(pageblock, claimed) => {
+            let first = b.table().get(Pfn(pageblock << PAGEBLOCK_ORDER)).unwrap();
+            if claimed {
+                first.insert_flags(FrameFlags::PAGEBLOCK_CLAIMED);
+                m.claimed.insert(pageblock);
+            } else {
+                first.remove_flags(FrameFlags::PAGEBLOCK_CLAIMED);
+                m.claimed.remove(&pageblock);
             }
-        },
+        }
         Op::AllocAt(pfn, order, mt) => {
             let aligned = pfn & !((1u64 << order) - 1);
             for p in [pfn, aligned] {
@@ -284,6 +343,13 @@ fn check(b: &BuddyAllocator<'_>, m: &Model) {
     assert_eq!(b.free_frames(), m.free_frames);
     assert_eq!(report.allocated_blocks, m.blocks.len());
     assert_eq!(b.allocated_frames() + b.free_frames(), b.total_frames());
+    for &pb in &m.claimed {
+        let first = b.table().get(Pfn(pb << PAGEBLOCK_ORDER)).unwrap();
+        assert!(
+            first.flags().contains(FrameFlags::PAGEBLOCK_CLAIMED),
+            "pageblock {pb} lost its mark"
+        );
+    }
 }
 
 proptest! {

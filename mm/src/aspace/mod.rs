@@ -79,7 +79,7 @@ use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::AtomicCpuSet;
 use crate::frame::meta::{FrameMeta, FrameState};
 use crate::frame::refs::{CountError, Released};
-use crate::mapping::claims::{ClaimId, LimitError, PhysClaims};
+use crate::mapping::claims::{ClaimId, ClaimsGuard, LimitError, MarkedClaims};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
 use crate::mapping::vma::{
     check_user_addr, check_user_range, HugePolicy, Vma, VmaError, VmaFlags, VmaSet,
@@ -317,8 +317,9 @@ pub struct Mm<'m, M: PhysMem> {
     /// [`Mm::set_max_leaf`]).
     max_leaf_order: AtomicU8,
     /// The physical windows claimed by anchored VMAs, across every address space
-    /// (taken after a space's lock, never before it).
-    pub(crate) claims: Mutex<PhysClaims>,
+    /// (taken after a space's lock, never before it), with their pageblock marks; only
+    /// [`Mm::claims`] locks them.
+    windows: MarkedClaims,
     /// Source of anchor ids.
     next_claim: AtomicU64,
     /// The event counters.
@@ -359,7 +360,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             epoch: AtomicU64::new(0),
             count_errors: AtomicU64::new(0),
             max_leaf_order: AtomicU8::new(PageSize::Size1G.order()),
-            claims: Mutex::new(PhysClaims::new()),
+            windows: MarkedClaims::new(),
             next_claim: AtomicU64::new(1),
             vmstat: VmStat::default(),
         }
@@ -377,6 +378,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         size_of_order(self.max_leaf_order.load(Ordering::Relaxed)).unwrap_or(PageSize::Size4K)
     }
 
+    /// The claimed windows, locked; their changes keep the pageblock marks the
+    /// allocator reads in step.
+    pub(crate) fn claims(&self) -> ClaimsGuard<'_> {
+        self.windows.lock(self.frames.frame_table())
+    }
+
     /// A fresh owner id for the windows of a new anchor.
     pub(crate) fn new_claim_id(&self) -> ClaimId {
         ClaimId(self.next_claim.fetch_add(1, Ordering::Relaxed))
@@ -389,7 +396,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if anchored.is_empty() {
             return;
         }
-        let mut claims = self.claims.lock();
+        let mut claims = self.claims();
         for v in anchored {
             if let Some(anchor) = &v.anchor {
                 for (first, end) in anchor.windows(v.start, v.end) {
@@ -405,17 +412,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// or more than [`MAX_LIMIT`](crate::mapping::claims::MAX_LIMIT) is refused, and
     /// nothing changes; ranges claimed already stay.
     pub fn set_claim_limit(&self, limit: usize) -> Result<(), LimitError> {
-        self.claims.lock().set_limit(limit)
+        self.claims().set_limit(limit)
     }
 
     /// The most ranges the range tree of claimed windows may hold.
     pub fn claim_limit(&self) -> usize {
-        self.claims.lock().limit()
+        self.claims().limit()
     }
 
     /// Frames claimed by the windows of anchored VMAs, and the number of ranges.
     pub fn claimed_windows(&self) -> (u64, usize) {
-        let claims = self.claims.lock();
+        let claims = self.claims();
         let frames = claims.ranges().map(|(a, b, _)| b.0 - a.0).sum();
         (frames, claims.len())
     }

@@ -59,7 +59,8 @@ impl FrameState {
 
 bitflags::bitflags! {
     /// Per-frame flags. The allocator owns `MOVABLE`, `RESERVED`, `HUGE_HEAD`, `FREED`
-    /// and `PAGEBLOCK_UNMOVABLE`; the others belong to the layers above.
+    /// and `PAGEBLOCK_UNMOVABLE`; the others belong to the layers above (the allocator
+    /// reads `PAGEBLOCK_CLAIMED` and keeps it across frees).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct FrameFlags: u16 {
         /// The allocated block was asked for as [`MigrateType::Movable`](crate::frame::buddy::MigrateType):
@@ -79,11 +80,21 @@ bitflags::bitflags! {
         /// Meaningful on the first frame of a pageblock only: the pageblock groups
         /// unmovable allocations (cleared: movable ones).
         const PAGEBLOCK_UNMOVABLE = 1 << 6;
+        /// Meaningful on the first frame of a pageblock only: some frame of the pageblock
+        /// lies in a window claimed by contiguity generation, which will fill it with a
+        /// VMA's pages; unmovable allocations keep out of it while they can. Set and
+        /// cleared by the claimed windows' owner, read by the allocator.
+        const PAGEBLOCK_CLAIMED = 1 << 7;
         /// Allocated from the buddy allocator but sitting, unused, in a per-CPU frame
         /// cache of the kernel: freeing it again is a double free.
         const CACHED = 1 << 8;
     }
 }
+
+/// The flags of a pageblock's first frame that describe the whole pageblock: they stay
+/// when that frame is freed or allocated.
+pub const PAGEBLOCK_FLAGS: FrameFlags =
+    FrameFlags::PAGEBLOCK_UNMOVABLE.union(FrameFlags::PAGEBLOCK_CLAIMED);
 
 /// The metadata of one 4 KiB frame.
 #[repr(C)]

@@ -179,6 +179,14 @@ impl PhysClaims {
             .next()
     }
 
+    /// Whether some claimed range overlaps `[start, end)`.
+    pub fn overlaps(&self, start: Pfn, end: Pfn) -> bool {
+        start < end
+            && self
+                .touching(start.0, end.0)
+                .any(|(s, e, _)| e > start.0 && s < end.0)
+    }
+
     /// Frames claimed by `owner`.
     pub fn frames_of(&self, owner: ClaimId) -> u64 {
         self.ranges
@@ -275,5 +283,8 @@ impl PhysClaims {
     }
 }
 
+mod marks;
 #[cfg(test)]
 mod tests;
+
+pub use marks::{ClaimsGuard, MarkedClaims};

@@ -17,6 +17,13 @@
 //! (a *fallback*, counted). A pageblock's type changes only while it is one whole free
 //! block, so small free blocks never need to move between lists.
 //!
+//! Unmovable allocations that take whole free pageblocks take the lowest-addressed ones
+//! outside the windows contiguity generation has claimed (pageblocks marked
+//! [`FrameFlags::PAGEBLOCK_CLAIMED`]), and claimed ones only when nothing else is free:
+//! unmovable memory packs at the bottom of physical memory, where the kernel already
+//! sits, instead of landing in the gigabytes and windows that VMAs are being moved into.
+//! Movable allocations take the first block of their list.
+//!
 //! The allocator is not locked: the kernel wraps it in a `spin::Mutex`. Every method that
 //! fails returns a typed error and leaves the allocator and the metadata unchanged.
 //!
@@ -29,7 +36,7 @@ mod tests;
 pub use audit::{AuditError, AuditReport};
 
 use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
-use crate::frame::meta::{FrameFlags, FrameState, FrameTable, NO_LINK};
+use crate::frame::meta::{FrameFlags, FrameState, FrameTable, NO_LINK, PAGEBLOCK_FLAGS};
 
 /// Number of buddy orders, `0..=MAX_ORDER`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
@@ -200,7 +207,7 @@ impl<'a> BuddyAllocator<'a> {
         for i in s..e {
             let m = self.table.at(i);
             m.reset_free();
-            m.remove_flags(!FrameFlags::PAGEBLOCK_UNMOVABLE);
+            m.remove_flags(!PAGEBLOCK_FLAGS);
             m.set_state(FrameState::Tail, 0);
         }
         for (head, order) in Blocks::new(s, e) {
@@ -221,12 +228,60 @@ impl<'a> BuddyAllocator<'a> {
             Source::Pageblock => self.steals += 1,
             Source::Fallback => self.fallbacks += 1,
         }
-        let head = self.heads[list] as usize;
-        let from = list_order(list);
+        let whole = list_order(list) >= PAGEBLOCK_ORDER;
+        let pick = (whole && mt == MigrateType::Unmovable)
+            .then(|| self.lowest_pageblocks(order))
+            .flatten();
+        let (head, from, target) = pick.unwrap_or_else(|| {
+            let head = self.heads[list] as usize;
+            (head, list_order(list), head)
+        });
         self.unlink(head, from);
-        self.split(head, from, head, order, mt);
-        self.mark_allocated(head, order, mt);
-        Ok(Pfn(head as u64))
+        self.split(head, from, target, order, mt);
+        self.mark_allocated(target, order, mt);
+        Ok(Pfn(target as u64))
+    }
+
+    /// For an allocation of `order` taking whole free pageblocks: the free block (head,
+    /// order) to split and the aligned block inside it of `order` (at least a pageblock)
+    /// to take, the lowest-addressed one that overlaps no claimed pageblock, or the
+    /// lowest one when every one does. `None` when no free block is a pageblock or more.
+    /// O(free blocks of a pageblock or more, and the pageblocks in them up to the first
+    /// unclaimed one in each).
+    fn lowest_pageblocks(&self, order: u8) -> Option<(usize, u8, usize)> {
+        let span = order.max(PAGEBLOCK_ORDER);
+        // (claimed, target, head, order) of the best so far.
+        let mut best: Option<(bool, usize, usize, u8)> = None;
+        for from in span..=MAX_ORDER {
+            let mut at = self.heads[list_id(from, MigrateType::Movable)];
+            while at != NO_LINK {
+                let head = at as usize;
+                for target in (head..head + (1 << from)).step_by(1 << span) {
+                    let claimed = self.claimed(target, span);
+                    if best.is_none_or(|(c, t, _, _)| (claimed, target) < (c, t)) {
+                        best = Some((claimed, target, head, from));
+                    }
+                    if !claimed {
+                        break;
+                    }
+                }
+                at = self.table.at(head).next();
+            }
+        }
+        best.map(|(_, target, head, from)| (head, from, target))
+    }
+
+    /// Whether some pageblock of the block of `order` (at least a pageblock) at `head`
+    /// is marked claimed.
+    fn claimed(&self, head: usize, order: u8) -> bool {
+        (head..head + (1 << order))
+            .step_by(1 << PAGEBLOCK_ORDER)
+            .any(|pb| {
+                self.table
+                    .at(pb)
+                    .flags()
+                    .contains(FrameFlags::PAGEBLOCK_CLAIMED)
+            })
     }
 
     /// Allocate exactly the block of `2^order` frames at `pfn`, if all of it is free.
@@ -503,7 +558,7 @@ impl<'a> BuddyAllocator<'a> {
         };
         self.allocated[mt.index()] -= 1 << order;
         m.reset_free();
-        m.remove_flags(!FrameFlags::PAGEBLOCK_UNMOVABLE);
+        m.remove_flags(!PAGEBLOCK_FLAGS);
         m.insert_flags(FrameFlags::FREED);
         self.merge_and_push(head, order);
     }

@@ -360,6 +360,58 @@ fn unmovable_allocations_take_their_own_pageblock() {
 }
 
 #[test]
+fn unmovable_pageblocks_are_the_lowest_unclaimed_ones() {
+    let pb = 1usize << PAGEBLOCK_ORDER;
+    let recs = records(8 * pb);
+    let mut b = buddy(&recs, &[(0, 8 * pb as u64)]);
+    let mark = |b: &BuddyAllocator<'_>, k: usize| {
+        b.table()
+            .at(k * pb)
+            .insert_flags(FrameFlags::PAGEBLOCK_CLAIMED)
+    };
+    mark(&b, 0);
+    mark(&b, 2);
+    // A movable allocation takes its list's first block, wherever it is.
+    let m = b.alloc(PAGEBLOCK_ORDER, M).unwrap();
+    // The unmovable ones: the lowest pageblocks not claimed, 1 then 3 (or 4 when the
+    // movable block took 3).
+    let u0 = b.alloc(0, U).unwrap();
+    assert_eq!(u0, Pfn(pb as u64));
+    let heap = b.alloc(PAGEBLOCK_ORDER, U).unwrap();
+    let want = if m == Pfn(3 * pb as u64) { 4 } else { 3 };
+    assert_eq!(heap, Pfn((want * pb) as u64));
+    // With every free pageblock claimed, the lowest claimed one.
+    for k in 0..8 {
+        mark(&b, k);
+    }
+    let lowest_free = (0..8)
+        .map(|k| Pfn((k * pb) as u64))
+        .find(|&p| {
+            b.free_block_containing(p)
+                .is_some_and(|(_, o)| o >= PAGEBLOCK_ORDER)
+        })
+        .unwrap();
+    assert_eq!(b.alloc(PAGEBLOCK_ORDER, U).unwrap(), lowest_free);
+    b.audit().unwrap();
+}
+
+#[test]
+fn the_claimed_mark_stays_across_alloc_and_free() {
+    let pb = 1usize << PAGEBLOCK_ORDER;
+    let recs = records(2 * pb);
+    let mut b = buddy(&recs, &[(0, 2 * pb as u64)]);
+    let first = b.table().at(pb);
+    first.insert_flags(FrameFlags::PAGEBLOCK_CLAIMED);
+    for order in [0, 3, PAGEBLOCK_ORDER] {
+        let p = b.alloc_at(Pfn(pb as u64), order, M).unwrap();
+        assert!(first.flags().contains(FrameFlags::PAGEBLOCK_CLAIMED));
+        b.free(p, order).unwrap();
+        assert!(first.flags().contains(FrameFlags::PAGEBLOCK_CLAIMED));
+    }
+    b.audit().unwrap();
+}
+
+#[test]
 fn fallback_only_when_no_pageblock_is_left() {
     let pb = 1usize << PAGEBLOCK_ORDER;
     let recs = records(2 * pb);

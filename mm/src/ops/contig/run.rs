@@ -154,7 +154,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .as_ref()
             .map_or_else(|| self.new_claim_id(), |a| a.claim);
         // The VMA's old windows are given back first so that its new ones may reuse them.
-        self.claims.lock().release_owner(own);
+        self.claims().release_owner(own);
         let segments = match self.plan_segments(&found, &ranges, own, opts) {
             Some(s) => s,
             None => {
@@ -173,7 +173,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .vmas
             .set_anchor(vma.start, vma.end, Some(anchor.clone()))
         {
-            self.claims.lock().release_owner(own);
+            self.claims().release_owner(own);
             return Err(ContigError::Changed);
         }
         let mut report = ContigReport {
@@ -456,7 +456,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// Claim every segment's window for `anchor`; on failure nothing stays claimed.
     fn claim_windows(&self, anchor: &Anchor, vma: &Vma) -> Result<(), ContigError> {
-        let mut claims = self.claims.lock();
+        let mut claims = self.claims();
         for (first, end) in anchor.windows(vma.start, vma.end) {
             if claims.claim(first, end, anchor.claim).is_err() {
                 claims.release_owner(anchor.claim);
@@ -692,12 +692,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         blocks: &[(Pfn, u8)],
         away: Destination,
     ) -> Vec<(Pfn, Destination)> {
-        let windows: Vec<(Pfn, Pfn)> = self
-            .claims
-            .lock()
-            .ranges()
-            .map(|(a, b, _)| (a, b))
-            .collect();
+        let windows: Vec<(Pfn, Pfn)> = self.claims().ranges().map(|(a, b, _)| (a, b)).collect();
         let inside = |p: Pfn, o: u8| {
             let end = p.add(1 << o);
             windows.iter().any(|&(a, b)| p < b && a < end)

@@ -47,8 +47,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         extra: &[(Pfn, Pfn)],
     ) -> PhysView {
         let claimed: Vec<(Pfn, Pfn)> = self
-            .claims
-            .lock()
+            .claims()
             .ranges()
             .filter(|&(a, b, owner)| Some(owner) != own && b > lo && a < hi)
             .map(|(a, b, _)| (a, b))

@@ -1,6 +1,7 @@
 //! Host tests of the anchor plan on memory that other VMAs' windows have cut into pieces
 //! shorter than the VMA: the window of the VMA's resident pages must still land on
-//! frames its pages can be moved to.
+//! frames its pages can be moved to; and of the claimed windows keeping unmovable
+//! allocations out.
 
 use super::*;
 use crate::aspace::testing::{read_user, with_env, write_user, Env};
@@ -38,11 +39,7 @@ fn cut_memory<'a>(env: &Env<'a, Arena>) -> (Arc<AddressSpace<'a, Arena>>, ClaimI
     }
     let other = env.mm.new_claim_id();
     for f in OTHER_CLAIMS {
-        env.mm
-            .claims
-            .lock()
-            .claim(Pfn(f), Pfn(f + 1), other)
-            .unwrap();
+        env.mm.claims().claim(Pfn(f), Pfn(f + 1), other).unwrap();
     }
     let space = env.mm.new_space().unwrap();
     let flags = VmaFlags::private(HugePolicy::Never, true);
@@ -83,8 +80,50 @@ fn resident_pages_get_a_movable_window_when_memory_is_cut_shorter_than_the_vma()
             assert_eq!(read_user(env.mem, &space, va), Some(tag(va)), "{va:#x}");
         }
         env.mm.destroy_space(&space).unwrap();
-        assert_eq!(env.mm.claims.lock().release_owner(other), 3);
-        assert!(env.mm.claims.lock().is_empty());
+        assert_eq!(env.mm.claims().release_owner(other), 3);
+        assert!(env.mm.claims().is_empty());
+        env.audit();
+    });
+}
+
+/// A claimed window keeps unmovable allocations of whole pageblocks (a kernel heap
+/// growing, a new page-table pageblock) out while any pageblock outside the windows is
+/// free: they take the lowest unclaimed ones first, then the window's, lowest first.
+/// Released, the window is an ordinary free range again.
+#[test]
+fn unmovable_pageblocks_keep_out_of_claimed_windows() {
+    const PB: u64 = 512;
+    with_env(Arena::new(FRAMES), FRAMES, &[], |env| {
+        let owner = env.mm.new_claim_id();
+        // Not pageblock-aligned at either end: the two pageblocks it shares with free
+        // memory count as claimed.
+        let (start, end) = (3 * PB + 100, 9 * PB + 7);
+        env.mm.claims().claim(Pfn(start), Pfn(end), owner).unwrap();
+        let inside = |p: Pfn| p.0 + PB > start && p.0 < end;
+        let mut heads = Vec::new();
+        while let Ok(p) = env.frames.alloc(9, MigrateType::Unmovable, None) {
+            heads.push(p);
+        }
+        let outside: Vec<Pfn> = heads.iter().copied().filter(|&p| !inside(p)).collect();
+        let window: Vec<Pfn> = heads.iter().copied().filter(|&p| inside(p)).collect();
+        assert_eq!(window.len(), 7, "{window:?}");
+        assert_eq!(
+            heads[..outside.len()],
+            outside[..],
+            "the window went first: {heads:?}"
+        );
+        assert!(window.windows(2).all(|w| w[0] < w[1]), "{window:?}");
+        for p in heads {
+            env.frames.free(p, 9).unwrap();
+        }
+        assert_eq!(env.mm.claims().release_owner(owner), end - start);
+        let first = env.frames.alloc(9, MigrateType::Unmovable, None).unwrap();
+        assert_eq!(
+            first,
+            Pfn(PB),
+            "the lowest whole free pageblock (frame 0 is reserved)"
+        );
+        env.frames.free(first, 9).unwrap();
         env.audit();
     });
 }

@@ -72,7 +72,7 @@ fn runs_of_blocks_class_every_frame_as_its_own_block_does() {
         let other = mm.new_claim_id();
         let windows = [(Pfn(700), Pfn(1300)), (Pfn(4000), Pfn(4100))];
         {
-            let mut claims = mm.claims.lock();
+            let mut claims = mm.claims();
             claims.claim(windows[0].0, windows[0].1, other).unwrap();
             claims.claim(Pfn(2000), Pfn(2600), own).unwrap();
             claims.claim(windows[1].0, windows[1].1, other).unwrap();
