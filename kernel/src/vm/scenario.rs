@@ -38,8 +38,8 @@
 //!
 //! Every resident page is tagged (a value and its checksum, [`data`]); then
 //! [`Mm::make_vma_contiguous`](mm::aspace::Mm::make_vma_contiguous) runs on each demo
-//! VMA in the order `make_all_contiguous` would visit them (spaces in creation order,
-//! VMAs by address), one call each so progress can be shown, with the default options;
+//! VMA in the order `make_all_contiguous` would visit them (VMAs covering an aligned
+//! gigabyte first, then spaces in creation order, VMAs by address), one call each so progress can be shown, with the default options;
 //! the background is left as it is.
 //! Then the goals ([`goals`]) are checked: contiguity and alignment per VMA, moves within
 //! 5 % of the misplaced pages, no frame allocated by an exchange, every page's data (read
@@ -405,12 +405,16 @@ pub fn machine() -> Machine {
     }
 }
 
-/// Make each demo VMA contiguous in the order `make_all_contiguous` visits them (spaces
-/// in creation order, each space's VMAs by address), one call per VMA.
+/// Make each demo VMA contiguous in the order `make_all_contiguous` visits them (the
+/// VMAs covering an aligned gigabyte first, then spaces in creation order, each space's
+/// VMAs by address), one call per VMA.
 fn make_contiguous(built: &Built, observer: &mut dyn Observer) -> Vec<VmaOutcome> {
     let plan = &built.plan;
     let mut order: Vec<usize> = (0..plan.vmas.len()).collect();
-    order.sort_by_key(|&i| (plan.vmas[i].space, plan.vmas[i].start));
+    order.sort_by_key(|&i| {
+        let v = &plan.vmas[i];
+        (!built.mm.gigabyte_first(v.start, v.end()), v.space, v.start)
+    });
     let mut out = Vec::new();
     for index in order {
         let v = plan.vmas[index];

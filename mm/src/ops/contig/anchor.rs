@@ -93,6 +93,39 @@ pub fn choose(
     vpn_end: u64,
     align: u64,
 ) -> Option<Choice> {
+    choose_where(view, units, vpn_start, vpn_end, align, Need::Feasible)
+}
+
+/// [`choose`] among the windows that hold no blocked frame at all, not only none at a
+/// resident unit's target: a window that is to become one huge leaf (a 1 GiB one) needs
+/// every frame of it, the ones the pages faulted in later will take included.
+pub fn choose_clean(
+    view: &PhysView,
+    units: &[Unit],
+    vpn_start: u64,
+    vpn_end: u64,
+    align: u64,
+) -> Option<Choice> {
+    choose_where(view, units, vpn_start, vpn_end, align, Need::Clean)
+}
+
+/// Which windows a search may take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Any window without claimed frames.
+    Feasible,
+    /// Only windows without claimed or blocked frames.
+    Clean,
+}
+
+fn choose_where(
+    view: &PhysView,
+    units: &[Unit],
+    vpn_start: u64,
+    vpn_end: u64,
+    align: u64,
+    need: Need,
+) -> Option<Choice> {
     if vpn_end <= vpn_start || !align.is_power_of_two() {
         return None;
     }
@@ -106,6 +139,7 @@ pub fn choose(
         cover: Cover::new(&units, vpn_start),
         candidates,
         base,
+        need,
         best: None,
     };
     search.seed_with_free_windows(&placed);
@@ -252,6 +286,8 @@ struct Search<'v> {
     candidates: Candidates,
     /// The lower bound of a candidate where no unit is in place.
     base: u64,
+    /// Which windows it may take.
+    need: Need,
     /// (cost, candidate, pages in place) of the best so far.
     best: Option<(u64, u64, u64)>,
 }
@@ -297,7 +333,8 @@ impl Search<'_> {
             return false;
         }
         let (movable, blocked, claimed) = self.window(k);
-        if claimed > 0 || (movable, blocked) == (0, 0) {
+        let unclean = self.need == Need::Clean && blocked > 0;
+        if claimed > 0 || unclean || (movable, blocked) == (0, 0) {
             // Infeasible, or free: the seed took it.
             return true;
         }

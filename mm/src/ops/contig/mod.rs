@@ -19,7 +19,15 @@
 //!    off the line ends in at most `2k + 1` chunks. A stretch all of whose windows put
 //!    resident pages on blocked frames (memory cut into pieces shorter than it) anchors
 //!    only the 2 MiB-aligned span of its resident pages, when that finds a cheaper
-//!    window.
+//!    window. Where 1 GiB leaves are allowed, the aligned gigabytes of a stretch come
+//!    first: they get a window of their own, congruent modulo 1 GiB, that holds no
+//!    blocked frame at all ([`anchor::choose_clean`]: the frames the missing pages will
+//!    be faulted into count too, or the gigabyte can never be one leaf), and the
+//!    stretch's two ends are anchored as stretches of their own; without such a window
+//!    the stretch is anchored whole as above. For the same reason the operations on
+//!    several VMAs visit the VMAs covering an aligned gigabyte first
+//!    ([`Mm::gigabyte_first`](crate::aspace::Mm::gigabyte_first)), before smaller VMAs'
+//!    windows cut into the clean gigabytes.
 //! 3. **Claim** the windows in the range tree and store the anchor in the VMA (refused
 //!    with [`ContigError::Changed`] if the VMA was unmapped or split meanwhile). From then
 //!    on a page faulted into the VMA is allocated at its target frame when that is free,

@@ -11,7 +11,7 @@ use crate::mapping::anchor::{Anchor, AnchorSegment};
 use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
 use crate::mapping::vma::{check_user_addr, Vma};
-use crate::ops::contig::anchor::{choose, Choice, FrameClass, PhysView, Unit, BLOCK};
+use crate::ops::contig::anchor::{choose, choose_clean, Choice, FrameClass, PhysView, Unit, BLOCK};
 use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Placement};
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
@@ -108,14 +108,22 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         opts: &ContigOptions,
     ) -> Vec<(SpaceId, Result<ContigReport, ContigError>)> {
         let mut budget = opts.max_pages;
-        let mut out = Vec::new();
+        let mut visits: Vec<(Arc<AddressSpace<'m, M>>, Vma)> = Vec::new();
         for space in self.spaces() {
-            for r in self.contig_space(&space, opts, &mut budget) {
-                out.push((space.id(), r));
+            for vma in space.vmas() {
+                visits.push((space.clone(), vma));
             }
+        }
+        visits.sort_by_key(|(_, v)| !self.gigabyte_first(v.start, v.end));
+        let mut out = Vec::new();
+        for (space, vma) in visits {
             if budget == 0 {
                 break;
             }
+            out.push((
+                space.id(),
+                self.contig_vma(&space, vma.start, opts, &mut budget),
+            ));
         }
         out
     }
@@ -126,14 +134,27 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         opts: &ContigOptions,
         budget: &mut u64,
     ) -> Vec<Result<ContigReport, ContigError>> {
+        let mut vmas = space.vmas();
+        vmas.sort_by_key(|v| !self.gigabyte_first(v.start, v.end));
         let mut out = Vec::new();
-        for vma in space.vmas() {
+        for vma in vmas {
             if *budget == 0 {
                 break;
             }
             out.push(self.contig_vma(space, vma.start, opts, budget));
         }
         out
+    }
+
+    /// Whether the VMA `[start, end)` is made contiguous before the others by
+    /// [`make_all_contiguous`](Self::make_all_contiguous) and
+    /// [`make_space_contiguous`](Self::make_space_contiguous): it covers an aligned
+    /// gigabyte and 1 GiB leaves are allowed, so it looks for a whole gigabyte without
+    /// blocked frames (see [`Self::plan_segments`]), which smaller VMAs' windows taken
+    /// before it could cut into.
+    pub fn gigabyte_first(&self, start: u64, end: u64) -> bool {
+        let g = G1_PAGES * PAGE_SIZE;
+        self.max_leaf() == PageSize::Size1G && start.next_multiple_of(g) + g <= end
     }
 
     /// One VMA: find it, choose and claim its anchor, move its pages, report.
@@ -310,7 +331,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Choose the anchor's segments: the VMA's pinned blocks stay where they are, each
-    /// its own segment; every stretch between them gets the cheapest window (or, when
+    /// its own segment; the aligned gigabytes of a stretch between them get a clean
+    /// window of their own when there is one ([`Self::gigabyte_window`]); every stretch
+    /// (or end of one) left gets the cheapest window (or, when
     /// every window of the whole stretch puts resident pages on blocked frames, the span
     /// of its resident pages does, if that finds a cheaper one), and is cut and
     /// re-anchored past a page whose target is blocked (at most `opts.max_reanchors`
@@ -353,24 +376,26 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .iter()
             .map(|&(lo, hi)| self.phys_view(lo, hi, Some(own)))
             .collect();
-        for (mut a, b) in stretches {
+        // The aligned gigabytes of a stretch get a window of their own without blocked
+        // frames when there is one; the stretch's ends are then anchored on their own.
+        let mut rest = Vec::new();
+        for (a, b) in stretches {
+            match self.gigabyte_window(&base, found, a, b) {
+                Some((g0, g1, pfn)) => {
+                    segments.push(AnchorSegment {
+                        start: g0 * PAGE_SIZE,
+                        end: g1 * PAGE_SIZE,
+                        pfn,
+                    });
+                    chosen.push((pfn, pfn.add(g1 - g0)));
+                    rest.extend([(a, g0), (g1, b)].into_iter().filter(|(x, y)| x < y));
+                }
+                None => rest.push((a, b)),
+            }
+        }
+        for (mut a, b) in rest {
             loop {
-                // Each movable block's part inside the stretch (a block only partly
-                // mapped, or cut by a VMA split, may reach past it).
-                let units: Vec<Unit> = found
-                    .units
-                    .iter()
-                    .filter(|u| !u.pinned)
-                    .filter_map(|u| {
-                        let (from, to) = (u.vpn.max(a), (u.vpn + u.pages()).min(b));
-                        (from < to).then(|| Unit {
-                            vpn: from,
-                            pfn: u.head.0 + (from - u.vpn),
-                            pages: to - from,
-                            pinned: false,
-                        })
-                    })
-                    .collect();
+                let units = movable_units(found, a, b);
                 let mut end = b;
                 let mut window = self.stretch_window(&base, ranges, own, &chosen, &units, a, b);
                 // When every window of the whole stretch puts resident pages on blocked
@@ -422,6 +447,29 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         segments.sort_by_key(|s| s.start);
         Some(segments)
+    }
+
+    /// For a stretch `[a, b)` covering aligned gigabytes `[g0, g1)`, when 1 GiB leaves are
+    /// allowed: those gigabytes alone and the cheapest window for them, congruent modulo
+    /// 1 GiB, without a blocked frame anywhere in it (so that, once their pages are in
+    /// place and the missing ones faulted in, they can become 1 GiB leaves). `None` when
+    /// the stretch covers no aligned gigabyte or no such window exists.
+    fn gigabyte_window(
+        &self,
+        base: &[PhysView],
+        found: &Found,
+        a: u64,
+        b: u64,
+    ) -> Option<(u64, u64, Pfn)> {
+        let (g0, g1) = (a.next_multiple_of(G1_PAGES), b / G1_PAGES * G1_PAGES);
+        if self.max_leaf() != PageSize::Size1G || g0 >= g1 {
+            return None;
+        }
+        let units = movable_units(found, g0, g1);
+        base.iter()
+            .filter_map(|v| choose_clean(v, &units, g0, g1, G1_PAGES))
+            .min_by_key(|c| (c.cost, c.pfn_start))
+            .map(|c| (g0, g1, Pfn(c.pfn_start)))
     }
 
     /// The cheapest window for the stretch `[a, b)` with movable `units`, as the index of
@@ -784,6 +832,25 @@ fn best_window(
             }
         }
     }
+}
+
+/// Each movable block's part inside the stretch `[a, b)` (a block only partly mapped,
+/// or cut by a VMA split, may reach past it).
+fn movable_units(found: &Found, a: u64, b: u64) -> Vec<Unit> {
+    found
+        .units
+        .iter()
+        .filter(|u| !u.pinned)
+        .filter_map(|u| {
+            let (from, to) = (u.vpn.max(a), (u.vpn + u.pages()).min(b));
+            (from < to).then(|| Unit {
+                vpn: from,
+                pfn: u.head.0 + (from - u.vpn),
+                pages: to - from,
+                pinned: false,
+            })
+        })
+        .collect()
 }
 
 /// The 2 MiB-aligned virtual pages around the `units` (sorted by vpn) inside the stretch

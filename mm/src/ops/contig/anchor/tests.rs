@@ -18,19 +18,26 @@ fn weight(view: &PhysView, pfn: u64) -> u64 {
     }
 }
 
-/// Every candidate, every unit, every frame.
+/// Every candidate, every unit, every frame; with `clean`, only the windows without a
+/// blocked frame.
 fn brute(
     view: &PhysView,
     units: &[Unit],
     vpn_start: u64,
     vpn_end: u64,
     align: u64,
+    clean: bool,
 ) -> Option<Choice> {
     let len = vpn_end - vpn_start;
     let (lo, hi) = (view.lo().0, view.hi().0);
     let mut best: Option<Choice> = None;
     for c in (lo..(hi + 1).saturating_sub(len)).filter(|c| c % align == vpn_start % align) {
-        if (c..c + len).any(|f| view.class(Pfn(f)) == FrameClass::Claimed) {
+        let taken = |f: u64| match view.class(Pfn(f)) {
+            FrameClass::Claimed => true,
+            FrameClass::Blocked => clean,
+            _ => false,
+        };
+        if (c..c + len).any(taken) {
             continue;
         }
         let (mut cost, mut in_place) = (0, 0);
@@ -88,7 +95,7 @@ fn all_free_gives_the_lowest_window() {
             in_place: 0
         })
     );
-    assert_eq!(got, brute(&view, &units, 40, 56, 8));
+    assert_eq!(got, brute(&view, &units, 40, 56, 8, false));
 }
 
 #[test]
@@ -108,7 +115,7 @@ fn the_window_holding_most_pages_in_place_wins() {
             in_place: 15
         }
     );
-    assert_eq!(Some(got), brute(&view, &units, 0, 16, 16));
+    assert_eq!(Some(got), brute(&view, &units, 0, 16, 16, false));
 }
 
 #[test]
@@ -120,7 +127,7 @@ fn claimed_frames_are_never_inside_the_chosen_window() {
     let units: Vec<Unit> = (0..32).map(|i| unit(i, 64 + i, 1)).collect();
     let got = choose(&view, &units, 0, 32, 32).unwrap();
     assert_eq!((got.pfn_start, got.cost, got.in_place), (0, 32, 0));
-    assert_eq!(Some(got), brute(&view, &units, 0, 32, 32));
+    assert_eq!(Some(got), brute(&view, &units, 0, 32, 32, false));
     // No feasible candidate at all.
     let view = view_of(0, &[Claimed; 64]);
     assert_eq!(choose(&view, &units, 0, 32, 32), None);
@@ -141,7 +148,7 @@ fn a_pinned_misplaced_unit_makes_its_candidate_expensive() {
     // Start 0 would cost BLOCK * 4 + 4; start 64 keeps the pinned unit in place.
     let got = choose(&view, &units, 0, 16, 16).unwrap();
     assert_eq!((got.pfn_start, got.cost, got.in_place), (64, 4, 4));
-    assert_eq!(Some(got), brute(&view, &units, 0, 16, 16));
+    assert_eq!(Some(got), brute(&view, &units, 0, 16, 16, false));
     let blocked = view_of(0, &[Blocked; 16]);
     let got = choose(&blocked, &units[1..], 0, 16, 16).unwrap();
     assert_eq!((got.pfn_start, got.cost), (0, 4 * BLOCK));
@@ -272,7 +279,16 @@ proptest! {
     fn choose_matches_brute_force(c in case()) {
         let view = view_of(c.lo, &c.classes);
         let got = choose(&view, &c.units, c.vpn_start, c.vpn_end, c.align);
-        let want = brute(&view, &c.units, c.vpn_start, c.vpn_end, c.align);
+        let want = brute(&view, &c.units, c.vpn_start, c.vpn_end, c.align, false);
+        prop_assert_eq!(got, want);
+    }
+
+    /// The same for the windows without blocked frames.
+    #[test]
+    fn choose_clean_matches_brute_force(c in case()) {
+        let view = view_of(c.lo, &c.classes);
+        let got = choose_clean(&view, &c.units, c.vpn_start, c.vpn_end, c.align);
+        let want = brute(&view, &c.units, c.vpn_start, c.vpn_end, c.align, true);
         prop_assert_eq!(got, want);
     }
 }

@@ -4,7 +4,7 @@
 //! allocations out.
 
 use super::*;
-use crate::aspace::testing::{read_user, with_env, write_user, Env};
+use crate::aspace::testing::{read_user, with_env, write_user, Env, SparseMem};
 use crate::backend::phys::Arena;
 use crate::backend::source::FrameSource;
 use crate::frame::buddy::MigrateType;
@@ -124,6 +124,118 @@ fn unmovable_pageblocks_keep_out_of_claimed_windows() {
             "the lowest whole free pageblock (frame 0 is reserved)"
         );
         env.frames.free(first, 9).unwrap();
+        env.audit();
+    });
+}
+
+/// Where 1 GiB leaves are allowed, a VMA's aligned gigabyte gets a window of its own,
+/// congruent modulo 1 GiB, with no blocked frame anywhere in it, and the VMA's two ends
+/// windows of their own. Here the only such window is the third gigabyte: the first
+/// starts below the managed frames and the second holds one unmovable frame, which no
+/// resident page's target is on (so a window there would cost no more, but the
+/// gigabyte could never be one leaf). With the third blocked as well, the VMA is
+/// anchored whole, as without 1 GiB leaves.
+#[test]
+fn the_aligned_gigabyte_gets_a_clean_window_of_its_own() {
+    const G: u64 = 1 << 18;
+    const VA: u64 = 0x40_0000_0000;
+    const EDGE: u64 = 16;
+    let resident = 1000..1064u64;
+    with_env(SparseMem::new(3 * G), 3 * G, &[], |env| {
+        let block = |f: u64| {
+            env.frames
+                .alloc_at(Pfn(f), 0, MigrateType::Unmovable)
+                .unwrap()
+        };
+        block(G + G / 2 + 7);
+        let run = |env: &Env<'_, SparseMem>| {
+            let space = env.mm.new_space().unwrap();
+            let flags = VmaFlags::private(HugePolicy::Never, true);
+            let start = VA - EDGE * K4;
+            env.mm
+                .map_anon(&space, start, G * K4 + 2 * EDGE * K4, flags)
+                .unwrap();
+            for p in resident.clone() {
+                let va = VA + p * K4;
+                env.mm.populate(&space, va, K4).unwrap();
+                assert!(write_user(env.mem, &space, va, tag(va)));
+            }
+            let r = env
+                .mm
+                .make_vma_contiguous(&space, start, &ContigOptions::default())
+                .unwrap();
+            assert_eq!((r.failed, r.after.chunks), (0, 1));
+            let anchor = space.vmas()[0].anchor.clone().expect("anchored");
+            for p in resident.clone() {
+                let va = VA + p * K4;
+                let pfn = Pfn::containing(space.translate(va).expect("resident").pa);
+                assert_eq!(Some(pfn), anchor.target(va), "{va:#x}");
+                assert_eq!(read_user(env.mem, &space, va), Some(tag(va)), "{va:#x}");
+            }
+            env.mm.destroy_space(&space).unwrap();
+            anchor
+        };
+        let anchor = run(env);
+        let giga: Vec<_> = anchor
+            .segments
+            .iter()
+            .map(|s| (s.start, s.end, s.pfn))
+            .collect();
+        assert_eq!(giga.len(), 3, "{giga:?}");
+        assert!(giga.contains(&(VA, VA + G * K4, Pfn(2 * G))), "{giga:?}");
+        block(2 * G + 5);
+        let anchor = run(env);
+        assert_eq!(anchor.segments.len(), 1, "{:?}", anchor.segments);
+        assert_eq!(anchor.target(VA).map(|p| p.0 % G), Some(0));
+        env.audit();
+    });
+}
+
+/// The operations on several VMAs visit the VMAs covering an aligned gigabyte first
+/// (while 1 GiB leaves are allowed), then the others in space and address order.
+#[test]
+fn gigabyte_vmas_are_made_contiguous_first() {
+    const G: u64 = 1 << 18;
+    with_env(SparseMem::new(3 * G), 3 * G, &[], |env| {
+        let flags = VmaFlags::private(HugePolicy::Never, true);
+        let small = env.mm.new_space().unwrap();
+        let big = env.mm.new_space().unwrap();
+        env.mm.map_anon(&small, VA, 64 * K4, flags.clone()).unwrap();
+        let giga = 0x40_0000_0000 - 8 * K4;
+        env.mm
+            .map_anon(&big, giga, G * K4 + 16 * K4, flags.clone())
+            .unwrap();
+        env.mm.map_anon(&big, VA, 64 * K4, flags).unwrap();
+        for (space, va) in [(&small, VA), (&big, giga + 8 * K4), (&big, VA)] {
+            env.mm.populate(space, va, K4).unwrap();
+        }
+        assert!(env.mm.gigabyte_first(giga, giga + G * K4 + 16 * K4));
+        assert!(!env
+            .mm
+            .gigabyte_first(giga + 16 * K4, giga + G * K4 + 16 * K4));
+        let visited: Vec<(SpaceId, u64)> = env
+            .mm
+            .make_all_contiguous(&ContigOptions::default())
+            .into_iter()
+            .map(|(s, r)| (s, r.unwrap().start))
+            .collect();
+        assert_eq!(
+            visited,
+            [(big.id(), giga), (small.id(), VA), (big.id(), VA)]
+        );
+        let in_space: Vec<u64> = env
+            .mm
+            .make_space_contiguous(&big, &ContigOptions::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().start)
+            .collect();
+        assert_eq!(in_space, [giga, VA]);
+        env.mm.set_max_leaf(PageSize::Size2M);
+        assert!(!env.mm.gigabyte_first(giga, giga + G * K4 + 16 * K4));
+        for space in [small, big] {
+            env.mm.destroy_space(&space).unwrap();
+        }
         env.audit();
     });
 }
