@@ -1,5 +1,5 @@
 //! Layer 6, the operations on address spaces: page faults ([`fault`]), the move engine
-//! (`engine`) and its error ([`error`]), migration ([`migrate`]), exchange of two in-use blocks ([`exchange`]), contiguity generation ([`contig`]) and moving a range to a NUMA node ([`numa`]). Imports every layer below;
+//! (`engine`) and its error ([`error`]), migration ([`migrate`]), exchange of two in-use blocks ([`exchange`]), contiguity generation ([`contig`]), moving a range to a NUMA node ([`numa`]) and long-term pins ([`pin`]). Imports every layer below;
 //! nothing below imports it.
 
 pub mod contig;
@@ -10,3 +10,4 @@ pub mod fault;
 pub mod huge;
 pub mod migrate;
 pub mod numa;
+pub mod pin;

@@ -244,19 +244,20 @@ impl Built {
         Ok(n)
     }
 
-    /// Pin the plan's pages of the pinned VMA.
+    /// Pin the plan's pages of the pinned VMA for the long term (as a device's buffer
+    /// is): each is moved to where unmovable allocations go, then pinned.
     fn pin_all(&mut self) -> Result<(), ScenarioError> {
         let v = self.plan.vmas[self.plan.pinned_vma];
         for &page in &self.plan.pinned.clone() {
             let va = v.start + page * K4;
-            let head =
-                self.mm
-                    .pin(&self.spaces[v.space], va)
-                    .map_err(|error| ScenarioError::Pin {
-                        letter: v.letter,
-                        va,
-                        error,
-                    })?;
+            let head = self
+                .mm
+                .pin_longterm(&self.spaces[v.space], va)
+                .map_err(|error| ScenarioError::Pin {
+                    letter: v.letter,
+                    va,
+                    error,
+                })?;
             self.pins.push(head);
         }
         Ok(())

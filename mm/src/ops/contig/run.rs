@@ -187,7 +187,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             claim: own,
             segments,
         };
-        self.claim_windows(&anchor, vma)?;
+        let fixed: Vec<(Pfn, Pfn)> = found
+            .units
+            .iter()
+            .filter(|u| u.pinned)
+            .map(|u| (u.head, u.head.add(u.pages())))
+            .collect();
+        self.claim_windows(&anchor, vma, &fixed)?;
         if !space
             .state
             .lock()
@@ -502,11 +508,21 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         best_window(&excluding, units, a, b, self.max_leaf())
     }
 
-    /// Claim every segment's window for `anchor`; on failure nothing stays claimed.
-    fn claim_windows(&self, anchor: &Anchor, vma: &Vma) -> Result<(), ContigError> {
+    /// Claim every segment's window for `anchor`; on failure nothing stays claimed. A
+    /// window inside one of the VMA's own blocks that never move (`fixed`: the frames of
+    /// its pinned or unmovable blocks, each its own segment) is claimed only where no
+    /// other VMA's window holds it already: its frames are taken for good by the block,
+    /// so no page of the other VMA can be put there either way.
+    fn claim_windows(
+        &self,
+        anchor: &Anchor,
+        vma: &Vma,
+        fixed: &[(Pfn, Pfn)],
+    ) -> Result<(), ContigError> {
         let mut claims = self.claims();
         for (first, end) in anchor.windows(vma.start, vma.end) {
-            if claims.claim(first, end, anchor.claim).is_err() {
+            let pinned = fixed.iter().any(|&(a, b)| a <= first && end <= b);
+            if claims.claim(first, end, anchor.claim).is_err() && !pinned {
                 claims.release_owner(anchor.claim);
                 return Err(ContigError::NoRoom);
             }
