@@ -165,9 +165,7 @@ pub(super) fn huge(ctx: &TestContext) -> TestResult {
 }
 
 /// [`huge`], and a 1 GiB leaf in every VMA of 1 GiB or more covering an aligned
-/// gigabyte, both ways. Not reached yet on the 4 GiB guest (the 1 GiB VMA's window ends
-/// up 2 MiB-aligned only), so the suite's configurations leave it out (`skip=`); run it
-/// with `--filter gigabyte_leaf`.
+/// gigabyte, both ways.
 pub(super) fn huge_gigabyte_leaf(ctx: &TestContext) -> TestResult {
     huge_goals(ctx, true)
 }
