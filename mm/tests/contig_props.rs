@@ -18,6 +18,7 @@ use mm::mapping::claims::LimitError;
 use mm::mapping::region::SharedRegion;
 use mm::mapping::vma::{HugePolicy, SharedBacking, VmaFlags};
 use mm::ops::contig::{ContigError, ContigOptions, ContigReport, Phase, Placement};
+use mm::ops::migrate::Destination;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -349,6 +350,26 @@ fn a_full_range_tree_refuses_the_next_vma_with_no_room_and_changes_nothing() {
         assert_eq!(env.free_frames(), free);
         assert!(last.vmas().iter().all(|v| v.anchor.is_none()));
         assert_eq!(env.mm.claimed_windows(), full);
+        // An anchored VMA whose new anchor does not fit either (a page of it moved away
+        // and pinned there needs a segment of its own): refused, and its anchor goes
+        // with the windows it gave back, none stays stale.
+        let first = &spaces[0];
+        let page = va + 100 * K4;
+        let at = Pfn::containing(first.translate(page).unwrap().pa);
+        env.mm.migrate_one(at, Destination::Any).unwrap();
+        let pinned = env.mm.pin(first, page).unwrap();
+        assert_eq!(
+            env.mm
+                .make_vma_contiguous(first, va, &ContigOptions::default())
+                .unwrap_err(),
+            ContigError::NoRoom
+        );
+        assert!(
+            first.vmas().iter().all(|v| v.anchor.is_none()),
+            "stale anchor"
+        );
+        assert_eq!(env.mm.claimed_windows().1, SMALL_LIMIT - 1);
+        env.mm.unpin(pinned).unwrap();
         for s in &spaces {
             check_tags(env, s, va, 256);
         }

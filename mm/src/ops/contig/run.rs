@@ -193,7 +193,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .filter(|u| u.pinned)
             .map(|u| (u.head, u.head.add(u.pages())))
             .collect();
-        self.claim_windows(&anchor, vma, &fixed)?;
+        if let Err(e) = self.claim_windows(&anchor, vma, &fixed) {
+            // Its old windows were given back above: the old anchor goes with them.
+            self.drop_anchor(space, vma);
+            return Err(e);
+        }
         if !space
             .state
             .lock()
