@@ -386,19 +386,20 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             .iter()
             .map(|&(lo, hi)| self.phys_view(lo, hi, Some(own)))
             .collect();
-        // The aligned gigabytes of a stretch get a window of their own without blocked
-        // frames when there is one; the stretch's ends are then anchored on their own.
+        // A stretch covering aligned gigabytes gets a window without blocked frames when
+        // there is one, or else its gigabytes alone do; its ends are then anchored on
+        // their own.
         let mut rest = Vec::new();
         for (a, b) in stretches {
             match self.gigabyte_window(&base, found, a, b) {
-                Some((g0, g1, pfn)) => {
+                Some((s, e, pfn)) => {
                     segments.push(AnchorSegment {
-                        start: g0 * PAGE_SIZE,
-                        end: g1 * PAGE_SIZE,
+                        start: s * PAGE_SIZE,
+                        end: e * PAGE_SIZE,
                         pfn,
                     });
-                    chosen.push((pfn, pfn.add(g1 - g0)));
-                    rest.extend([(a, g0), (g1, b)].into_iter().filter(|(x, y)| x < y));
+                    chosen.push((pfn, pfn.add(e - s)));
+                    rest.extend([(a, s), (e, b)].into_iter().filter(|(x, y)| x < y));
                 }
                 None => rest.push((a, b)),
             }
@@ -460,10 +461,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// For a stretch `[a, b)` covering aligned gigabytes `[g0, g1)`, when 1 GiB leaves are
-    /// allowed: those gigabytes alone and the cheapest window for them, congruent modulo
-    /// 1 GiB, without a blocked frame anywhere in it (so that, once their pages are in
-    /// place and the missing ones faulted in, they can become 1 GiB leaves). `None` when
-    /// the stretch covers no aligned gigabyte or no such window exists.
+    /// allowed: the part of it to anchor first and the cheapest window for it, congruent
+    /// modulo 1 GiB, without a blocked frame anywhere in it (so that, once the pages are
+    /// in place and the missing ones faulted in, the gigabytes can become 1 GiB leaves).
+    /// The whole stretch if such a window holds it, else the gigabytes alone; `None` when
+    /// the stretch covers no aligned gigabyte or neither has such a window.
     fn gigabyte_window(
         &self,
         base: &[PhysView],
@@ -475,11 +477,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if self.max_leaf() != PageSize::Size1G || g0 >= g1 {
             return None;
         }
-        let units = movable_units(found, g0, g1);
-        base.iter()
-            .filter_map(|v| choose_clean(v, &units, g0, g1, G1_PAGES))
-            .min_by_key(|c| (c.cost, c.pfn_start))
-            .map(|c| (g0, g1, Pfn(c.pfn_start)))
+        [(a, b), (g0, g1)].into_iter().find_map(|(s, e)| {
+            let units = movable_units(found, s, e);
+            base.iter()
+                .filter_map(|v| choose_clean(v, &units, s, e, G1_PAGES))
+                .min_by_key(|c| (c.cost, c.pfn_start))
+                .map(|c| (s, e, Pfn(c.pfn_start)))
+        })
     }
 
     /// The cheapest window for the stretch `[a, b)` with movable `units`, as the index of

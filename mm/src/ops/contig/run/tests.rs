@@ -134,7 +134,8 @@ fn unmovable_pageblocks_keep_out_of_claimed_windows() {
 /// starts below the managed frames and the second holds one unmovable frame, which no
 /// resident page's target is on (so a window there would cost no more, but the
 /// gigabyte could never be one leaf). With the third blocked as well, the VMA is
-/// anchored whole, as without 1 GiB leaves.
+/// anchored whole, as without 1 GiB leaves; with no blocked frame left, one window holds
+/// the whole VMA, which gets one segment.
 #[test]
 fn the_aligned_gigabyte_gets_a_clean_window_of_its_own() {
     const G: u64 = 1 << 18;
@@ -147,7 +148,7 @@ fn the_aligned_gigabyte_gets_a_clean_window_of_its_own() {
                 .alloc_at(Pfn(f), 0, MigrateType::Unmovable)
                 .unwrap()
         };
-        block(G + G / 2 + 7);
+        let first = block(G + G / 2 + 7);
         let run = |env: &Env<'_, SparseMem>| {
             let space = env.mm.new_space().unwrap();
             let flags = VmaFlags::private(HugePolicy::Never, true);
@@ -183,10 +184,17 @@ fn the_aligned_gigabyte_gets_a_clean_window_of_its_own() {
             .collect();
         assert_eq!(giga.len(), 3, "{giga:?}");
         assert!(giga.contains(&(VA, VA + G * K4, Pfn(2 * G))), "{giga:?}");
-        block(2 * G + 5);
+        let second = block(2 * G + 5);
         let anchor = run(env);
         assert_eq!(anchor.segments.len(), 1, "{:?}", anchor.segments);
         assert_eq!(anchor.target(VA).map(|p| p.0 % G), Some(0));
+        // With the blocks gone, a window from the end of the first gigabyte into the
+        // third holds the whole VMA, ends included: one segment.
+        env.frames.free(first, 0).unwrap();
+        env.frames.free(second, 0).unwrap();
+        let anchor = run(env);
+        let whole: Vec<_> = anchor.segments.iter().map(|s| (s.start, s.pfn)).collect();
+        assert_eq!(whole, [(VA - EDGE * K4, Pfn(G - EDGE))]);
         env.audit();
     });
 }
