@@ -880,6 +880,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
     }
 
+    /// Free blocks whose last reference is gone, (head, order) each, through one call of
+    /// the frame source; each refusal is counted for the audit.
+    pub(crate) fn free_blocks(&self, blocks: &[(Pfn, u8)]) {
+        let refused = self.frames.free_batch(blocks);
+        if refused != 0 {
+            self.count_errors.fetch_add(refused, Ordering::AcqRel);
+        }
+    }
+
     /// Drop one reference on each of `heads`; free the blocks that lose their last one.
     pub(crate) fn put_refs(&self, heads: &[Pfn]) {
         let mut dead = Vec::new();
@@ -893,8 +902,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
             }
         }
-        for (head, order) in dead {
-            self.free_block(head, order);
+        if !dead.is_empty() {
+            self.free_blocks(&dead);
         }
     }
 

@@ -79,10 +79,8 @@ fn a_claim_refuses_a_block_that_changed_since_it_was_looked_at() {
         // Seen as a 4 KiB block before the lock, a 2 MiB block under it: a destination
         // sized from the first look would map 511 frames of others.
         let stale = Seen { order: 0 };
-        assert!(matches!(
-            env.mm.claim_block(head, stale),
-            Err(MigrateError::Changed)
-        ));
+        let claim = env.mm.claim_block(&env.mm.rmap.lock(), head, stale);
+        assert!(matches!(claim, Err(MigrateError::Changed)));
         assert!(!meta.is_claimed());
         assert_eq!(meta.refcount(), refs);
         env.audit();
@@ -108,15 +106,15 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
         Move::<M>::check(&self.swap, mm, orders)
     }
 
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
         self.swap.prepare(mm, claimed)
     }
 
-    fn abandon(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
-        self.swap.abandon(mm, claimed)
+    fn abandon(&mut self, drops: &mut ClaimDrops<'_, 'm, M>, claimed: &[Claimed]) {
+        self.swap.abandon(drops, claimed)
     }
 
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
+    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) {
         self.swap.transform(mm, claimed);
         let mut st = self.space.state.lock();
         let cur = st.pt.entry_at(self.va, 1).unwrap();
@@ -129,8 +127,13 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
         Move::<M>::target(&self.swap, i)
     }
 
-    fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
-        self.swap.finish(mm, claimed)
+    fn finish(
+        self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        drops: &mut ClaimDrops<'_, 'm, M>,
+    ) -> Result<(), MigrateError> {
+        self.swap.finish(mm, claimed, drops)
     }
 }
 
