@@ -38,6 +38,18 @@ pub fn free(pa: PhysAddr, order: u8) -> Result<(), MemError> {
     }
 }
 
+/// Free blocks (head and order) obtained from this allocator, straight to the buddy
+/// zone under one hold of its lock; returns how many were refused.
+pub fn free_batch(blocks: &[(Pfn, u8)]) -> u64 {
+    with_buddy(|b| {
+        let table = b.table();
+        blocks
+            .iter()
+            .filter(|&&(pfn, order)| pcp::free_to_buddy(table, b, pfn, order).is_err())
+            .count() as u64
+    })
+}
+
 /// Allocate exactly the block at `pfn` of `order`; a frame of it that sits in a per-CPU
 /// cache is drained back first.
 pub fn alloc_at(pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, MemError> {

@@ -21,7 +21,7 @@ use super::zone::with_buddy;
 use super::MemError;
 use crate::arch::percpu::{self, MAX_CPUS};
 use mm::base::addr::Pfn;
-use mm::frame::buddy::{AllocError, FreeError, MigrateType};
+use mm::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
 use mm::frame::meta::{FrameFlags, FrameState, FrameTable};
 use spin::Mutex;
 
@@ -152,6 +152,26 @@ pub fn free(table: FrameTable<'static>, pfn: Pfn) -> Result<(), MemError> {
         c.frames[c.len] = pfn;
         c.len += 1;
         Ok(())
+    })
+}
+
+/// Free a block straight to the buddy allocator `b` (whose lock the caller holds), under
+/// the free-claim lock of its head's stripe: a frame sitting in a cache is refused as a
+/// double free, as [`free`] refuses it.
+pub fn free_to_buddy(
+    table: FrameTable<'static>,
+    b: &mut BuddyAllocator<'static>,
+    pfn: Pfn,
+    order: u8,
+) -> Result<(), MemError> {
+    claimed(pfn, || {
+        if table
+            .get(pfn)
+            .is_some_and(|meta| meta.flags().contains(FrameFlags::CACHED))
+        {
+            return Err(MemError::Free(FreeError::DoubleFree));
+        }
+        b.free(pfn, order).map_err(MemError::Free)
     })
 }
 

@@ -21,6 +21,12 @@ impl Tally {
 
     /// Run `f`, counting it when profiling is on.
     pub fn time<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.time_many(1, f)
+    }
+
+    /// Run `f`, which does the work of `calls` calls at once (a batch), counting it when
+    /// profiling is on.
+    pub fn time_many<R>(&self, calls: u64, f: impl FnOnce() -> R) -> R {
         if !ENABLED.load(Ordering::Relaxed) {
             return f();
         }
@@ -28,7 +34,7 @@ impl Tally {
         let r = f();
         self.cycles
             .fetch_add(timer::tsc().wrapping_sub(start), Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(calls, Ordering::Relaxed);
         r
     }
 

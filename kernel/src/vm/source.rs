@@ -104,6 +104,10 @@ impl FrameSource for KernelFrames {
         profile::FREE.time(|| frames::free(pfn.addr(), order).map_err(free_error))
     }
 
+    fn free_batch(&self, blocks: &[(Pfn, u8)]) -> u64 {
+        profile::FREE.time_many(blocks.len() as u64, || frames::free_batch(blocks))
+    }
+
     fn frame_table(&self) -> FrameTable<'_> {
         *self.table.call_once(frames::table)
     }

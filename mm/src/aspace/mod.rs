@@ -324,6 +324,9 @@ pub struct Mm<'m, M: PhysMem> {
     next_claim: AtomicU64,
     /// The event counters.
     pub(crate) vmstat: VmStat,
+    /// The runs of reserved frames, found on first use (see
+    /// [`reserved_runs`](Self::reserved_runs)).
+    reserved: spin::Once<Vec<(Pfn, Pfn)>>,
 }
 
 /// The leaf flags of a user mapping.
@@ -363,7 +366,18 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             windows: MarkedClaims::new(),
             next_claim: AtomicU64::new(1),
             vmstat: VmStat::default(),
+            reserved: spin::Once::new(),
         }
+    }
+
+    /// The maximal runs of reserved frames (never handed to the allocator), by one scan
+    /// of the frame table the first time they are asked for. Frames leave the reserved
+    /// state only when added to the allocator, which happens before a memory manager is
+    /// built over it; a range added later would still be listed, and a snapshot of
+    /// memory built from the list would only take it for blocked.
+    pub(crate) fn reserved_runs(&self) -> &[(Pfn, Pfn)] {
+        self.reserved
+            .call_once(|| self.frames.frame_table().reserved_runs())
     }
 
     /// Cap the leaves new faults map at `size` (default 1 GiB), e.g. 2 MiB on a CPU
@@ -887,6 +901,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
     }
 
+    /// Free blocks whose last reference is gone, (head, order) each, through one call of
+    /// the frame source; each refusal is counted for the audit.
+    pub(crate) fn free_blocks(&self, blocks: &[(Pfn, u8)]) {
+        let refused = self.frames.free_batch(blocks);
+        if refused != 0 {
+            self.count_errors.fetch_add(refused, Ordering::AcqRel);
+        }
+    }
+
     /// Drop one reference on each of `heads`; free the blocks that lose their last one.
     pub(crate) fn put_refs(&self, heads: &[Pfn]) {
         let mut dead = Vec::new();
@@ -900,8 +923,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
             }
         }
-        for (head, order) in dead {
-            self.free_block(head, order);
+        if !dead.is_empty() {
+            self.free_blocks(&dead);
         }
     }
 

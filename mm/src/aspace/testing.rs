@@ -328,6 +328,13 @@ impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
         self.inner.free(pfn, order)
     }
 
+    fn free_batch(&self, blocks: &[(Pfn, u8)]) -> u64 {
+        for &(pfn, order) in blocks {
+            self.log.push(Event::Free { pfn, order });
+        }
+        self.inner.free_batch(blocks)
+    }
+
     fn frame_table(&self) -> FrameTable<'_> {
         self.inner.frame_table()
     }

@@ -23,6 +23,15 @@ pub trait FrameSource: Sync {
     fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError>;
     /// Free the block of `2^order` frames headed at `pfn`.
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError>;
+    /// Free every block of `blocks` (head and order) as [`free`](Self::free) would one
+    /// at a time (an implementation may take its lock once for all of them); returns
+    /// how many it refused.
+    fn free_batch(&self, blocks: &[(Pfn, u8)]) -> u64 {
+        blocks
+            .iter()
+            .filter(|&&(pfn, order)| self.free(pfn, order).is_err())
+            .count() as u64
+    }
     /// The metadata of every frame.
     fn frame_table(&self) -> FrameTable<'_>;
     /// The NUMA node of `pfn`, if known.
@@ -109,6 +118,14 @@ impl FrameSource for BuddyFrames<'_> {
 
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
         self.buddy.lock().free(pfn, order)
+    }
+
+    fn free_batch(&self, blocks: &[(Pfn, u8)]) -> u64 {
+        let mut buddy = self.buddy.lock();
+        blocks
+            .iter()
+            .filter(|&&(pfn, order)| buddy.free(pfn, order).is_err())
+            .count() as u64
     }
 
     fn frame_table(&self) -> FrameTable<'_> {

@@ -14,6 +14,7 @@
 //! an O(order) head lookup.
 
 use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
+use alloc::vec::Vec;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -272,6 +273,23 @@ impl<'a> FrameTable<'a> {
     /// The record of `pfn`, if the table covers it.
     pub fn get(&self, pfn: Pfn) -> Option<&'a FrameMeta> {
         self.metas.get(usize::try_from(pfn.0).ok()?)
+    }
+
+    /// The maximal runs `[start, end)` of reserved frames (never handed to the
+    /// allocator), in order. One pass over the table.
+    pub fn reserved_runs(&self) -> Vec<(Pfn, Pfn)> {
+        let mut runs: Vec<(Pfn, Pfn)> = Vec::new();
+        for (i, m) in self.metas.iter().enumerate() {
+            if m.state() != FrameState::Reserved {
+                continue;
+            }
+            let i = i as u64;
+            match runs.last_mut() {
+                Some((_, end)) if end.0 == i => end.0 = i + 1,
+                _ => runs.push((Pfn(i), Pfn(i + 1))),
+            }
+        }
+        runs
     }
 
     /// The record at index `i` (crate internal: the caller has checked `i < len()`).

@@ -40,6 +40,7 @@
 
 use crate::base::addr::{PageSize, Pfn};
 use crate::mapping::region::SharedRegion;
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::sync::Weak;
 use alloc::vec::Vec;
@@ -92,12 +93,13 @@ impl Rmap {
     /// Record `entry` as a mapping of the block headed at `head`; `false` if that
     /// (space, address) was already recorded.
     pub fn insert(&mut self, head: Pfn, entry: RmapEntry) -> bool {
-        let key = (head.0, entry.space, entry.va.as_u64());
-        if self.maps.contains_key(&key) {
-            return false;
+        match self.maps.entry((head.0, entry.space, entry.va.as_u64())) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert((entry.size, entry.offset));
+                true
+            }
         }
-        self.maps.insert(key, (entry.size, entry.offset));
-        true
     }
 
     /// Forget the mapping of `head` at `va` in `space`.
@@ -112,7 +114,8 @@ impl Rmap {
         self.maps.get(&key).map(|v| key_entry(&key, v))
     }
 
-    fn range_of(&self, head: Pfn) -> impl Iterator<Item = RmapEntry> + '_ {
+    /// Every mapping of `head`, in key order (by address space, then address).
+    pub fn range_of(&self, head: Pfn) -> impl Iterator<Item = RmapEntry> + '_ {
         let lo = Bound::Included((head.0, SpaceId(0), 0));
         let hi = Bound::Excluded((head.0 + 1, SpaceId(0), 0));
         self.maps.range((lo, hi)).map(|(k, v)| key_entry(k, v))
@@ -123,24 +126,14 @@ impl Rmap {
         self.range_of(head).collect()
     }
 
-    /// The mappings of `head` in `space`.
-    pub fn entries_in(&self, head: Pfn, space: SpaceId) -> Vec<RmapEntry> {
+    /// The mappings of `head` in `space`, in address order.
+    pub fn range_in(&self, head: Pfn, space: SpaceId) -> impl Iterator<Item = RmapEntry> + '_ {
         let lo = Bound::Included((head.0, space, 0));
         let hi = match space.0.checked_add(1) {
             Some(next) => Bound::Excluded((head.0, SpaceId(next), 0)),
             None => Bound::Excluded((head.0 + 1, SpaceId(0), 0)),
         };
-        self.maps
-            .range((lo, hi))
-            .map(|(k, v)| key_entry(k, v))
-            .collect()
-    }
-
-    /// The address spaces mapping `head`, without duplicates.
-    pub fn spaces(&self, head: Pfn) -> Vec<SpaceId> {
-        let mut spaces: Vec<SpaceId> = self.range_of(head).map(|e| e.space).collect();
-        spaces.dedup();
-        spaces
+        self.maps.range((lo, hi)).map(|(k, v)| key_entry(k, v))
     }
 
     /// Every (head, mapping) pair, in key order.

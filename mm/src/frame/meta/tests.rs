@@ -80,3 +80,18 @@ fn flags_are_set_and_cleared_individually() {
     m.remove_flags(FrameFlags::RESERVED | FrameFlags::MOVABLE);
     assert_eq!(m.flags(), FrameFlags::PINNED);
 }
+
+#[test]
+fn reserved_runs_are_maximal_and_in_order() {
+    let recs = FrameTable::boxed_records(16);
+    let t = FrameTable::new(&recs).unwrap();
+    // Reserved: 0..2, 5, 9..16.
+    (2..5).for_each(|i| t.at(i).set_state(FrameState::Free, 0));
+    (6..9).for_each(|i| t.at(i).set_state(FrameState::Allocated, 0));
+    assert_eq!(
+        t.reserved_runs(),
+        [(Pfn(0), Pfn(2)), (Pfn(5), Pfn(6)), (Pfn(9), Pfn(16))]
+    );
+    (0..16).for_each(|i| t.at(i).set_state(FrameState::Free, 0));
+    assert_eq!(t.reserved_runs(), []);
+}

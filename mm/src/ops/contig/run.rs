@@ -16,7 +16,7 @@ use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Place
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
 use crate::ops::migrate::{Destination, MigrateError};
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -65,11 +65,13 @@ struct Work {
     tries: u8,
 }
 
+/// Present leaves of a VMA: (vpn, pfn, pages), in address order.
+type Leaves = Vec<(u64, u64, u64)>;
+
 /// The VMA as the operation found it.
 struct Found {
     vma: Vma,
-    /// Present leaves: (vpn, pfn, pages).
-    leaves: Vec<(u64, u64, u64)>,
+    leaves: Leaves,
     units: Vec<Resident>,
 }
 
@@ -256,34 +258,19 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         self.place(space, vma, todo, node, opts, budget, &mut report);
         report.after = chunk_stats(
             &self
-                .find_resident(space, vma.start)
-                .map_or_else(|_| Vec::new(), |f| f.leaves),
+                .vma_leaves(space, vma.start)
+                .map_or_else(|_| Vec::new(), |(_, leaves)| leaves),
         );
         Ok(report)
     }
 
     /// The VMA containing `va`, its present leaves and its resident blocks.
     fn find_resident(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<Found, ContigError> {
-        let (vma, walked) = {
-            let st = space.state.lock();
-            if st.dead {
-                return Err(SpaceError::SpaceDestroyed.into());
-            }
-            let vma = st.vmas.find(va).cloned().ok_or(ContigError::NotMapped)?;
-            let walked: Vec<(u64, Pfn, PageSize)> = st
-                .pt
-                .walk(vma.start, vma.end)
-                .map(|(v, t)| (v.as_u64(), Pfn::containing(t.leaf_base_pa), t.size))
-                .collect();
-            (vma, walked)
-        };
+        let (vma, leaves) = self.vma_leaves(space, va)?;
         let table = self.frames.frame_table();
-        let mut units: BTreeMap<Pfn, Resident> = BTreeMap::new();
-        let mut leaves = Vec::with_capacity(walked.len());
-        for &(v, pfn, size) in &walked {
-            let pages = size.bytes() / PAGE_SIZE;
-            leaves.push((v / PAGE_SIZE, pfn.0, pages));
-            let Some(head) = table.head_of(pfn) else {
+        let mut units = Vec::with_capacity(leaves.len());
+        for &(vpn, pfn, _) in &leaves {
+            let Some(head) = table.head_of(Pfn(pfn)) else {
                 continue;
             };
             let Some(meta) = table.get(head) else {
@@ -292,19 +279,44 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             if meta.state() != FrameState::Allocated {
                 continue;
             }
-            let Some(vpn) = (v / PAGE_SIZE).checked_sub(pfn.0 - head.0) else {
+            let Some(vpn) = vpn.checked_sub(pfn - head.0) else {
                 continue;
             };
-            units.entry(head).or_insert(Resident {
+            units.push(Resident {
                 vpn,
                 head,
                 order: meta.order(),
                 pinned: block_class(meta) != FrameClass::Movable,
             });
         }
-        let mut units: Vec<Resident> = units.into_values().collect();
+        // One unit per block, as its first leaf in address order places it (the sorts
+        // are stable).
+        units.sort_by_key(|u| u.head);
+        units.dedup_by_key(|u| u.head);
         units.sort_by_key(|u| u.vpn);
         Ok(Found { vma, leaves, units })
+    }
+
+    /// The VMA containing `va` and its present leaves: (vpn, pfn, pages).
+    fn vma_leaves(
+        &self,
+        space: &AddressSpace<'m, M>,
+        va: u64,
+    ) -> Result<(Vma, Leaves), ContigError> {
+        let st = space.state.lock();
+        if st.dead {
+            return Err(SpaceError::SpaceDestroyed.into());
+        }
+        let vma = st.vmas.find(va).cloned().ok_or(ContigError::NotMapped)?;
+        let leaves = st
+            .pt
+            .walk(vma.start, vma.end)
+            .map(|(v, t)| {
+                let pfn = Pfn::containing(t.leaf_base_pa).0;
+                (v.as_u64() / PAGE_SIZE, pfn, t.size.bytes() / PAGE_SIZE)
+            })
+            .collect();
+        Ok((vma, leaves))
     }
 
     /// The physical ranges the VMA's windows may lie in.
@@ -609,33 +621,46 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 report.complete = false;
                 break;
             }
-            let ours: BTreeSet<Pfn> = todo.iter().map(|w| w.head).collect();
+            // Our blocks' heads (distinct), sorted, with their index in `todo`.
+            let mut ours: Vec<(Pfn, usize)> =
+                todo.iter().enumerate().map(|(i, w)| (w.head, i)).collect();
+            ours.sort_unstable();
+            let ours_at = |h: Pfn| {
+                ours.binary_search_by_key(&h, |&(p, _)| p)
+                    .ok()
+                    .map(|k| ours[k].1)
+            };
             let mut migrations: Vec<usize> = Vec::new();
             let mut exchanges: Vec<(usize, Pfn)> = Vec::new();
             let mut displace: Vec<(Pfn, u8)> = Vec::new();
             let mut blocked = Vec::new();
-            // Blocks some unit of this pass already moves: a block takes part in one
-            // move per pass (a second would only be refused as already migrating).
-            let mut used: BTreeSet<Pfn> = BTreeSet::new();
+            // Our blocks some unit of this pass already moves, by index in `todo`: a
+            // block takes part in one move per pass (a second would only be refused as
+            // already migrating). A block that is not ours is the target of one of ours
+            // at most (targets are distinct), so it can meet only one exchange.
+            let mut used = alloc::vec![false; todo.len()];
             for (i, w) in todo.iter().enumerate() {
                 match self.target_state(w.target, w.order) {
                     Target::Free => {
-                        used.insert(w.head);
+                        used[i] = true;
                         migrations.push(i);
                     }
                     Target::Exact(h) if h == w.head => {}
-                    Target::Exact(h)
-                        if (!ours.contains(&h) || cycle_break)
-                            && !used.contains(&h)
-                            && !used.contains(&w.head) =>
-                    {
-                        used.insert(h);
-                        used.insert(w.head);
-                        exchanges.push((i, h));
+                    Target::Exact(h) => {
+                        let theirs = ours_at(h);
+                        if (theirs.is_none() || cycle_break)
+                            && !theirs.is_some_and(|k| used[k])
+                            && !used[i]
+                        {
+                            if let Some(k) = theirs {
+                                used[k] = true;
+                            }
+                            used[i] = true;
+                            exchanges.push((i, h));
+                        }
                     }
-                    Target::Exact(_) => {}
                     Target::Occupied(blocks) => {
-                        if blocks.iter().all(|(h, _)| !ours.contains(h)) {
+                        if blocks.iter().all(|&(h, _)| ours_at(h).is_none()) {
                             displace.extend(blocks);
                         }
                     }
@@ -652,7 +677,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 continue;
             }
             cycle_break = false;
-            let mut done: BTreeSet<usize> = BTreeSet::new();
+            let mut done = alloc::vec![false; todo.len()];
             // Moving what sits in the way first, then migrations, then exchanges.
             displace.sort_unstable();
             displace.dedup();
@@ -692,7 +717,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         Ok(_) => {
                             report.migrated += pages;
                             *budget -= pages;
-                            done.insert(i);
+                            done[i] = true;
                         }
                         Err(e) => todo[i].tries += tries_for(*e),
                     }
@@ -718,12 +743,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         Ok(()) => {
                             report.exchanged += pages;
                             *budget -= 2 * pages;
-                            done.insert(i);
+                            done[i] = true;
                             // The occupant now sits where our block was; if it is one of
-                            // ours, it is still to be placed from there.
+                            // ours, it is still to be placed from there (no other move
+                            // of this pass changed its head: it was used once).
                             let old = todo[i].head;
-                            if let Some(w) = todo.iter_mut().find(|w| w.head == occupant) {
-                                w.head = old;
+                            if let Some(k) = ours_at(occupant) {
+                                todo[k].head = old;
                                 report.exchanged += pages;
                             } else {
                                 report.displaced += pages;
@@ -739,13 +765,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             // A block an exchange of its partner swapped into place is done too.
             for (k, w) in todo.iter().enumerate() {
                 if w.head == w.target {
-                    done.insert(k);
+                    done[k] = true;
                 }
             }
             let mut k = 0;
             todo.retain(|w| {
-                let keep = !done.contains(&k) && w.tries < MAX_TRIES;
-                if !done.contains(&k) && w.tries >= MAX_TRIES {
+                let keep = !done[k] && w.tries < MAX_TRIES;
+                if !done[k] && w.tries >= MAX_TRIES {
                     report.failed += 1 << w.order;
                 }
                 k += 1;

@@ -59,25 +59,26 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         PhysView::from_runs(
             lo,
             hi,
-            block_runs(self.frames.frame_table(), lo, hi).chain(claimed),
+            block_runs(self.frames.frame_table(), self.reserved_runs(), lo, hi).chain(claimed),
         )
     }
 }
 
 /// The blocks of `[lo, hi)` in order as runs `(start, end, class)`, consecutive blocks of
 /// one class merged (a run may begin before `lo` when `lo` is inside a block).
-fn block_runs(
-    table: FrameTable<'_>,
+fn block_runs<'a>(
+    table: FrameTable<'a>,
+    reserved: &'a [(Pfn, Pfn)],
     lo: Pfn,
     hi: Pfn,
-) -> impl Iterator<Item = (Pfn, Pfn, FrameClass)> + '_ {
+) -> impl Iterator<Item = (Pfn, Pfn, FrameClass)> + 'a {
     let mut at = lo;
     let mut blocks = core::iter::from_fn(move || {
         if at >= hi {
             return None;
         }
         let start = at;
-        let (end, class) = block_at(&table, at, hi);
+        let (end, class) = block_at(&table, reserved, at, hi);
         at = end;
         Some((start, end, class))
     })
@@ -91,16 +92,25 @@ fn block_runs(
     })
 }
 
-/// Where the block (or the run of reserved frames) containing `pfn` ends, at most `hi`,
-/// and its class. Read without locks: a block changing meanwhile is misread at worst,
-/// and the end is always past `pfn`.
-fn block_at(table: &FrameTable<'_>, pfn: Pfn, hi: Pfn) -> (Pfn, FrameClass) {
+/// Where the block (or the run of reserved frames, from `reserved`, the runs the memory
+/// manager listed) containing `pfn` ends, at most `hi`, and its class. Read without
+/// locks: a block changing meanwhile is misread at worst, and the end is always past
+/// `pfn`.
+fn block_at(
+    table: &FrameTable<'_>,
+    reserved: &[(Pfn, Pfn)],
+    pfn: Pfn,
+    hi: Pfn,
+) -> (Pfn, FrameClass) {
     let Some(meta) = table.get(pfn) else {
         return (hi, FrameClass::Blocked);
     };
     let (end, class) = match meta.state() {
         FrameState::Reserved => {
-            let mut end = pfn.add(1);
+            let listed = reserved
+                .get(reserved.partition_point(|&(_, end)| end <= pfn))
+                .filter(|&&(start, _)| start <= pfn);
+            let mut end = listed.map_or(pfn.add(1), |&(_, end)| end);
             while end < hi
                 && table
                     .get(end)

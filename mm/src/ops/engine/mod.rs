@@ -8,19 +8,22 @@
 //! source, an exchange both of its blocks) and says, through its [`Move`], what becomes
 //! of them. For the whole batch:
 //!
-//! 1. **claim** each block of each unit under the reverse-map lock, the lock under which
-//!    a managed block's head, state and order are stable (a managed block is freed only
-//!    after its last reference was dropped under that lock): the block is re-read there
-//!    and refused with [`MigrateError::Changed`] if it is no longer what the caller saw
-//!    before the lock; it must be a managed head, movable, unpinned and unclaimed; the
-//!    claim (the owner word's `MIGRATING` bit, taken by compare-exchange) holds one
-//!    reference. Then [`Move::prepare`] (a migration allocates its destination there).
-//!    A unit that fails here drops its claims; nothing else changed.
-//! 2. **install**: under each address space's lock, every mapping of every claimed block
-//!    is replaced by a migration entry with a compare-exchange (retried when the MMU sets
-//!    accessed/dirty meanwhile, so those bits are carried over). A unit whose tables
-//!    disagree with the reverse map is put back exactly (original leaves, claims dropped,
-//!    [`Move::abandon`]) and reported.
+//! 1. **claim** each block of each unit under the reverse-map lock (one hold per unit),
+//!    the lock under which a managed block's head, state and order are stable (a
+//!    managed block is freed only after its last reference was dropped under that
+//!    lock): the block is re-read there and refused with [`MigrateError::Changed`] if it
+//!    is no longer what the caller saw before the lock; it must be a managed head,
+//!    movable, unpinned and unclaimed; the claim (the owner word's `MIGRATING` bit,
+//!    taken by compare-exchange) holds one reference; the address spaces mapping the
+//!    block are noted there. Then [`Move::prepare`] (a migration allocates its
+//!    destination there). A unit that fails here drops its claims; nothing else
+//!    changed.
+//! 2. **install**: in each address space noted, under its lock and the reverse map's
+//!    (each taken once for all the batch's blocks there), every mapping of every claimed
+//!    block is replaced by a migration entry with a compare-exchange (retried when the
+//!    MMU sets accessed/dirty meanwhile, so those bits are carried over). A unit whose
+//!    tables disagree with the reverse map is put back exactly (original leaves, claims
+//!    dropped, [`Move::abandon`]) and reported, once every space has been visited.
 //! 3. **shoot down** once for the whole batch: one request to the union of the CPUs that
 //!    have any of the batch's address spaces loaded, covering every migration entry
 //!    installed (a full flush past the range limit). Then wait, per block, until no unmap
@@ -30,9 +33,11 @@
 //!    [`Move::target`], then, in each address space, every migration entry becomes a leaf
 //!    of the same size and flags to the target's frame at the same offset, its
 //!    reverse-map entry, map count and reference moving with it.
-//! 6. **finish** ([`Move::finish`]): the unit drops its claims; blocks that lost their
-//!    last reference are freed. The migration epoch is bumped so that CPUs waiting on a
-//!    migration entry retry.
+//! 6. **finish** ([`Move::finish`]): under one hold of the reverse-map lock, each unit
+//!    drops its claims through a [`ClaimDrops`]; the blocks that lost their last
+//!    reference are freed together, in one call of the frame source, once the lock is
+//!    let go. The migration epoch is bumped so that CPUs waiting on a migration entry
+//!    retry.
 //!
 //! A CPU touching a block during steps 2-5 faults on the migration entry, waits without
 //! holding any lock and retries. Unmap, protect and destroy wait the same way for a
@@ -53,12 +58,14 @@ use crate::base::cpuset::CpuSet;
 use crate::frame::meta::{FrameFlags, FrameState};
 use crate::frame::refs::Released;
 use crate::mapping::region::SharedRegion;
+use crate::mapping::rmap::Rmap;
 use crate::ops::error::MigrateError;
 use crate::paging::{MigrationEntry, RawError};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use spin::MutexGuard;
 use x86_64::VirtAddr;
 
 /// What the claim saw of a block before taking the lock.
@@ -68,8 +75,12 @@ struct Seen {
 }
 
 /// One migration entry installed for a claimed block.
-pub(crate) struct Installed<'m, M: PhysMem> {
-    space: Arc<AddressSpace<'m, M>>,
+struct Installed {
+    /// Index of the unit in the batch, and of the block in the batch's blocks.
+    unit: usize,
+    block: usize,
+    /// Index of the address space in the batch's spaces.
+    space: usize,
     va: u64,
     /// Index, in 4 KiB frames from the head, of the first frame the leaf maps.
     offset: u64,
@@ -77,15 +88,62 @@ pub(crate) struct Installed<'m, M: PhysMem> {
 }
 
 /// A block claimed by a unit: its head and order, stable until the unit finishes.
-pub(crate) struct Claimed<'m, M: PhysMem> {
+pub(crate) struct Claimed {
     /// Head of the block.
     pub head: Pfn,
     /// Order of the block.
     pub order: u8,
-    spaces: Vec<SpaceId>,
-    installed: Vec<Installed<'m, M>>,
     /// Mappings found gone at remap or put-back (see the module doc).
     lost: usize,
+}
+
+/// Claims dropped under one hold of the reverse-map lock: the blocks that lose their last
+/// reference are freed together, through one call of the frame source, when it is let
+/// go. Only the engine makes one: while claiming (for blocks no table ever changed for),
+/// when a unit is put back, and at step 6, after the batch's shootdown.
+pub(crate) struct ClaimDrops<'a, 'm, M: PhysMem> {
+    mm: &'a Mm<'m, M>,
+    rmap: Option<MutexGuard<'a, Rmap>>,
+    dead: Vec<(Pfn, u8)>,
+}
+
+impl<'a, 'm, M: PhysMem> ClaimDrops<'a, 'm, M> {
+    fn new(mm: &'a Mm<'m, M>) -> ClaimDrops<'a, 'm, M> {
+        ClaimDrops {
+            mm,
+            rmap: Some(mm.rmap.lock()),
+            dead: Vec::new(),
+        }
+    }
+
+    fn rmap(&mut self) -> &mut Rmap {
+        self.rmap
+            .as_deref_mut()
+            .expect("the reverse map stays locked until the drops are let go")
+    }
+
+    /// Drop the claim on `head` and the reference it held; say whether that was the
+    /// block's (of `order`) last reference: it is then freed when the drops are let go.
+    pub fn drop_claim(&mut self, head: Pfn, order: u8) -> bool {
+        let Some(meta) = self.mm.meta(head) else {
+            return false;
+        };
+        meta.unclaim();
+        let released = self.mm.count_result(meta.put_ref()) == Some(Released::Last);
+        if released {
+            self.dead.push((head, order));
+        }
+        released
+    }
+}
+
+impl<M: PhysMem> Drop for ClaimDrops<'_, '_, M> {
+    fn drop(&mut self) {
+        drop(self.rmap.take());
+        if !self.dead.is_empty() {
+            self.mm.free_blocks(&self.dead);
+        }
+    }
 }
 
 /// What one unit of a batch does with the blocks it claims.
@@ -103,25 +161,27 @@ pub(crate) trait Move<'m, M: PhysMem> {
     /// Check the claimed blocks against each other and get what the transform needs (a
     /// migration allocates its destination). On error the claims are dropped and
     /// nothing has changed.
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError>;
+    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError>;
 
-    /// Undo [`prepare`](Self::prepare) for a unit that is put back.
-    fn abandon(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]);
+    /// Undo [`prepare`](Self::prepare) for a unit that is put back (a claim it took goes
+    /// through `drops`).
+    fn abandon(&mut self, drops: &mut ClaimDrops<'_, 'm, M>, claimed: &[Claimed]);
 
     /// With every mapping of every claimed block replaced by a migration entry and every
     /// CPU flushed: transform the memory. No lock is held.
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]);
+    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]);
 
     /// The head of the block whose frames the mappings (and holder) of claimed block `i`
     /// point to after the move, at the same offsets.
     fn target(&self, i: usize) -> Pfn;
 
-    /// After the remap, with the claims still held: drop them and free what is no longer
-    /// used (through [`Mm::drop_claim`]).
+    /// After the remap, with the claims still held: drop them through `drops`, which
+    /// frees what is no longer used.
     fn finish(
         self,
         mm: &Mm<'m, M>,
-        claimed: &[Claimed<'m, M>],
+        claimed: &[Claimed],
+        drops: &mut ClaimDrops<'_, 'm, M>,
     ) -> Result<Self::Output, MigrateError>;
 }
 
@@ -130,22 +190,38 @@ pub(crate) trait Move<'m, M: PhysMem> {
 #[must_use = "a begun batch leaves migration entries that only completing it removes"]
 pub(crate) struct Batch<'m, M: PhysMem, T: Move<'m, M>> {
     results: Vec<Option<Result<T::Output, MigrateError>>>,
-    live: Vec<Unit<'m, M, T>>,
+    /// The units whose migration entries are installed (and those put back, without
+    /// their move).
+    units: Vec<Unit<T>>,
+    /// Every claimed block, each unit's consecutive.
+    blocks: Vec<Claimed>,
+    /// The address spaces the entries are in.
+    spaces: Vec<Arc<AddressSpace<'m, M>>>,
+    /// The entries, grouped by address space.
+    installed: Vec<Installed>,
 }
 
 impl<'m, M: PhysMem, T: Move<'m, M>> Batch<'m, M, T> {
     /// Units whose migration entries are installed.
     #[cfg(test)]
     pub fn live(&self) -> usize {
-        self.live.len()
+        self.units.iter().filter(|u| u.mv.is_some()).count()
     }
 }
 
-/// A unit in flight.
-struct Unit<'m, M: PhysMem, T> {
+/// A unit in flight: its move (taken when it is put back or finishes) and its blocks,
+/// `blocks[first..first + len]` of the batch.
+struct Unit<T> {
     slot: usize,
-    mv: T,
-    claimed: Vec<Claimed<'m, M>>,
+    mv: Option<T>,
+    first: usize,
+    len: usize,
+}
+
+impl<T> Unit<T> {
+    fn claimed<'b>(&self, blocks: &'b [Claimed]) -> &'b [Claimed] {
+        &blocks[self.first..self.first + self.len]
+    }
 }
 
 impl<'m, M: PhysMem> Mm<'m, M> {
@@ -155,99 +231,164 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     pub(crate) fn begin_moves<T: Move<'m, M>>(&self, units: Vec<T>) -> Batch<'m, M, T> {
         let mut results: Vec<Option<Result<T::Output, MigrateError>>> =
             (0..units.len()).map(|_| None).collect();
-        let mut claimed = Vec::with_capacity(units.len());
+        let mut blocks = Vec::with_capacity(units.len());
+        let mut looked = Vec::with_capacity(units.len());
+        let mut orders = Vec::new();
         for (slot, mv) in units.into_iter().enumerate() {
-            match self.claim_unit(slot, mv) {
-                Ok(unit) => claimed.push(unit),
-                Err(e) => results[slot] = Some(Err(e)),
-            }
-        }
-        let mut live = Vec::with_capacity(claimed.len());
-        for mut unit in claimed {
-            match self.install_unit(&mut unit) {
-                Ok(()) => live.push(unit),
+            let first = blocks.len();
+            match self.look_unit(&mv, &mut blocks, &mut orders) {
+                Ok(()) => looked.push(Unit {
+                    slot,
+                    len: blocks.len() - first,
+                    mv: Some(mv),
+                    first,
+                }),
                 Err(e) => {
-                    results[unit.slot] = Some(Err(e));
-                    self.put_back(unit);
+                    blocks.truncate(first);
+                    results[slot] = Some(Err(e));
                 }
             }
         }
-        Batch { results, live }
+        // (space, block): the address spaces that map each claimed block.
+        let mut mapped: Vec<(SpaceId, usize)> = Vec::with_capacity(blocks.len());
+        let mut prepared = Vec::with_capacity(looked.len());
+        for mut unit in looked {
+            let noted = mapped.len();
+            match self.claim_unit(&mut unit, &blocks, &mut mapped) {
+                Ok(()) => prepared.push(unit),
+                Err(e) => {
+                    mapped.truncate(noted);
+                    results[unit.slot] = Some(Err(e));
+                }
+            }
+        }
+        let mut batch = Batch {
+            results,
+            units: prepared,
+            blocks,
+            spaces: Vec::new(),
+            installed: Vec::with_capacity(mapped.len()),
+        };
+        self.install_all(&mut batch, mapped);
+        batch
     }
 
     /// Steps 3 to 6 for a batch begun by [`begin_moves`](Self::begin_moves); one result
     /// per unit, in order.
     pub(crate) fn complete_moves<T: Move<'m, M>>(
         &self,
-        batch: Batch<'m, M, T>,
+        mut batch: Batch<'m, M, T>,
     ) -> Vec<Result<T::Output, MigrateError>> {
-        let Batch {
-            mut results,
-            live: mut installed,
-        } = batch;
-        if !installed.is_empty() {
-            self.shoot_down_batch(&installed);
-            for unit in &mut installed {
-                for c in &unit.claimed {
-                    self.wait_unshared(c.head);
+        if batch.units.iter().any(|u| u.mv.is_some()) {
+            self.shoot_down_batch(&batch.spaces, &batch.installed);
+            self.wait_unshared(&batch.units, &batch.blocks);
+            for unit in &mut batch.units {
+                let claimed = &batch.blocks[unit.first..unit.first + unit.len];
+                if let Some(mv) = unit.mv.as_mut() {
+                    mv.transform(self, claimed);
                 }
-                unit.mv.transform(self, &unit.claimed);
             }
-            self.remap_all(&mut installed);
-            for unit in installed {
-                let lost = unit.claimed.iter().any(|c| c.lost > 0);
-                let result = unit.mv.finish(self, &unit.claimed);
+            self.remap_all(&mut batch);
+            let mut drops = ClaimDrops::new(self);
+            for unit in core::mem::take(&mut batch.units) {
+                let Some(mv) = unit.mv else {
+                    continue;
+                };
+                let claimed = &batch.blocks[unit.first..unit.first + unit.len];
+                let lost = claimed.iter().any(|c| c.lost > 0);
+                let result = mv.finish(self, claimed, &mut drops);
                 // A lost mapping is the news, even when the block then lost its last
                 // user because of it.
-                results[unit.slot] = Some(if lost {
+                batch.results[unit.slot] = Some(if lost {
                     Err(MigrateError::Inconsistent)
                 } else {
                     result
                 });
             }
+            drop(drops);
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        results
+        batch
+            .results
             .into_iter()
             .map(|r| r.unwrap_or(Err(MigrateError::NotInUse)))
             .collect()
     }
 
-    /// Step 1 for one unit: claim its blocks, then prepare it.
-    fn claim_unit<T: Move<'m, M>>(
+    /// Step 1 before any lock, for one unit: refuse what can be refused from the blocks
+    /// as seen now, and append them to `blocks` (`orders` is scratch space).
+    fn look_unit<T: Move<'m, M>>(
         &self,
-        slot: usize,
-        mut mv: T,
-    ) -> Result<Unit<'m, M, T>, MigrateError> {
-        let blocks = mv.blocks();
-        if blocks
+        mv: &T,
+        blocks: &mut Vec<Claimed>,
+        orders: &mut Vec<u8>,
+    ) -> Result<(), MigrateError> {
+        let heads = mv.blocks();
+        if heads
             .iter()
             .enumerate()
-            .any(|(i, b)| blocks[..i].contains(b))
+            .any(|(i, b)| heads[..i].contains(b))
         {
             return Err(MigrateError::SameBlock);
         }
-        let seen = blocks
-            .iter()
-            .map(|&head| self.look(head))
-            .collect::<Result<Vec<Seen>, MigrateError>>()?;
-        let orders: Vec<u8> = seen.iter().map(|s| s.order).collect();
-        mv.check(self, &orders)?;
-        let mut claimed: Vec<Claimed<'m, M>> = Vec::with_capacity(blocks.len());
-        for (&head, &seen) in mv.blocks().iter().zip(&seen) {
-            match self.claim_block(head, seen) {
-                Ok(c) => claimed.push(c),
-                Err(e) => {
-                    self.release_claims(&claimed);
+        orders.clear();
+        for &head in heads {
+            orders.push(self.look(head)?.order);
+        }
+        mv.check(self, orders)?;
+        blocks.extend(
+            heads
+                .iter()
+                .zip(orders.iter())
+                .map(|(&head, &order)| Claimed {
+                    head,
+                    order,
+                    lost: 0,
+                }),
+        );
+        Ok(())
+    }
+
+    /// Step 1 for one unit: claim its blocks (their orders as seen before the lock)
+    /// under one hold of the reverse-map lock, noting in `mapped` the address spaces
+    /// mapping each, then prepare it. On failure the claims it took are dropped.
+    fn claim_unit<T: Move<'m, M>>(
+        &self,
+        unit: &mut Unit<T>,
+        blocks: &[Claimed],
+        mapped: &mut Vec<(SpaceId, usize)>,
+    ) -> Result<(), MigrateError> {
+        let claimed = &blocks[unit.first..unit.first + unit.len];
+        {
+            let mut drops = ClaimDrops::new(self);
+            for (k, c) in claimed.iter().enumerate() {
+                let seen = Seen { order: c.order };
+                if let Err(e) = self.claim_block(drops.rmap(), c.head, seen) {
+                    for c in &claimed[..k] {
+                        drops.drop_claim(c.head, c.order);
+                    }
                     return Err(e);
+                }
+                let mut last = None;
+                for e in drops.rmap().range_of(c.head) {
+                    if last != Some(e.space) {
+                        last = Some(e.space);
+                        mapped.push((e.space, unit.first + k));
+                    }
                 }
             }
         }
-        if let Err(e) = mv.prepare(self, &claimed) {
-            self.release_claims(&claimed);
+        let Some(mv) = unit.mv.as_mut() else {
+            return Err(MigrateError::NotInUse);
+        };
+        if let Err(e) = mv.prepare(self, claimed) {
+            let mut drops = ClaimDrops::new(self);
+            for c in claimed {
+                drops.drop_claim(c.head, c.order);
+            }
             return Err(e);
         }
-        Ok(Unit { slot, mv, claimed })
+        Ok(())
     }
 
     /// What `head` looks like before any lock: refuses what can be refused without one.
@@ -267,10 +408,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok(Seen { order })
     }
 
-    /// Claim one block (see the module doc, step 1).
-    fn claim_block(&self, head: Pfn, seen: Seen) -> Result<Claimed<'m, M>, MigrateError> {
+    /// Claim one block (see the module doc, step 1), under the reverse-map lock (`_rmap`).
+    fn claim_block(&self, _rmap: &Rmap, head: Pfn, seen: Seen) -> Result<(), MigrateError> {
         let meta = self.meta(head).ok_or(MigrateError::OutOfRange)?;
-        let rmap = self.rmap.lock();
         // Under the lock: a managed block is freed only by dropping its last reference
         // under this lock, so what is read now stays true while the claim is held.
         if !meta.is_managed() {
@@ -280,8 +420,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if table.head_of(head) != Some(head) || meta.state() != FrameState::Allocated {
             return Err(MigrateError::Changed);
         }
-        let order = meta.order();
-        if order != seen.order {
+        if meta.order() != seen.order {
             return Err(MigrateError::Changed);
         }
         if meta.is_claimed() {
@@ -299,129 +438,153 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             self.count_result(meta.put_ref());
             return Err(MigrateError::AlreadyMigrating);
         }
-        Ok(Claimed {
-            head,
-            order,
-            spaces: rmap.spaces(head),
-            installed: Vec::new(),
-            lost: 0,
-        })
-    }
-
-    /// Drop the claims of a unit that never installed anything.
-    fn release_claims(&self, claimed: &[Claimed<'m, M>]) {
-        for c in claimed {
-            let _ = self.drop_claim(c.head, c.order);
-        }
-    }
-
-    /// Drop the claim on `head` and the reference it held; free the block (of `order`)
-    /// if that was its last reference, and say whether it did.
-    pub(crate) fn drop_claim(&self, head: Pfn, order: u8) -> bool {
-        let Some(meta) = self.meta(head) else {
-            return false;
-        };
-        let released = {
-            let _rmap = self.rmap.lock();
-            meta.unclaim();
-            self.count_result(meta.put_ref()).unwrap_or(Released::Alive)
-        };
-        if released == Released::Last {
-            self.free_block(head, order);
-        }
-        released == Released::Last
-    }
-
-    /// Step 2 for one unit.
-    fn install_unit<T: Move<'m, M>>(&self, unit: &mut Unit<'m, M, T>) -> Result<(), MigrateError> {
-        for c in &mut unit.claimed {
-            self.install_block(c)?;
-        }
         Ok(())
     }
 
-    /// Replace every mapping of one claimed block by a migration entry.
-    fn install_block(&self, c: &mut Claimed<'m, M>) -> Result<(), MigrateError> {
-        for &id in &c.spaces {
-            let Some(space) = self.space(id) else {
+    /// Step 2 for the whole batch: in each address space of `mapped` (space, block), under
+    /// its lock and the reverse map's taken once, every mapping of the batch's blocks
+    /// there becomes a migration entry. Units whose tables disagree are put back.
+    fn install_all<T: Move<'m, M>>(
+        &self,
+        batch: &mut Batch<'m, M, T>,
+        mut mapped: Vec<(SpaceId, usize)>,
+    ) {
+        let mut unit_of = alloc::vec![usize::MAX; batch.blocks.len()];
+        for (u, unit) in batch.units.iter().enumerate() {
+            unit_of[unit.first..unit.first + unit.len].fill(u);
+        }
+        mapped.sort_unstable();
+        let mut failed: BTreeMap<usize, MigrateError> = BTreeMap::new();
+        let mut entries = Vec::new();
+        for group in mapped.chunk_by(|a, b| a.0 == b.0) {
+            let Some(space) = self.space(group[0].0) else {
                 continue;
             };
             let mut st = space.state.lock();
             if st.dead {
                 continue;
             }
-            let entries = self.rmap.lock().entries_in(c.head, id);
-            for e in entries {
-                let va = e.va.as_u64();
-                let level = e.size.level();
-                let expected = c.head.add(e.offset).addr();
-                loop {
-                    let cur = st
-                        .pt
-                        .entry_at(va, level)
-                        .filter(|cur| cur.leaf_size(level) == Some(e.size))
-                        .filter(|cur| cur.leaf_addr(e.size) == expected)
-                        .ok_or(MigrateError::Inconsistent)?;
-                    let mig =
-                        MigrationEntry::from_leaf(cur, e.size).ok_or(MigrateError::Inconsistent)?;
-                    match st.pt.compare_exchange_leaf(va, level, cur, mig.entry()) {
-                        Ok(()) => {
-                            st.migrating.insert(va, (e.size, mig));
-                            c.installed.push(Installed {
-                                space: space.clone(),
-                                va,
-                                offset: e.offset,
-                                mig,
-                            });
+            let s = batch.spaces.len();
+            let first_installed = batch.installed.len();
+            {
+                let rmap = self.rmap.lock();
+                for &(id, b) in group {
+                    let u = unit_of[b];
+                    if failed.contains_key(&u) {
+                        continue;
+                    }
+                    let head = batch.blocks[b].head;
+                    for e in rmap.range_in(head, id) {
+                        let va = e.va.as_u64();
+                        let level = e.size.level();
+                        let expected = head.add(e.offset).addr();
+                        let installed = loop {
+                            let Some(cur) = st
+                                .pt
+                                .entry_at(va, level)
+                                .filter(|cur| cur.leaf_size(level) == Some(e.size))
+                                .filter(|cur| cur.leaf_addr(e.size) == expected)
+                            else {
+                                break None;
+                            };
+                            let Some(mig) = MigrationEntry::from_leaf(cur, e.size) else {
+                                break None;
+                            };
+                            match st.pt.compare_exchange_leaf(va, level, cur, mig.entry()) {
+                                Ok(()) => break Some(mig),
+                                Err(RawError::Changed(_)) => continue,
+                                Err(_) => break None,
+                            }
+                        };
+                        let Some(mig) = installed else {
+                            failed.insert(u, MigrateError::Inconsistent);
                             break;
-                        }
-                        Err(RawError::Changed(_)) => continue,
-                        Err(_) => return Err(MigrateError::Inconsistent),
+                        };
+                        entries.push((va, (e.size, mig)));
+                        batch.installed.push(Installed {
+                            unit: u,
+                            block: b,
+                            space: s,
+                            va,
+                            offset: e.offset,
+                            mig,
+                        });
                     }
                 }
             }
+            let mut fresh: BTreeMap<u64, _> = entries.drain(..).collect();
+            st.migrating.append(&mut fresh);
+            drop(st);
+            if batch.installed.len() > first_installed {
+                batch.spaces.push(space);
+            }
         }
-        Ok(())
+        if !failed.is_empty() {
+            self.put_back(batch, &failed);
+        }
     }
 
-    /// Put a unit that failed in step 2 back exactly: original leaves, claims dropped.
-    fn put_back<T: Move<'m, M>>(&self, mut unit: Unit<'m, M, T>) {
+    /// Put the units that failed in step 2 back exactly: original leaves, `prepare`
+    /// undone, claims dropped; the other units keep their entries.
+    fn put_back<T: Move<'m, M>>(
+        &self,
+        batch: &mut Batch<'m, M, T>,
+        failed: &BTreeMap<usize, MigrateError>,
+    ) {
         // No shootdown has happened yet: a mapping found gone here may still be cached
         // by the space's CPUs as the leaf it was, so its reference waits for a flush.
         let mut flush = Flush::new();
         let mut cpus = CpuSet::new();
-        for c in &mut unit.claimed {
-            let installed = core::mem::take(&mut c.installed);
-            for inst in installed {
-                let mut st = inst.space.state.lock();
-                let level = inst.mig.size().level();
-                st.migrating.remove(&inst.va);
-                if st
-                    .pt
-                    .compare_exchange_leaf(inst.va, level, inst.mig.entry(), inst.mig.original())
-                    .is_err()
-                {
-                    drop(st);
-                    flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
-                    cpus = cpus.union(&inst.space.cpus().load());
-                    self.forget_mapping(c, &inst, &mut flush);
-                }
+        let (back, kept): (Vec<Installed>, Vec<Installed>) = core::mem::take(&mut batch.installed)
+            .into_iter()
+            .partition(|inst| failed.contains_key(&inst.unit));
+        batch.installed = kept;
+        for inst in back {
+            let space = &batch.spaces[inst.space];
+            let mut st = space.state.lock();
+            let level = inst.mig.size().level();
+            st.migrating.remove(&inst.va);
+            if st
+                .pt
+                .compare_exchange_leaf(inst.va, level, inst.mig.entry(), inst.mig.original())
+                .is_err()
+            {
+                drop(st);
+                flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
+                cpus = cpus.union(&space.cpus().load());
+                self.forget_mapping(
+                    &mut batch.blocks[inst.block],
+                    space.id(),
+                    inst.va,
+                    &mut flush,
+                );
             }
         }
         flush.complete_on(self, cpus);
-        unit.mv.abandon(self, &unit.claimed);
-        self.release_claims(&unit.claimed);
+        let mut drops = ClaimDrops::new(self);
+        for (&u, &e) in failed {
+            let unit = &mut batch.units[u];
+            let claimed = &batch.blocks[unit.first..unit.first + unit.len];
+            if let Some(mut mv) = unit.mv.take() {
+                mv.abandon(&mut drops, claimed);
+            }
+            for c in claimed {
+                drops.drop_claim(c.head, c.order);
+            }
+            batch.results[unit.slot] = Some(Err(e));
+        }
+        drop(drops);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A slot no longer holds the migration entry this batch installed: drop the mapping
     /// from the reverse map with its count; its reference goes to `flush`.
-    fn forget_mapping(&self, c: &mut Claimed<'m, M>, inst: &Installed<'m, M>, flush: &mut Flush) {
+    fn forget_mapping(&self, c: &mut Claimed, space: SpaceId, va: u64, flush: &mut Flush) {
         c.lost += 1;
         let Some(meta) = self.meta(c.head) else {
             return;
         };
-        let removed = self.rmap.lock().remove(c.head, inst.space.id(), inst.va);
+        let removed = self.rmap.lock().remove(c.head, space, va);
         if removed.is_some() {
             self.count_result(meta.remove_mapping());
             flush.put_ref(c.head);
@@ -429,101 +592,123 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Step 3: one shootdown for every migration entry of the batch, to the union of the
-    /// CPUs of its address spaces.
-    fn shoot_down_batch<T: Move<'m, M>>(&self, units: &[Unit<'m, M, T>]) {
+    /// CPUs of the address spaces they are in.
+    fn shoot_down_batch(&self, spaces: &[Arc<AddressSpace<'m, M>>], installed: &[Installed]) {
         let mut flush = Flush::new();
         let mut cpus = CpuSet::new();
-        let mut seen: BTreeMap<SpaceId, ()> = BTreeMap::new();
-        for inst in units
-            .iter()
-            .flat_map(|u| &u.claimed)
-            .flat_map(|c| &c.installed)
-        {
-            if seen.insert(inst.space.id(), ()).is_none() {
-                cpus = cpus.union(&inst.space.cpus().load());
+        let mut last = None;
+        for inst in installed {
+            if last != Some(inst.space) {
+                last = Some(inst.space);
+                cpus = cpus.union(&spaces[inst.space].cpus().load());
             }
             flush.flush_page(VirtAddr::new_truncate(inst.va), inst.mig.size());
         }
         flush.complete_on(self, cpus);
     }
 
-    /// Step 3, second half: wait until the block's only references are its mappings,
-    /// its holder, its pins and the claim (an unmap that already took a mapping off the
-    /// tables holds a reference until its shootdown has completed).
-    fn wait_unshared(&self, head: Pfn) {
-        let Some(meta) = self.meta(head) else {
-            return;
-        };
-        loop {
+    /// Step 3, second half: wait until each live unit's blocks have as their only
+    /// references their mappings, their holder, their pins and the claim (an unmap that
+    /// already took a mapping off the tables holds a reference until its shootdown has
+    /// completed).
+    fn wait_unshared<T>(&self, units: &[Unit<T>], blocks: &[Claimed]) {
+        let mut pending = units
+            .iter()
+            .filter(|u| u.mv.is_some())
+            .flat_map(|u| u.claimed(blocks))
+            .peekable();
+        while pending.peek().is_some() {
             {
                 let rmap = self.rmap.lock();
-                let expected =
-                    meta.mapcount() + u32::from(rmap.holder(head).is_some()) + meta.pincount() + 1;
-                if meta.refcount() <= expected {
-                    return;
+                while let Some(c) = pending.peek() {
+                    let Some(meta) = self.meta(c.head) else {
+                        pending.next();
+                        continue;
+                    };
+                    let expected = meta.mapcount()
+                        + u32::from(rmap.holder(c.head).is_some())
+                        + meta.pincount()
+                        + 1;
+                    if meta.refcount() > expected {
+                        break;
+                    }
+                    pending.next();
                 }
             }
-            core::hint::spin_loop();
+            if pending.peek().is_some() {
+                core::hint::spin_loop();
+            }
         }
     }
 
     /// Step 5 for the whole batch: each unit's holders, then every leaf, to the
     /// targets, with one lock of each address space (and of the reverse map under it)
     /// for all the batch's migration entries in that space.
-    fn remap_all<T: Move<'m, M>>(&self, units: &mut [Unit<'m, M, T>]) {
-        let targets: Vec<Vec<Pfn>> = units
-            .iter()
-            .map(|u| (0..u.claimed.len()).map(|i| u.mv.target(i)).collect())
-            .collect();
+    fn remap_all<T: Move<'m, M>>(&self, batch: &mut Batch<'m, M, T>) {
+        let Batch {
+            units,
+            blocks,
+            spaces,
+            installed,
+            ..
+        } = batch;
+        let target = |inst: &Installed| {
+            let unit = &units[inst.unit];
+            unit.mv.as_ref().map_or(blocks[inst.block].head, |mv| {
+                mv.target(inst.block - unit.first)
+            })
+        };
         let any_holder = {
             let rmap = self.rmap.lock();
             units
                 .iter()
-                .flat_map(|u| &u.claimed)
+                .filter(|u| u.mv.is_some())
+                .flat_map(|u| u.claimed(blocks))
                 .any(|c| rmap.holder(c.head).is_some())
         };
         if any_holder {
-            for (unit, targets) in units.iter().zip(&targets) {
-                self.move_holders(&unit.claimed, targets);
-            }
-        }
-        // (unit, claimed block, installed entry), by address space.
-        let mut by_space: BTreeMap<SpaceId, Vec<(usize, usize, usize)>> = BTreeMap::new();
-        for (u, unit) in units.iter().enumerate() {
-            for (i, c) in unit.claimed.iter().enumerate() {
-                for (j, inst) in c.installed.iter().enumerate() {
-                    by_space.entry(inst.space.id()).or_default().push((u, i, j));
+            for unit in units.iter() {
+                if let Some(mv) = &unit.mv {
+                    let targets: Vec<Pfn> = (0..unit.len).map(|i| mv.target(i)).collect();
+                    self.move_holders(unit.claimed(blocks), &targets);
                 }
             }
         }
         let mut gone = Vec::new();
-        for items in by_space.into_values() {
-            let (u0, i0, j0) = items[0];
-            let space = units[u0].claimed[i0].installed[j0].space.clone();
+        let mut moved = Vec::new();
+        for group in installed.chunk_by(|a, b| a.space == b.space) {
+            let space = &spaces[group[0].space];
             let mut st = space.state.lock();
             let mut rmap = self.rmap.lock();
+            // Only the batch that installed an entry removes it: when the space lists as
+            // many as this batch installed there, they are all this batch's.
+            if st.migrating.len() == group.len() {
+                st.migrating.clear();
+            } else {
+                for inst in group {
+                    st.migrating.remove(&inst.va);
+                }
+            }
             // Take every moved mapping off its old block first, then add them to their
             // new ones: in an exchange the two blocks trade mappings.
-            let mut moved = Vec::with_capacity(items.len());
-            for &(u, i, j) in &items {
-                let c = &units[u].claimed[i];
-                let inst = &c.installed[j];
+            moved.clear();
+            for inst in group {
+                let head = blocks[inst.block].head;
                 let level = inst.mig.size().level();
-                let new = inst.mig.retarget(targets[u][i].add(inst.offset).addr());
-                st.migrating.remove(&inst.va);
+                let new = inst.mig.retarget(target(inst).add(inst.offset).addr());
                 let swapped = st
                     .pt
                     .compare_exchange_leaf(inst.va, level, inst.mig.entry(), new);
-                let entry = rmap.remove(c.head, space.id(), inst.va);
+                let entry = rmap.remove(head, space.id(), inst.va);
                 match (swapped, entry) {
-                    (Ok(()), Some(entry)) => moved.push((u, i, entry)),
-                    (_, entry) => gone.push((u, i, entry.is_some())),
+                    (Ok(()), Some(entry)) => moved.push((inst, entry)),
+                    (_, entry) => gone.push((inst.block, entry.is_some())),
                 }
             }
-            for &(u, i, entry) in &moved {
-                let to = targets[u][i];
+            for &(inst, entry) in &moved {
+                let to = target(inst);
                 let (Some(from), Some(to_meta)) =
-                    (self.meta(units[u].claimed[i].head), self.meta(to))
+                    (self.meta(blocks[inst.block].head), self.meta(to))
                 else {
                     continue;
                 };
@@ -535,8 +720,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             // The batch's shootdown already covered these addresses: the flush only
             // carries the references.
             let mut flush = Flush::new();
-            for (u, i, had_entry) in gone {
-                let c = &mut units[u].claimed[i];
+            for (b, had_entry) in gone {
+                let c = &mut blocks[b];
                 c.lost += 1;
                 if had_entry {
                     if let Some(meta) = self.meta(c.head) {
@@ -547,16 +732,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             flush.complete_on(self, CpuSet::new());
         }
-        for c in units.iter_mut().flat_map(|u| &mut u.claimed) {
-            c.installed.clear();
-        }
+        installed.clear();
     }
 
     /// Step 5, first half: each claimed block's holder (a shared region's pointer and
     /// its reference) moves to the block's target, all of a unit's at once: in an
     /// exchange two blocks trade holders. The regions involved are locked in address
     /// order, then the reverse map (the lock order: regions before the reverse map).
-    fn move_holders(&self, claimed: &[Claimed<'m, M>], targets: &[Pfn]) {
+    fn move_holders(&self, claimed: &[Claimed], targets: &[Pfn]) {
         let regions: Vec<Arc<SharedRegion>> = {
             let rmap = self.rmap.lock();
             let mut regions: Vec<Arc<SharedRegion>> = claimed

@@ -7,6 +7,7 @@ use crate::aspace::testing::{read_user, with_env, write_user, Env, Event};
 use crate::backend::phys::Arena;
 use crate::mapping::vma::{HugePolicy, VmaFlags};
 use crate::ops::exchange::{Exchange, SwapBuffer};
+use crate::ops::fault::FaultOutcome;
 use crate::ops::migrate::Destination;
 use crate::paging::Entry;
 use std::vec;
@@ -79,10 +80,8 @@ fn a_claim_refuses_a_block_that_changed_since_it_was_looked_at() {
         // Seen as a 4 KiB block before the lock, a 2 MiB block under it: a destination
         // sized from the first look would map 511 frames of others.
         let stale = Seen { order: 0 };
-        assert!(matches!(
-            env.mm.claim_block(head, stale),
-            Err(MigrateError::Changed)
-        ));
+        let claim = env.mm.claim_block(&env.mm.rmap.lock(), head, stale);
+        assert!(matches!(claim, Err(MigrateError::Changed)));
         assert!(!meta.is_claimed());
         assert_eq!(meta.refcount(), refs);
         env.audit();
@@ -108,15 +107,15 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
         Move::<M>::check(&self.swap, mm, orders)
     }
 
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
         self.swap.prepare(mm, claimed)
     }
 
-    fn abandon(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
-        self.swap.abandon(mm, claimed)
+    fn abandon(&mut self, drops: &mut ClaimDrops<'_, 'm, M>, claimed: &[Claimed]) {
+        self.swap.abandon(drops, claimed)
     }
 
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
+    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) {
         self.swap.transform(mm, claimed);
         let mut st = self.space.state.lock();
         let cur = st.pt.entry_at(self.va, 1).unwrap();
@@ -129,8 +128,13 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
         Move::<M>::target(&self.swap, i)
     }
 
-    fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
-        self.swap.finish(mm, claimed)
+    fn finish(
+        self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        drops: &mut ClaimDrops<'_, 'm, M>,
+    ) -> Result<(), MigrateError> {
+        self.swap.finish(mm, claimed, drops)
     }
 }
 
@@ -160,6 +164,44 @@ fn a_slot_that_lost_its_migration_entry_is_reported_and_nothing_waits_forever() 
         env.audit();
         // The page faults in afresh.
         assert!(env.mm.handle_fault(&s, 0x10_0000, true).is_ok());
+        env.audit();
+    });
+}
+
+#[test]
+fn completing_a_batch_leaves_the_entries_of_another_batch_in_the_same_space() {
+    arena(|env| {
+        let s = env.mm.new_space().unwrap();
+        let flags = VmaFlags::private(HugePolicy::Never, true);
+        env.mm.map_anon(&s, 0x10_0000, 0x4000, flags).unwrap();
+        env.mm.populate(&s, 0x10_0000, 0x4000).unwrap();
+        let vas = [0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000];
+        for (i, &va) in vas.iter().enumerate() {
+            assert!(write_user(env.mem, &s, va, i as u64 + 1));
+        }
+        let h: Vec<Pfn> = vas.iter().map(|&va| head_at(env, &s, va)).collect();
+        let first = env
+            .mm
+            .begin_moves(vec![Exchange::new(h[0], h[1], SwapBuffer::Page)]);
+        let second = env
+            .mm
+            .begin_moves(vec![Exchange::new(h[2], h[3], SwapBuffer::Page)]);
+        assert_eq!(s.state.lock().migrating.len(), 4);
+        assert_eq!(env.mm.complete_moves(first), [Ok(())]);
+        // The second batch's entries are still listed, and a CPU touching them waits.
+        assert_eq!(s.state.lock().migrating.len(), 2);
+        assert!(env.mm.migration_entry_at(&s, vas[2]).is_some());
+        assert!(matches!(
+            env.mm.handle_fault(&s, vas[3], false),
+            Ok(FaultOutcome::WaitMigration(_))
+        ));
+        assert_eq!(env.mm.complete_moves(second), [Ok(())]);
+        assert!(s.state.lock().migrating.is_empty());
+        for (i, &va) in vas.iter().enumerate() {
+            assert_eq!(read_user(env.mem, &s, va), Some(i as u64 + 1));
+        }
+        assert_eq!(head_at(env, &s, vas[0]), h[1]);
+        assert_eq!(head_at(env, &s, vas[3]), h[2]);
         env.audit();
     });
 }

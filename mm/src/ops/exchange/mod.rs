@@ -21,7 +21,7 @@ use crate::aspace::vmstat::Event;
 use crate::aspace::Mm;
 use crate::backend::phys::{PhysMem, SWAP_CHUNK_MAX};
 use crate::base::addr::Pfn;
-use crate::ops::engine::{Claimed, Move};
+use crate::ops::engine::{ClaimDrops, Claimed, Move};
 use crate::ops::error::MigrateError;
 use alloc::vec::Vec;
 
@@ -82,7 +82,7 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
         }
     }
 
-    fn prepare(&mut self, _mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+    fn prepare(&mut self, _mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
         // The claim re-read both orders under the lock against what `check` saw.
         if claimed[0].order == claimed[1].order {
             Ok(())
@@ -91,9 +91,9 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
         }
     }
 
-    fn abandon(&mut self, _mm: &Mm<'m, M>, _claimed: &[Claimed<'m, M>]) {}
+    fn abandon(&mut self, _drops: &mut ClaimDrops<'_, 'm, M>, _claimed: &[Claimed]) {}
 
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
+    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) {
         let mut buf = [0u64; SWAP_CHUNK_MAX / 8];
         let buf = &mut buf[..self.buffer.words()];
         let (a, b) = (claimed[0].head, claimed[1].head);
@@ -106,12 +106,17 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
         self.blocks[1 - i]
     }
 
-    fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+    fn finish(
+        self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        drops: &mut ClaimDrops<'_, 'm, M>,
+    ) -> Result<(), MigrateError> {
         mm.vmstat
             .count(Event::PagesExchanged, 2 << claimed[0].order);
         let mut released = false;
         for c in claimed {
-            released |= mm.drop_claim(c.head, c.order);
+            released |= drops.drop_claim(c.head, c.order);
         }
         if released {
             Err(MigrateError::Released)

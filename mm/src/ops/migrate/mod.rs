@@ -24,7 +24,7 @@ use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::frame::buddy::{AllocError, MigrateType};
 use crate::frame::node::NodeId;
-use crate::ops::engine::{Batch, Claimed, Move};
+use crate::ops::engine::{Batch, ClaimDrops, Claimed, Move};
 pub use crate::ops::error::MigrateError;
 use alloc::vec::Vec;
 /// Where a migrated block goes.
@@ -89,7 +89,7 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         Ok(())
     }
 
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<(), MigrateError> {
+    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
         // The order is the one `check` saw: the claim refuses a block whose order changed.
         let order = claimed[0].order;
         let mt = MigrateType::Movable;
@@ -107,13 +107,13 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         Ok(())
     }
 
-    fn abandon(&mut self, mm: &Mm<'m, M>, _claimed: &[Claimed<'m, M>]) {
+    fn abandon(&mut self, drops: &mut ClaimDrops<'_, 'm, M>, _claimed: &[Claimed]) {
         if let Some((dst, order)) = self.allocated.take() {
-            let _ = mm.drop_claim(dst, order);
+            drops.drop_claim(dst, order);
         }
     }
 
-    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) {
+    fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) {
         let Some((dst, order)) = self.allocated else {
             return;
         };
@@ -127,14 +127,19 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         self.allocated.map_or(self.src[0], |(dst, _)| dst)
     }
 
-    fn finish(self, mm: &Mm<'m, M>, claimed: &[Claimed<'m, M>]) -> Result<Pfn, MigrateError> {
+    fn finish(
+        self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        drops: &mut ClaimDrops<'_, 'm, M>,
+    ) -> Result<Pfn, MigrateError> {
         let Some((dst, order)) = self.allocated else {
             return Err(MigrateError::Inconsistent);
         };
         // The source has no mapping and no holder left: this frees it.
-        let _ = mm.drop_claim(claimed[0].head, claimed[0].order);
+        drops.drop_claim(claimed[0].head, claimed[0].order);
         mm.vmstat.count(Event::PagesMigrated, 1 << order);
-        if mm.drop_claim(dst, order) {
+        if drops.drop_claim(dst, order) {
             Err(MigrateError::Released)
         } else {
             Ok(dst)
