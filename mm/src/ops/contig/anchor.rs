@@ -93,32 +93,22 @@ pub fn choose(
     vpn_end: u64,
     align: u64,
 ) -> Option<Choice> {
-    choose_where(view, units, vpn_start, vpn_end, align, Need::Feasible)
-}
-
-/// [`choose`] among the windows that hold no blocked frame at all, not only none at a
-/// resident unit's target: a window that is to become one huge leaf (a 1 GiB one) needs
-/// every frame of it, the ones the pages faulted in later will take included.
-pub fn choose_clean(
-    view: &PhysView,
-    units: &[Unit],
-    vpn_start: u64,
-    vpn_end: u64,
-    align: u64,
-) -> Option<Choice> {
-    choose_where(view, units, vpn_start, vpn_end, align, Need::Clean)
+    choose_with(view, units, vpn_start, vpn_end, align, Need::Feasible)
 }
 
 /// Which windows a search may take.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
-    /// Any window without claimed frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Any window without claimed frames ([`choose`]).
     Feasible,
-    /// Only windows without claimed or blocked frames.
+    /// Only windows without claimed or blocked frames: not only none at a resident
+    /// unit's target, none at all. A window that is to become one huge leaf (a 1 GiB
+    /// one) needs every frame of it, the ones pages faulted in later will take included.
     Clean,
 }
 
-fn choose_where(
+/// [`choose`] among the windows `need` allows.
+pub fn choose_with(
     view: &PhysView,
     units: &[Unit],
     vpn_start: u64,

@@ -19,11 +19,12 @@
 //!    off the line ends in at most `2k + 1` chunks. A stretch all of whose windows put
 //!    resident pages on blocked frames (memory cut into pieces shorter than it) anchors
 //!    only the 2 MiB-aligned span of its resident pages, when that finds a cheaper
-//!    window. Where 1 GiB leaves are allowed, the aligned gigabytes of a stretch come
-//!    first: they get a window of their own, congruent modulo 1 GiB, that holds no
-//!    blocked frame at all ([`anchor::choose_clean`]: the frames the missing pages will
-//!    be faulted into count too, or the gigabyte can never be one leaf), and the
-//!    stretch's two ends are anchored as stretches of their own; without such a window
+//!    window. Where 1 GiB leaves are allowed, a stretch covering aligned gigabytes
+//!    first looks for a window congruent modulo 1 GiB that holds no blocked frame at all
+//!    ([`anchor::choose_with`] with [`anchor::Need::Clean`]: the frames the missing
+//!    pages will be faulted into count too, or the gigabyte can never be one leaf), for
+//!    the whole stretch, else for its gigabytes alone, whose two ends are then anchored
+//!    as stretches of their own; without such a window
 //!    the stretch is anchored whole as above. For the same reason the operations on
 //!    several VMAs visit the VMAs covering an aligned gigabyte first
 //!    ([`Mm::gigabyte_first`](crate::aspace::Mm::gigabyte_first)), before smaller VMAs'

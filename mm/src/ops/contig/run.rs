@@ -11,7 +11,9 @@ use crate::mapping::anchor::{Anchor, AnchorSegment};
 use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
 use crate::mapping::vma::{check_user_addr, Vma};
-use crate::ops::contig::anchor::{choose, choose_clean, Choice, FrameClass, PhysView, Unit, BLOCK};
+use crate::ops::contig::anchor::{
+    choose, choose_with, Choice, FrameClass, Need, PhysView, Unit, BLOCK,
+};
 use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Placement};
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
@@ -492,7 +494,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         [(a, b), (g0, g1)].into_iter().find_map(|(s, e)| {
             let units = movable_units(found, s, e);
             base.iter()
-                .filter_map(|v| choose_clean(v, &units, s, e, G1_PAGES))
+                .filter_map(|v| choose_with(v, &units, s, e, G1_PAGES, Need::Clean))
                 .min_by_key(|c| (c.cost, c.pfn_start))
                 .map(|c| (s, e, Pfn(c.pfn_start)))
         })

@@ -285,9 +285,9 @@ proptest! {
 
     /// The same for the windows without blocked frames.
     #[test]
-    fn choose_clean_matches_brute_force(c in case()) {
+    fn choose_with_clean_matches_brute_force(c in case()) {
         let view = view_of(c.lo, &c.classes);
-        let got = choose_clean(&view, &c.units, c.vpn_start, c.vpn_end, c.align);
+        let got = choose_with(&view, &c.units, c.vpn_start, c.vpn_end, c.align, Need::Clean);
         let want = brute(&view, &c.units, c.vpn_start, c.vpn_end, c.align, true);
         prop_assert_eq!(got, want);
     }
