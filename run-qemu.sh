@@ -287,6 +287,7 @@ demo() {
 bench() {
     if [[ $GDB -eq 0 ]]; then
         cargo run --quiet --release -p mm --features std --example buddy_bench
+        cargo run --quiet --release -p mm --features std --example contig_bench
     fi
     # Shootdown figures go up to 7 remote CPUs: 8 CPUs unless told otherwise. 6 GiB: the
     # 1 GiB exchange is measured against three migrations through a spare block, which

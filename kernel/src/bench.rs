@@ -189,6 +189,13 @@ pub fn run(seed: u64, quick: bool, filter: Option<&str>) {
         &|| crate::vm::bench_contig::run(),
         &|| crate::vm::bench_huge::run(quick),
     ];
+    if GROUPS.iter().any(|g| g.starts_with("vm") && wanted(g)) {
+        let bytes = crate::vm::bench::warm_free_memory();
+        sprintln!(
+            "# bench: wrote once to every page of {} MiB of free memory first (the host backs guest memory on its first write)",
+            bytes >> 20
+        );
+    }
     for (group, run) in GROUPS.iter().zip(runs) {
         if wanted(group) {
             run();

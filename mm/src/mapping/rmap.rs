@@ -17,7 +17,9 @@
 //! by 262144 PTEs. The moves of the move engine look a block's mappings up three times
 //! and re-key each one, so the cost per 4 KiB page is a few hash lookups rather than
 //! tree descents through every mapping of the machine. Nothing is allocated per frame:
-//! about 48 bytes per block mapped once, plus about 40 per further mapping.
+//! about 48 bytes per block mapped once, plus about 40 per further mapping. The table
+//! grows by doubling, moving every entry once per doubling under the lock: an insert
+//! that grows it costs O(n), amortised O(1).
 //!
 //! A second map records the *holder* of a frame that belongs to a
 //! [`SharedRegion`] (the region keeps the frame alive while
