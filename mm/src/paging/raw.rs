@@ -93,6 +93,52 @@ impl<M: PhysMem> PageTable<'_, M> {
             .map(|_| ())
             .map_err(|seen| RawError::Changed(Entry::from_raw(seen)))
     }
+
+    /// Replace the leaf-level entry for `va` at `level` (1, 2 or 3) by what `change`
+    /// makes of it, atomically, with one walk: `change` sees the entry there (a leaf of
+    /// that level or a non-present entry; a table pointer is left alone, as if declined)
+    /// and returns the entry to put in its place with a value, or `None` to leave it.
+    /// When the MMU changes the entry meanwhile (accessed, dirty), `change` is asked
+    /// again about the new one. `Ok(None)` when declined.
+    pub fn change_leaf<T>(
+        &mut self,
+        va: u64,
+        level: u8,
+        mut change: impl FnMut(Entry) -> Option<(Entry, T)>,
+    ) -> Result<Option<T>, RawError> {
+        if !is_canonical(va) {
+            return Err(RawError::NonCanonical);
+        }
+        if !(1..=3).contains(&level) {
+            return Err(RawError::InvalidEntry);
+        }
+        let d = self.descend(va, level);
+        if d.level != level {
+            return Err(RawError::NoSlot);
+        }
+        let slot = self.slot(d.path[level as usize], index(va, level));
+        let mut current = Entry::from_raw(slot.load(Ordering::Acquire));
+        loop {
+            if !leaf_level_entry(current, level) {
+                return Ok(None);
+            }
+            let Some((new, value)) = change(current) else {
+                return Ok(None);
+            };
+            if !leaf_level_entry(new, level) {
+                return Err(RawError::InvalidEntry);
+            }
+            match slot.compare_exchange(
+                current.raw(),
+                new.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(Some(value)),
+                Err(seen) => current = Entry::from_raw(seen),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ use crate::frame::refs::Released;
 use crate::mapping::region::SharedRegion;
 use crate::mapping::rmap::Rmap;
 use crate::ops::error::MigrateError;
-use crate::paging::{MigrationEntry, RawError};
+use crate::paging::MigrationEntry;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -478,25 +478,16 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         let va = e.va.as_u64();
                         let level = e.size.level();
                         let expected = head.add(e.offset).addr();
-                        let installed = loop {
-                            let Some(cur) = st
-                                .pt
-                                .entry_at(va, level)
-                                .filter(|cur| cur.leaf_size(level) == Some(e.size))
-                                .filter(|cur| cur.leaf_addr(e.size) == expected)
-                            else {
-                                break None;
-                            };
-                            let Some(mig) = MigrationEntry::from_leaf(cur, e.size) else {
-                                break None;
-                            };
-                            match st.pt.compare_exchange_leaf(va, level, cur, mig.entry()) {
-                                Ok(()) => break Some(mig),
-                                Err(RawError::Changed(_)) => continue,
-                                Err(_) => break None,
+                        let installed = st.pt.change_leaf(va, level, |cur| {
+                            if cur.leaf_size(level) != Some(e.size)
+                                || cur.leaf_addr(e.size) != expected
+                            {
+                                return None;
                             }
-                        };
-                        let Some(mig) = installed else {
+                            let mig = MigrationEntry::from_leaf(cur, e.size)?;
+                            Some((mig.entry(), mig))
+                        });
+                        let Ok(Some(mig)) = installed else {
                             failed.insert(u, MigrateError::Inconsistent);
                             break;
                         };
