@@ -50,7 +50,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     arch::idt::init();
     log::info!("booting; kernel options: {:?}", Options::load().raw());
     if let Err(e) = mem::init(boot_info, after_switch) {
-        panic!("memory setup failed: {e:?}");
+        log::error!("memory setup failed: {e:?}");
+        arch::exit(ExitStatus::Failure)
     }
     unreachable!("mem::init continues in after_switch")
 }
@@ -58,7 +59,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// Runs on our own page tables and our own boot stack.
 extern "sysv64" fn after_switch(_: usize) -> ! {
     if let Err(e) = mem::heap::init() {
-        panic!("heap setup failed: {e:?}");
+        log::error!("heap setup failed: {e:?}");
+        arch::exit(ExitStatus::Failure)
     }
     log::info!(
         "on our own page tables (root {:#x})",
@@ -76,7 +78,8 @@ extern "sysv64" fn after_switch(_: usize) -> ! {
         log::error!("CPU bring-up: {e}");
     }
     if let Err(e) = vm::init(mem::boot_memory().rsdp) {
-        panic!("address-space setup failed: {e:?}");
+        log::error!("address-space setup failed: {e:?}");
+        arch::exit(ExitStatus::Failure)
     }
     if let Err(e) = vm::daemon::init(parsed.thp) {
         log::error!("huge-page daemon: {e}");
