@@ -49,11 +49,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     arch::gdt::init_boot_cpu();
     arch::idt::init();
     log::info!("booting; kernel options: {:?}", Options::load().raw());
-    if let Err(e) = mem::init(boot_info, after_switch) {
-        log::error!("memory setup failed: {e:?}");
-        arch::exit(ExitStatus::Failure)
+    // On success `mem::init` continues in `after_switch` and never returns.
+    match mem::init(boot_info, after_switch) {
+        Err(e) => log::error!("memory setup failed: {e:?}"),
+        Ok(()) => log::error!("memory setup returned instead of continuing on its own stack"),
     }
-    unreachable!("mem::init continues in after_switch")
+    arch::exit(ExitStatus::Failure)
 }
 
 /// Runs on our own page tables and our own boot stack.
