@@ -1,6 +1,7 @@
 //! Contiguity generation through the public API: VMAs whose pages were faulted in
 //! interleaved end in one chunk aligned for huge mappings, with their data; pinned pages
-//! stay put and cost at most two chunks each; huge blocks (whole or partly mapped) move
+//! stay put and cost at most two chunks each; a region shared by two spaces is placed once;
+//! huge blocks (whole or partly mapped) move
 //! whole; later faults land at their target; windows are released with their VMA; bad
 //! input gets typed errors, a full range tree of windows among them; and writers on three emulated CPUs lose nothing while a
 //! fourth makes their VMAs contiguous and another unmaps and protects parts of them.
@@ -174,6 +175,68 @@ fn pinned_pages_stay_and_cost_at_most_two_chunks_each() {
             env.mm.unpin(head).unwrap();
         }
         check_tags(env, &a, va, 1024);
+        env.audit();
+    });
+}
+
+/// A region shared by two spaces: once the first mapping is made contiguous, its frames
+/// are in place for the second too. The second keeps them where they are (its pages are
+/// in the first one's window) instead of moving them, and the first one's undone, to a
+/// window of its own; after the first is unmapped, the second claims the frames itself.
+#[test]
+fn a_shared_region_placed_for_one_mapping_stays_in_place_for_the_other() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let region = SharedRegion::new(4 * M2).unwrap();
+        let shared = VmaFlags {
+            shared: Some(SharedBacking {
+                region: region.clone(),
+                offset: 0,
+            }),
+            ..small()
+        };
+        let (va, vb, vc) = (0x4000_0000u64, 0x7000_0000u64, 0x8000_0000u64);
+        let pages = 2048u64;
+        env.mm.map_anon(&a, va, pages * K4, shared.clone()).unwrap();
+        env.mm.map_anon(&b, vb, pages * K4, shared).unwrap();
+        env.mm.map_anon(&a, vc, pages * K4, small()).unwrap();
+        interleave(env, &[(&a, va, pages), (&a, vc, pages)]);
+        env.mm.populate(&b, vb, pages * K4).unwrap();
+        let through_b = |i: u64| read_user(env.mem, &b, vb + i * K4 + 8);
+        let first = report(env, &a, va);
+        assert_eq!(first.after.chunks, 1, "{first:?}");
+        let second = report(env, &b, vb);
+        assert_eq!(second.before.chunks, 1, "{second:?}");
+        assert_eq!(
+            (second.misplaced, second.moved(), second.displaced),
+            (0, 0, 0),
+            "{second:?}"
+        );
+        assert_eq!(second.after.chunks, 1, "{second:?}");
+        assert!(
+            second.segments < 8,
+            "a run in line is one segment: {second:?}"
+        );
+        let again = report(env, &a, va);
+        assert_eq!((again.misplaced, again.moved()), (0, 0), "{again:?}");
+        for i in 0..pages {
+            assert_eq!(through_b(i), Some(tag(a.id().0, va + i * K4)), "page {i}");
+        }
+        env.audit();
+        // With the first mapping gone, the second claims the frames it stays on.
+        let before = env.mm.claimed_windows().0;
+        env.mm.unmap(&a, va, pages * K4).unwrap();
+        let alone = report(env, &b, vb);
+        assert_eq!((alone.misplaced, alone.moved()), (0, 0), "{alone:?}");
+        assert_eq!(alone.after.chunks, 1, "{alone:?}");
+        assert_eq!(env.mm.claimed_windows().0, before, "{alone:?}");
+        for i in 0..pages {
+            assert_eq!(through_b(i), Some(tag(a.id().0, va + i * K4)), "page {i}");
+        }
+        env.mm.destroy_space(&a).unwrap();
+        env.mm.destroy_space(&b).unwrap();
+        assert_eq!(env.mm.release_region(&region), Ok(pages as usize));
         env.audit();
     });
 }

@@ -13,7 +13,11 @@
 //!    pages would land on, and no window may overlap another VMA's ([`view`] snapshots
 //!    the frames, the range tree [`crate::mapping::claims`] the windows). The cheapest
 //!    wins. The VMA's own pinned or unmovable blocks stay where they are, each its own
-//!    segment of the anchor, and each stretch between them is anchored on its own; a
+//!    segment of the anchor, and so do blocks of a shared region that another VMA
+//!    mapping it already put at its target (in that VMA's window, where its line puts
+//!    them; a run of them in line is one segment, whose frames stay in the other
+//!    window, unclaimed by this VMA), so a region mapped twice is not moved again for
+//!    its second mapping. Each stretch between them is anchored on its own; a
 //!    stretch whose chosen window would put a page on a blocked frame is cut there and
 //!    the rest re-anchored, a bounded number of times. So a VMA with `k` pinned pages
 //!    off the line ends in at most `2k + 1` chunks. A stretch all of whose windows put

@@ -38,11 +38,20 @@ struct Resident {
     head: Pfn,
     order: u8,
     pinned: bool,
+    /// Already where another VMA's anchor puts it: a block both map (of a shared
+    /// region), inside that VMA's claimed window (see [`Mm::mark_coplaced`]).
+    coplaced: bool,
 }
 
 impl Resident {
     fn pages(&self) -> u64 {
         1 << self.order
+    }
+
+    /// Whether the block keeps its frames: pinned or unmovable, or in place for another
+    /// VMA. It is a segment of its own (a run of such blocks in line, one segment).
+    fn stays(&self) -> bool {
+        self.pinned || self.coplaced
     }
 }
 
@@ -171,13 +180,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     ) -> Result<ContigReport, ContigError> {
         self.check_space(space)?;
         check_user_addr(va).map_err(SpaceError::from)?;
-        let found = self.find_resident(space, va)?;
-        let vma = &found.vma;
+        let mut found = self.find_resident(space, va)?;
         let ranges = self.placement_ranges(&found, opts.placement)?;
-        let own = vma
+        let own = found
+            .vma
             .anchor
             .as_ref()
             .map_or_else(|| self.new_claim_id(), |a| a.claim);
+        self.mark_coplaced(space.id(), own, &mut found);
+        let vma = &found.vma;
         // The VMA's old windows are given back first so that its new ones may reuse them.
         self.claims().release_owner(own);
         let segments = match self.plan_segments(&found, &ranges, own, opts) {
@@ -194,7 +205,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let fixed: Vec<(Pfn, Pfn)> = found
             .units
             .iter()
-            .filter(|u| u.pinned)
+            .filter(|u| u.stays())
             .map(|u| (u.head, u.head.add(u.pages())))
             .collect();
         if let Err(e) = self.claim_windows(&anchor, vma, &fixed) {
@@ -234,7 +245,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         };
         let mut todo = Vec::new();
         let first_vpn = vma.start / PAGE_SIZE;
-        for u in found.units.iter().filter(|u| !u.pinned) {
+        for u in found.units.iter().filter(|u| !u.stays()) {
             // Where the head belongs, from the block's first page inside the VMA (a
             // block cut by a split of the VMA may begin before it).
             let inside = u.vpn.max(first_vpn);
@@ -289,6 +300,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 head,
                 order: meta.order(),
                 pinned: block_class(meta) != FrameClass::Movable,
+                coplaced: false,
             });
         }
         // One unit per block, as its first leaf in address order places it (the sorts
@@ -297,6 +309,46 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         units.dedup_by_key(|u| u.head);
         units.sort_by_key(|u| u.vpn);
         Ok(Found { vma, leaves, units })
+    }
+
+    /// Mark the blocks of `found` (of `space`) that another VMA's anchor already puts
+    /// where they are: blocks both VMAs map (of a shared region), inside a window of
+    /// that VMA's claim (not `own`), at the frame its line gives. Moving them would undo
+    /// the other VMA's placement; they stay, and their frames stay in its window.
+    fn mark_coplaced(&self, space: SpaceId, own: ClaimId, found: &mut Found) {
+        let others: Vec<(Pfn, Pfn, ClaimId)> = self
+            .claims()
+            .ranges()
+            .filter(|&(_, _, owner)| owner != own)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let (start, end) = (found.vma.start, found.vma.end);
+        for u in found.units.iter_mut().filter(|u| !u.pinned) {
+            let Some(&(_, _, owner)) = others
+                .iter()
+                .find(|&&(a, b, _)| a <= u.head && u.head.add(u.pages()) <= b)
+            else {
+                continue;
+            };
+            let mappings = self.rmap.lock().entries(u.head);
+            u.coplaced = mappings.iter().any(|e| {
+                let va = e.va.as_u64();
+                if e.space == space && (start..end).contains(&va) {
+                    return false;
+                }
+                self.space(e.space).is_some_and(|other| {
+                    let st = other.state.lock();
+                    st.vmas
+                        .find(va)
+                        .and_then(|v| v.anchor.as_ref())
+                        .is_some_and(|a| {
+                            a.claim == owner && a.target(va) == Some(u.head.add(e.offset))
+                        })
+                })
+            });
+        }
     }
 
     /// The VMA containing `va` and its present leaves: (vpn, pfn, pages).
@@ -370,10 +422,11 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         opts: &ContigOptions,
     ) -> Option<Vec<AnchorSegment>> {
         let (vs, ve) = (found.vma.start / PAGE_SIZE, found.vma.end / PAGE_SIZE);
-        let mut segments = Vec::new();
+        let mut segments: Vec<AnchorSegment> = Vec::new();
         let mut stretches = Vec::new();
         let mut at = vs;
-        for u in found.units.iter().filter(|u| u.pinned) {
+        let mut last_coplaced = false;
+        for u in found.units.iter().filter(|u| u.stays()) {
             let (a, b) = (u.vpn.max(vs), (u.vpn + u.pages()).min(ve));
             if a < at || a >= b {
                 continue;
@@ -381,11 +434,24 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             if a > at {
                 stretches.push((at, a));
             }
-            segments.push(AnchorSegment {
-                start: a * PAGE_SIZE,
-                end: b * PAGE_SIZE,
-                pfn: u.head.add(a - u.vpn),
-            });
+            let pfn = u.head.add(a - u.vpn);
+            match segments.last_mut() {
+                // Coplaced blocks in line with the one before: one segment.
+                Some(s)
+                    if u.coplaced
+                        && last_coplaced
+                        && s.end == a * PAGE_SIZE
+                        && s.pfn.add((s.end - s.start) / PAGE_SIZE) == pfn =>
+                {
+                    s.end = b * PAGE_SIZE;
+                }
+                _ => segments.push(AnchorSegment {
+                    start: a * PAGE_SIZE,
+                    end: b * PAGE_SIZE,
+                    pfn,
+                }),
+            }
+            last_coplaced = u.coplaced;
             at = b;
         }
         if at < ve {
@@ -541,10 +607,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         vma: &Vma,
         fixed: &[(Pfn, Pfn)],
     ) -> Result<(), ContigError> {
+        let mut fixed = fixed.to_vec();
+        fixed.sort_unstable();
         let mut claims = self.claims();
         for (first, end) in anchor.windows(vma.start, vma.end) {
-            let pinned = fixed.iter().any(|&(a, b)| a <= first && end <= b);
-            if claims.claim(first, end, anchor.claim).is_err() && !pinned {
+            let stays = covered(&fixed, first, end);
+            if claims.claim(first, end, anchor.claim).is_err() && !stays {
                 claims.release_owner(anchor.claim);
                 return Err(ContigError::NoRoom);
             }
@@ -886,13 +954,28 @@ fn best_window(
     }
 }
 
+/// Whether the ranges `fixed` (sorted) cover all of `[first, end)`.
+fn covered(fixed: &[(Pfn, Pfn)], first: Pfn, end: Pfn) -> bool {
+    let mut at = first;
+    for &(a, b) in fixed {
+        if a > at {
+            break;
+        }
+        at = at.max(b);
+        if at >= end {
+            return true;
+        }
+    }
+    at >= end
+}
+
 /// Each movable block's part inside the stretch `[a, b)` (a block only partly mapped,
 /// or cut by a VMA split, may reach past it).
 fn movable_units(found: &Found, a: u64, b: u64) -> Vec<Unit> {
     found
         .units
         .iter()
-        .filter(|u| !u.pinned)
+        .filter(|u| !u.stays())
         .filter_map(|u| {
             let (from, to) = (u.vpn.max(a), (u.vpn + u.pages()).min(b));
             (from < to).then(|| Unit {

@@ -455,7 +455,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         mapped.sort_unstable();
         let mut failed: BTreeMap<usize, MigrateError> = BTreeMap::new();
-        let mut entries = Vec::new();
         for group in mapped.chunk_by(|a, b| a.0 == b.0) {
             let Some(space) = self.space(group[0].0) else {
                 continue;
@@ -491,7 +490,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                             failed.insert(u, MigrateError::Inconsistent);
                             break;
                         };
-                        entries.push((va, (e.size, mig)));
+                        st.migrating.insert(va, (e.size, mig));
                         batch.installed.push(Installed {
                             unit: u,
                             block: b,
@@ -503,8 +502,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            let mut fresh: BTreeMap<u64, _> = entries.drain(..).collect();
-            st.migrating.append(&mut fresh);
             drop(st);
             if batch.installed.len() > first_installed {
                 batch.spaces.push(space);
