@@ -316,6 +316,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// that VMA's claim (not `own`), at the frame its line gives. Moving them would undo
     /// the other VMA's placement; they stay, and their frames stay in its window.
     fn mark_coplaced(&self, space: SpaceId, own: ClaimId, found: &mut Found) {
+        // Only a shared region's frames are mapped by more than one VMA.
+        if found.vma.flags.shared.is_none() {
+            return;
+        }
         let others: Vec<(Pfn, Pfn, ClaimId)> = self
             .claims()
             .ranges()
