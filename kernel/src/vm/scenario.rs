@@ -183,6 +183,14 @@ pub enum Failure {
         /// Pages misplaced.
         misplaced: u64,
     },
+    /// The second mapping of the shared region moved pages although the first had put
+    /// them all in place (it should leave them there).
+    SharedMovedAgain {
+        /// The second mapping.
+        letter: char,
+        /// Pages it moved.
+        moved: u64,
+    },
     /// An exchange allocated frames.
     ExchangeAllocated {
         /// The VMA.
@@ -267,6 +275,10 @@ impl fmt::Display for Failure {
                 moved,
                 misplaced,
             } => write!(f, "{letter}: moved {moved} > 1.05 * misplaced {misplaced}"),
+            Failure::SharedMovedAgain { letter, moved } => write!(
+                f,
+                "{letter}: moved {moved} pages of the shared region the first mapping had placed"
+            ),
             Failure::ExchangeAllocated { letter, frames } => {
                 write!(f, "{letter}: exchanges allocated {frames} blocks")
             }

@@ -10,6 +10,8 @@
 //!   gives) and each of the `c - 1` chunk boundaries can cut at most one of them; the
 //!   same for `aligned_1g` where 1 GiB leaves are allowed;
 //! - `moved() <= 1.05 * misplaced`, no absolute slack;
+//! - of the shared region's two mappings, the one made contiguous second moves nothing
+//!   when the first was placed completely (its pages are already at their targets);
 //! - `frames_allocated_by_exchange == 0`, the call complete, the resident pages the ones
 //!   faulted in.
 //!
@@ -132,6 +134,29 @@ fn vma_goals(plan: &Plan, index: usize, o: &VmaOutcome, big_leaves: bool, out: &
     }
 }
 
+/// The shared region is placed once: when the mapping of it made contiguous first was
+/// placed completely, the second moves nothing.
+fn shared_goal(plan: &Plan, outcomes: &[VmaOutcome], out: &mut Vec<Failure>) {
+    let mut shared = outcomes.iter().filter(|o| {
+        matches!(
+            plan.vmas[o.index].kind,
+            Kind::SharedFirst | Kind::SharedSecond
+        )
+    });
+    let (Some(first), Some(second)) = (shared.next(), shared.next()) else {
+        return;
+    };
+    let (Ok(a), Ok(b)) = (&first.result, &second.result) else {
+        return;
+    };
+    if a.complete && a.failed == 0 && b.moved() > 0 {
+        out.push(Failure::SharedMovedAgain {
+            letter: plan.vmas[second.index].letter,
+            moved: b.moved(),
+        });
+    }
+}
+
 /// What the checks look at besides the reports.
 pub struct Findings {
     /// The data check.
@@ -150,6 +175,7 @@ pub fn check(plan: &Plan, outcomes: &[VmaOutcome], found: &Findings) -> Vec<Fail
     for o in outcomes {
         vma_goals(plan, o.index, o, found.big_leaves, &mut out);
     }
+    shared_goal(plan, outcomes, &mut out);
     if found.damage.bad > 0 {
         out.push(Failure::Data(found.damage));
     }
