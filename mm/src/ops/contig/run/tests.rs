@@ -1,7 +1,7 @@
 //! Host tests of the anchor plan on memory that other VMAs' windows have cut into pieces
 //! shorter than the VMA: the window of the VMA's resident pages must still land on
 //! frames its pages can be moved to; and of the claimed windows keeping unmovable
-//! allocations out.
+//! allocations out; and of `covered`, against asking every frame.
 
 use super::*;
 use crate::aspace::testing::{read_user, with_env, write_user, Env, SparseMem};
@@ -246,4 +246,20 @@ fn gigabyte_vmas_are_made_contiguous_first() {
         }
         env.audit();
     });
+}
+
+proptest::proptest! {
+    /// `covered` agrees with asking every frame of the window.
+    #[test]
+    fn covered_agrees_with_every_frame(
+        ranges in proptest::collection::vec((0..64u64, 1..16u64), 0..8),
+        first in 0..80u64,
+        len in 0..24u64,
+    ) {
+        let mut fixed: Vec<(Pfn, Pfn)> =
+            ranges.iter().map(|&(a, n)| (Pfn(a), Pfn(a + n))).collect();
+        fixed.sort_unstable();
+        let every = (first..first + len).all(|f| fixed.iter().any(|&(a, b)| a.0 <= f && f < b.0));
+        proptest::prop_assert_eq!(covered(&fixed, Pfn(first), Pfn(first + len)), every);
+    }
 }
