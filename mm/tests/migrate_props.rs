@@ -410,11 +410,13 @@ fn a_batch_reports_page_by_page_and_loses_nothing() {
             fill(env, &s, va, size, i as u64);
         }
         let heads: Vec<Pfn> = pages.iter().map(|&(va, _)| head_at(env, &s, va)).collect();
+        // Page 3 is pinned by a "device" before the batch; allocation 1 (page 1's
+        // destination) fails; page 4 gets pinned just before allocation 2, once the
+        // batch has claimed every page: that pin is refused and page 4 moves.
+        env.mm.pin(&s, pages[3].0).unwrap();
         let free = env.free_frames();
-        // Allocation 1 (page 1's destination) fails; page 3 gets pinned by a "device"
-        // just before allocation 2, after its batch started but before its turn.
         env.frames.injector.fail_nth(1);
-        env.frames.injector.pin_at_nth(2, &s, pages[3].0);
+        env.frames.injector.pin_at_nth(2, &s, pages[4].0);
         let batch: Vec<_> = heads.iter().map(|&h| (h, Destination::Any)).collect();
         let results = env.mm.migrate_batch(&batch);
         assert!(
@@ -423,6 +425,11 @@ fn a_batch_reports_page_by_page_and_loses_nothing() {
         );
         assert_eq!(results[1], Err(MigrateError::OutOfMemory));
         assert_eq!(results[3], Err(MigrateError::Pinned));
+        assert_eq!(
+            env.frames.injector.injected_pin(),
+            Some(Err(PinError::Migrating)),
+            "a pin of a claimed page is refused"
+        );
         for (i, &(va, size)) in pages.iter().enumerate() {
             check(env, &s, va, size, i as u64);
             let now = head_at(env, &s, va);

@@ -62,6 +62,47 @@ pub fn alloc_at(pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, MemError> {
     }
 }
 
+/// Allocate exactly each block of `blocks` (head and order), as [`alloc_at`] would one at
+/// a time, under one hold of the zone's lock (and a second for those that sat in a
+/// per-CPU cache, once the caches are drained); one result per block, in order, appended
+/// to `out`.
+pub fn alloc_at_batch(
+    blocks: &[(Pfn, u8)],
+    mt: MigrateType,
+    out: &mut alloc::vec::Vec<Result<Pfn, MemError>>,
+) {
+    let first = out.len();
+    with_buddy(|b| {
+        out.extend(
+            blocks
+                .iter()
+                .map(|&(pfn, order)| b.alloc_at(pfn, order, mt).map_err(MemError::Alloc)),
+        )
+    });
+    let cached = |r: &Result<Pfn, MemError>| {
+        matches!(
+            r,
+            Err(MemError::Alloc(mm::frame::buddy::AllocError::NotFree))
+        )
+    };
+    if !out[first..].iter().any(cached) {
+        return;
+    }
+    if let Err(e) = pcp::drain_all(table()) {
+        for r in out[first..].iter_mut().filter(|r| cached(r)) {
+            *r = Err(e);
+        }
+        return;
+    }
+    with_buddy(|b| {
+        for (r, &(pfn, order)) in out[first..].iter_mut().zip(blocks) {
+            if cached(r) {
+                *r = b.alloc_at(pfn, order, mt).map_err(MemError::Alloc);
+            }
+        }
+    });
+}
+
 /// Empty every per-CPU frame cache, then audit the buddy allocator.
 pub fn drain_and_audit() -> Result<mm::frame::buddy::AuditReport, MemError> {
     pcp::drain_all(table())?;

@@ -7,6 +7,7 @@
 use super::{numa, profile};
 use crate::mem::physmap::KernelPhys;
 use crate::mem::{frames, MemError};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mm::aspace::inject::Injector;
 use mm::backend::source::FrameSource;
@@ -100,6 +101,25 @@ impl FrameSource for KernelFrames {
         profile::ALLOC.time(|| self.alloc_at_untimed(pfn, order, mt))
     }
 
+    fn alloc_at_batch(
+        &self,
+        blocks: &[(Pfn, u8)],
+        mt: MigrateType,
+        out: &mut Vec<Result<Pfn, AllocError>>,
+    ) {
+        profile::ALLOC.time_many(blocks.len() as u64, || {
+            self.injector
+                .alloc_at_batch(super::mm(), blocks, out, |asked, served| {
+                    let first = served.len();
+                    let mut got = Vec::with_capacity(asked.len());
+                    frames::alloc_at_batch(asked, mt, &mut got);
+                    served.extend(got.into_iter().map(|r| r.map_err(alloc_error)));
+                    let ok = served[first..].iter().filter(|r| r.is_ok()).count();
+                    self.allocations.fetch_add(ok as u64, Ordering::Relaxed);
+                })
+        })
+    }
+
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
         profile::FREE.time(|| frames::free(pfn.addr(), order).map_err(free_error))
     }
@@ -120,7 +140,7 @@ impl FrameSource for KernelFrames {
         numa::node_exists(node)
     }
 
-    fn node_ranges(&self, node: NodeId) -> alloc::vec::Vec<(Pfn, Pfn)> {
+    fn node_ranges(&self, node: NodeId) -> Vec<(Pfn, Pfn)> {
         numa::ranges_of(node)
     }
 

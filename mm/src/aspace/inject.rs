@@ -6,7 +6,9 @@
 use super::{AddressSpace, Mm, PinError};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
+use crate::frame::buddy::AllocError;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
@@ -83,6 +85,40 @@ impl<'m, M: PhysMem> Injector<'m, M> {
         *self.pin_at.lock() = None;
         *self.pinned.lock() = None;
         self.count.swap(0, Ordering::AcqRel)
+    }
+
+    /// A batch of exact allocations (head and order of each block): each is counted as
+    /// [`on_alloc`](Self::on_alloc) counts one, in order and before any is served (an
+    /// injected pin takes the locks of the space and the reverse map, which serving may
+    /// not hold), then `serve` allocates the blocks not made to fail, in one call. One
+    /// result per block, in order, appended to `out`.
+    pub fn alloc_at_batch(
+        &self,
+        mm: Option<&Mm<'m, M>>,
+        blocks: &[(Pfn, u8)],
+        out: &mut Vec<Result<Pfn, AllocError>>,
+        serve: impl FnOnce(&[(Pfn, u8)], &mut Vec<Result<Pfn, AllocError>>),
+    ) {
+        let failing: Vec<bool> = blocks
+            .iter()
+            .map(|&(_, order)| self.on_alloc(order, mm))
+            .collect();
+        let asked: Vec<(Pfn, u8)> = blocks
+            .iter()
+            .zip(&failing)
+            .filter(|&(_, &fail)| !fail)
+            .map(|(&b, _)| b)
+            .collect();
+        let mut served = Vec::with_capacity(asked.len());
+        serve(&asked, &mut served);
+        let mut served = served.into_iter();
+        out.extend(failing.iter().map(|&fail| {
+            if fail {
+                Err(AllocError::OutOfMemory)
+            } else {
+                served.next().unwrap_or(Err(AllocError::OutOfMemory))
+            }
+        }));
     }
 
     /// Count an allocation of `order` (while armed), pin through `mm` if a pin is due,

@@ -323,6 +323,18 @@ impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
         self.inner.alloc_at(pfn, order, mt)
     }
 
+    fn alloc_at_batch(
+        &self,
+        blocks: &[(Pfn, u8)],
+        mt: MigrateType,
+        out: &mut Vec<Result<Pfn, AllocError>>,
+    ) {
+        self.injector
+            .alloc_at_batch(self.mm.get().copied(), blocks, out, |asked, served| {
+                self.inner.alloc_at_batch(asked, mt, served)
+            });
+    }
+
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError> {
         self.log.push(Event::Free { pfn, order });
         self.inner.free(pfn, order)

@@ -21,6 +21,21 @@ pub trait FrameSource: Sync {
     fn alloc(&self, order: u8, mt: MigrateType, node: Option<NodeId>) -> Result<Pfn, AllocError>;
     /// Exactly the block of `2^order` frames at `pfn`, if it is free.
     fn alloc_at(&self, pfn: Pfn, order: u8, mt: MigrateType) -> Result<Pfn, AllocError>;
+    /// Exactly each block of `blocks` (head and order), as [`alloc_at`](Self::alloc_at)
+    /// would one at a time (an implementation may take its lock once for all of them);
+    /// one result per block, in order, appended to `out`.
+    fn alloc_at_batch(
+        &self,
+        blocks: &[(Pfn, u8)],
+        mt: MigrateType,
+        out: &mut Vec<Result<Pfn, AllocError>>,
+    ) {
+        out.extend(
+            blocks
+                .iter()
+                .map(|&(pfn, order)| self.alloc_at(pfn, order, mt)),
+        );
+    }
     /// Free the block of `2^order` frames headed at `pfn`.
     fn free(&self, pfn: Pfn, order: u8) -> Result<(), FreeError>;
     /// Free every block of `blocks` (head and order) as [`free`](Self::free) would one
@@ -110,6 +125,25 @@ impl FrameSource for BuddyFrames<'_> {
         let block = self.buddy.lock().alloc_at(pfn, order, mt)?;
         self.allocations.fetch_add(1, Ordering::Relaxed);
         Ok(block)
+    }
+
+    fn alloc_at_batch(
+        &self,
+        blocks: &[(Pfn, u8)],
+        mt: MigrateType,
+        out: &mut Vec<Result<Pfn, AllocError>>,
+    ) {
+        let first = out.len();
+        {
+            let mut buddy = self.buddy.lock();
+            out.extend(
+                blocks
+                    .iter()
+                    .map(|&(pfn, order)| buddy.alloc_at(pfn, order, mt)),
+            );
+        }
+        let served = out[first..].iter().filter(|r| r.is_ok()).count();
+        self.allocations.fetch_add(served as u64, Ordering::Relaxed);
     }
 
     fn allocations(&self) -> u64 {

@@ -174,21 +174,24 @@ pub(super) fn injected_failures(_: &TestContext) -> TestResult {
         .filter_map(|&(va, _)| block_at(&s, va).map(|(h, _)| h))
         .collect();
     check_eq!(heads.len(), pages.len());
-    // Batch: 4K 0-3, the 2 MiB page, 4K 4-7. Destinations are allocated in that order
+    // Batch: 4K 0-3, the 2 MiB page, 4K 4-7, with page 6 pinned, as by a device, before
+    // it. Destinations are allocated in that order once the batch has claimed its pages
     // (a refused page allocates nothing): the 2 MiB page's allocation (the fifth) fails,
-    // and page 6 is pinned, as by a device, just before the sixth allocation (page 4's).
+    // and a pin of page 7 just before the sixth allocation (page 4's) is refused, since
+    // page 7 is claimed by then.
     let order = [0usize, 1, 2, 3, 8, 4, 5, 6, 7];
     let requests: Vec<(Pfn, Destination)> = order
         .iter()
         .map(|&i| (heads[i], Destination::Any))
         .collect();
+    check_eq!(mm.pin(&s, pages[6].0), Ok(heads[6]));
     frames_src.injector.fail_nth(4);
-    frames_src.injector.pin_at_nth(5, &s, pages[6].0);
+    frames_src.injector.pin_at_nth(5, &s, pages[7].0);
     let free_before = available();
     let results = mm.migrate_batch(&requests);
     let injected_pin = frames_src.injector.injected_pin();
     frames_src.injector.disarm();
-    check_eq!(injected_pin, Some(Ok(heads[6])));
+    check_eq!(injected_pin, Some(Err(PinError::Migrating)));
     let mut moved = Vec::new();
     for (k, (&i, r)) in order.iter().zip(&results).enumerate() {
         let want_err = match i {
@@ -245,7 +248,7 @@ pub(super) fn injected_failures(_: &TestContext) -> TestResult {
     for (i, &(va, size)) in pages.iter().enumerate() {
         check!(intact(va, size, i as u64), "page {i} lost data");
     }
-    sprint!("(moved {moved:?}; 2M destination allocation failed; page 6 pinned mid-batch) ");
+    sprint!("(moved {moved:?}; 2M destination allocation failed; page 6 pinned, a pin of claimed page 7 refused) ");
     env.teardown()?;
     audits(mm)?;
     check_eq!(available(), before);

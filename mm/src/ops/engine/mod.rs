@@ -8,16 +8,20 @@
 //! source, an exchange both of its blocks) and says, through its [`Move`], what becomes
 //! of them. For the whole batch:
 //!
-//! 1. **claim** each block of each unit under the reverse-map lock (one hold per unit),
-//!    the lock under which a managed block's head, state and order are stable (a
-//!    managed block is freed only after its last reference was dropped under that
-//!    lock): the block is re-read there and refused with [`MigrateError::Changed`] if it
-//!    is no longer what the caller saw before the lock; it must be a managed head,
+//! 1. **claim** each block of each unit under the reverse-map lock (one hold for the
+//!    whole batch), the lock under which a managed block's head, state and order are
+//!    stable (a managed block is freed only after its last reference was dropped under
+//!    that lock): the block is re-read there and refused with [`MigrateError::Changed`]
+//!    if it is no longer what the caller saw before the lock; it must be a managed head,
 //!    movable, unpinned and unclaimed; the claim (the owner word's `MIGRATING` bit,
 //!    taken by compare-exchange) holds one reference; the address spaces mapping the
-//!    block are noted there. Then [`Move::prepare`] (a migration allocates its
-//!    destination there). A unit that fails here drops its claims; nothing else
-//!    changed.
+//!    block are noted there. Then, with no lock held, the exact blocks the claimed units
+//!    want ([`Move::wants_at`], a migration's given destination) are allocated together,
+//!    in one call of the frame source, and each unit is prepared ([`Move::prepare`]: a
+//!    migration takes its destination, or allocates one). A unit that fails here drops
+//!    its claims; nothing else changed. A page pinned once its unit has claimed it is
+//!    refused by the pin ([`PinError::Migrating`](crate::aspace::PinError::Migrating)),
+//!    so the whole batch's claims coming first lets no pin in between.
 //! 2. **install**: in each address space noted, under its lock and the reverse map's
 //!    (each taken once for all the batch's blocks there), every mapping of every claimed
 //!    block is replaced by a migration entry with a compare-exchange (retried when the
@@ -55,6 +59,7 @@ use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::base::cpuset::CpuSet;
+use crate::frame::buddy::{AllocError, MigrateType};
 use crate::frame::meta::{FrameFlags, FrameState};
 use crate::frame::refs::Released;
 use crate::mapping::region::SharedRegion;
@@ -158,10 +163,24 @@ pub(crate) trait Move<'m, M: PhysMem> {
     /// seen without a lock (a migration checks its destination here).
     fn check(&self, mm: &Mm<'m, M>, orders: &[u8]) -> Result<(), MigrateError>;
 
+    /// The exact block (head and order) [`prepare`](Self::prepare) needs allocated, if
+    /// any: the engine allocates those of every claimed unit of the batch together and
+    /// hands each unit its own result.
+    fn wants_at(&self, claimed: &[Claimed]) -> Option<(Pfn, u8)> {
+        let _ = claimed;
+        None
+    }
+
     /// Check the claimed blocks against each other and get what the transform needs (a
-    /// migration allocates its destination). On error the claims are dropped and
-    /// nothing has changed.
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError>;
+    /// migration takes its destination: `at`, the allocation of what
+    /// [`wants_at`](Self::wants_at) asked for, which it then owns; or one it allocates
+    /// itself). On error the claims are dropped and nothing has changed.
+    fn prepare(
+        &mut self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        at: Option<Result<Pfn, AllocError>>,
+    ) -> Result<(), MigrateError>;
 
     /// Undo [`prepare`](Self::prepare) for a unit that is put back (a claim it took goes
     /// through `drops`).
@@ -251,17 +270,21 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         // (space, block): the address spaces that map each claimed block.
         let mut mapped: Vec<(SpaceId, usize)> = Vec::with_capacity(blocks.len());
-        let mut prepared = Vec::with_capacity(looked.len());
-        for mut unit in looked {
-            let noted = mapped.len();
-            match self.claim_unit(&mut unit, &blocks, &mut mapped) {
-                Ok(()) => prepared.push(unit),
-                Err(e) => {
-                    mapped.truncate(noted);
-                    results[unit.slot] = Some(Err(e));
+        let mut claimed = Vec::with_capacity(looked.len());
+        {
+            let mut drops = ClaimDrops::new(self);
+            for unit in looked {
+                let noted = mapped.len();
+                match self.claim_unit(&mut drops, &unit, &blocks, &mut mapped) {
+                    Ok(()) => claimed.push(unit),
+                    Err(e) => {
+                        mapped.truncate(noted);
+                        results[unit.slot] = Some(Err(e));
+                    }
                 }
             }
         }
+        let prepared = self.prepare_units(claimed, &blocks, &mut mapped, &mut results);
         let mut batch = Batch {
             results,
             units: prepared,
@@ -349,46 +372,86 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok(())
     }
 
-    /// Step 1 for one unit: claim its blocks (their orders as seen before the lock)
-    /// under one hold of the reverse-map lock, noting in `mapped` the address spaces
-    /// mapping each, then prepare it. On failure the claims it took are dropped.
+    /// Step 1 for one unit: claim its blocks (their orders as seen before the lock) under
+    /// the batch's hold of the reverse-map lock (`drops`), noting in `mapped` the address
+    /// spaces mapping each. On failure the claims it took are dropped.
     fn claim_unit<T: Move<'m, M>>(
         &self,
-        unit: &mut Unit<T>,
+        drops: &mut ClaimDrops<'_, 'm, M>,
+        unit: &Unit<T>,
         blocks: &[Claimed],
         mapped: &mut Vec<(SpaceId, usize)>,
     ) -> Result<(), MigrateError> {
-        let claimed = &blocks[unit.first..unit.first + unit.len];
-        {
-            let mut drops = ClaimDrops::new(self);
-            for (k, c) in claimed.iter().enumerate() {
-                let seen = Seen { order: c.order };
-                if let Err(e) = self.claim_block(drops.rmap(), c.head, seen) {
-                    for c in &claimed[..k] {
-                        drops.drop_claim(c.head, c.order);
-                    }
-                    return Err(e);
+        let claimed = unit.claimed(blocks);
+        for (k, c) in claimed.iter().enumerate() {
+            let seen = Seen { order: c.order };
+            if let Err(e) = self.claim_block(drops.rmap(), c.head, seen) {
+                for c in &claimed[..k] {
+                    drops.drop_claim(c.head, c.order);
                 }
-                let mut last = None;
-                for e in drops.rmap().range_of(c.head) {
-                    if last != Some(e.space) {
-                        last = Some(e.space);
-                        mapped.push((e.space, unit.first + k));
-                    }
+                return Err(e);
+            }
+            let mut last = None;
+            for e in drops.rmap().range_of(c.head) {
+                if last != Some(e.space) {
+                    last = Some(e.space);
+                    mapped.push((e.space, unit.first + k));
                 }
             }
-        }
-        let Some(mv) = unit.mv.as_mut() else {
-            return Err(MigrateError::NotInUse);
-        };
-        if let Err(e) = mv.prepare(self, claimed) {
-            let mut drops = ClaimDrops::new(self);
-            for c in claimed {
-                drops.drop_claim(c.head, c.order);
-            }
-            return Err(e);
         }
         Ok(())
+    }
+
+    /// Step 1, second half, with no lock held: allocate what the claimed units want, in
+    /// one call of the frame source, and prepare each. The units that fail get their
+    /// result, drop their claims and leave `mapped`; the others are returned.
+    fn prepare_units<T: Move<'m, M>>(
+        &self,
+        units: Vec<Unit<T>>,
+        blocks: &[Claimed],
+        mapped: &mut Vec<(SpaceId, usize)>,
+        results: &mut [Option<Result<T::Output, MigrateError>>],
+    ) -> Vec<Unit<T>> {
+        let wants: Vec<Option<(Pfn, u8)>> = units
+            .iter()
+            .map(|u| u.mv.as_ref().and_then(|mv| mv.wants_at(u.claimed(blocks))))
+            .collect();
+        let asked: Vec<(Pfn, u8)> = wants.iter().flatten().copied().collect();
+        let mut got = Vec::with_capacity(asked.len());
+        if !asked.is_empty() {
+            self.frames
+                .alloc_at_batch(&asked, MigrateType::Movable, &mut got);
+        }
+        let mut got = got.into_iter();
+        let mut prepared = Vec::with_capacity(units.len());
+        let mut failed = Vec::new();
+        for (mut unit, want) in units.into_iter().zip(wants) {
+            let at = want.and_then(|_| got.next());
+            let claimed = unit.claimed(blocks);
+            let result = match unit.mv.as_mut() {
+                Some(mv) => mv.prepare(self, claimed, at),
+                None => Err(MigrateError::NotInUse),
+            };
+            match result {
+                Ok(()) => prepared.push(unit),
+                Err(e) => {
+                    results[unit.slot] = Some(Err(e));
+                    failed.push(unit);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut gone = alloc::vec![false; blocks.len()];
+            let mut drops = ClaimDrops::new(self);
+            for unit in &failed {
+                for c in unit.claimed(blocks) {
+                    drops.drop_claim(c.head, c.order);
+                }
+                gone[unit.first..unit.first + unit.len].fill(true);
+            }
+            mapped.retain(|&(_, b)| !gone[b]);
+        }
+        prepared
     }
 
     /// What `head` looks like before any lock: refuses what can be refused without one.

@@ -107,8 +107,13 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
         Move::<M>::check(&self.swap, mm, orders)
     }
 
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
-        self.swap.prepare(mm, claimed)
+    fn prepare(
+        &mut self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        at: Option<Result<Pfn, AllocError>>,
+    ) -> Result<(), MigrateError> {
+        self.swap.prepare(mm, claimed, at)
     }
 
     fn abandon(&mut self, drops: &mut ClaimDrops<'_, 'm, M>, claimed: &[Claimed]) {

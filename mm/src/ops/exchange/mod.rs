@@ -21,6 +21,7 @@ use crate::aspace::vmstat::Event;
 use crate::aspace::Mm;
 use crate::backend::phys::{PhysMem, SWAP_CHUNK_MAX};
 use crate::base::addr::Pfn;
+use crate::frame::buddy::AllocError;
 use crate::ops::engine::{ClaimDrops, Claimed, Move};
 use crate::ops::error::MigrateError;
 use alloc::vec::Vec;
@@ -82,7 +83,12 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
         }
     }
 
-    fn prepare(&mut self, _mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
+    fn prepare(
+        &mut self,
+        _mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        _at: Option<Result<Pfn, AllocError>>,
+    ) -> Result<(), MigrateError> {
         // The claim re-read both orders under the lock against what `check` saw.
         if claimed[0].order == claimed[1].order {
             Ok(())

@@ -89,14 +89,27 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         Ok(())
     }
 
-    fn prepare(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) -> Result<(), MigrateError> {
+    fn wants_at(&self, claimed: &[Claimed]) -> Option<(Pfn, u8)> {
+        match self.dst {
+            Destination::Frame(d) => Some((d, claimed[0].order)),
+            Destination::Node(_) | Destination::Any => None,
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        mm: &Mm<'m, M>,
+        claimed: &[Claimed],
+        at: Option<Result<Pfn, AllocError>>,
+    ) -> Result<(), MigrateError> {
         // The order is the one `check` saw: the claim refuses a block whose order changed.
         let order = claimed[0].order;
         let mt = MigrateType::Movable;
-        let allocated = match self.dst {
-            Destination::Frame(d) => mm.frames.alloc_at(d, order, mt),
-            Destination::Node(node) => mm.frames.alloc(order, mt, Some(node)),
-            Destination::Any => mm.frames.alloc(order, mt, None),
+        let allocated = match (at, self.dst) {
+            (Some(at), _) => at,
+            (None, Destination::Frame(d)) => mm.frames.alloc_at(d, order, mt),
+            (None, Destination::Node(node)) => mm.frames.alloc(order, mt, Some(node)),
+            (None, Destination::Any) => mm.frames.alloc(order, mt, None),
         };
         let dst = allocated.map_err(alloc_error)?;
         // The destination's allocation reference becomes the claim's.
