@@ -49,3 +49,52 @@ fn allocation_on_a_node_stays_in_its_ranges() {
         Err(AllocError::InvalidOrder)
     );
 }
+
+/// Two identical sources: one serves exact allocations in one batch, the other one at a
+/// time; the results, the allocation count and every frame's state agree, whatever the
+/// mix of free, taken, unaligned and out-of-range requests.
+mod batch {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FRAMES: u64 = 2048;
+
+    fn source<'a>(recs: &'a [crate::frame::meta::FrameMeta], taken: &[u64]) -> BuddyFrames<'a> {
+        let table = FrameTable::new(recs).unwrap();
+        let mut buddy = BuddyAllocator::new(table);
+        buddy.add_free_range(Pfn(1), Pfn(FRAMES)).unwrap();
+        let frames = BuddyFrames::new(buddy, NodeMap::single(Pfn(0), Pfn(FRAMES)));
+        for &t in taken {
+            let _ = frames.alloc_at(Pfn(t), 0, MigrateType::Movable);
+        }
+        frames
+    }
+
+    proptest! {
+        #[test]
+        fn alloc_at_batch_agrees_with_one_at_a_time(
+            taken in proptest::collection::vec(0..FRAMES, 0..64),
+            blocks in proptest::collection::vec((0..FRAMES + 16, 0u8..4), 0..64),
+        ) {
+            let blocks: Vec<(Pfn, u8)> = blocks.into_iter().map(|(p, o)| (Pfn(p), o)).collect();
+            let (recs_a, recs_b) = (
+                FrameTable::boxed_records(FRAMES as usize),
+                FrameTable::boxed_records(FRAMES as usize),
+            );
+            let (a, b) = (source(&recs_a, &taken), source(&recs_b, &taken));
+            let mut batched = Vec::new();
+            a.alloc_at_batch(&blocks, MigrateType::Movable, &mut batched);
+            let single: Vec<_> = blocks
+                .iter()
+                .map(|&(pfn, order)| b.alloc_at(pfn, order, MigrateType::Movable))
+                .collect();
+            prop_assert_eq!(&batched, &single);
+            prop_assert_eq!(a.allocations(), b.allocations());
+            let state = |f: &BuddyFrames<'_>| -> Vec<_> {
+                let t = f.frame_table();
+                (0..FRAMES).map(|p| t.get(Pfn(p)).map(|m| (m.state(), m.order()))).collect()
+            };
+            prop_assert_eq!(state(&a), state(&b));
+        }
+    }
+}
