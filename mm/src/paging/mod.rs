@@ -60,7 +60,7 @@ pub use error::{
     CollapseError, MapError, ProtectError, RangeError, SplitError, Unfinished, UnmapError,
 };
 pub use range::Removed;
-pub use raw::RawError;
+pub use raw::{RawError, RawSlots};
 pub use replace::{CollapseToken, SplitToken};
 pub use swentry::{MigrationEntry, SoftwareEntry};
 pub use walk::Walk;

@@ -15,7 +15,9 @@
 
 use super::{index, is_canonical, Entry, PageTable};
 use crate::backend::phys::PhysMem;
-use core::sync::atomic::Ordering;
+use crate::base::addr::PageSize;
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::PhysAddr;
 
 /// Why [`PageTable::compare_exchange_leaf`] did not swap the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,7 +40,7 @@ const fn leaf_level_entry(entry: Entry, level: u8) -> bool {
     !entry.is_present() || entry.leaf_size(level).is_some()
 }
 
-impl<M: PhysMem> PageTable<'_, M> {
+impl<'m, M: PhysMem> PageTable<'m, M> {
     /// Where a walk toward `va` stops: the level (1..=4) and the entry there, which is a
     /// present leaf, an unused slot or a non-present software entry. `None` if `va` is
     /// not canonical.
@@ -70,28 +72,8 @@ impl<M: PhysMem> PageTable<'_, M> {
         current: Entry,
         new: Entry,
     ) -> Result<(), RawError> {
-        if !is_canonical(va) {
-            return Err(RawError::NonCanonical);
-        }
-        if !(1..=3).contains(&level)
-            || !leaf_level_entry(current, level)
-            || !leaf_level_entry(new, level)
-        {
-            return Err(RawError::InvalidEntry);
-        }
-        let d = self.descend(va, level);
-        if d.level != level {
-            return Err(RawError::NoSlot);
-        }
-        self.slot(d.path[level as usize], index(va, level))
-            .compare_exchange(
-                current.raw(),
-                new.raw(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .map(|_| ())
-            .map_err(|seen| RawError::Changed(Entry::from_raw(seen)))
+        self.raw_slots()
+            .compare_exchange_leaf(va, level, current, new)
     }
 
     /// Replace the leaf-level entry for `va` at `level` (1, 2 or 3) by what `change`
@@ -104,19 +86,91 @@ impl<M: PhysMem> PageTable<'_, M> {
         &mut self,
         va: u64,
         level: u8,
-        mut change: impl FnMut(Entry) -> Option<(Entry, T)>,
+        change: impl FnMut(Entry) -> Option<(Entry, T)>,
     ) -> Result<Option<T>, RawError> {
+        self.raw_slots().change_leaf(va, level, change)
+    }
+
+    /// [`compare_exchange_leaf`](Self::compare_exchange_leaf) and
+    /// [`change_leaf`](Self::change_leaf) for many addresses: see [`RawSlots`].
+    pub fn raw_slots(&mut self) -> RawSlots<'_, 'm, M> {
+        RawSlots {
+            pt: self,
+            last: None,
+        }
+    }
+}
+
+/// Leaf-level slots of one page table, changed one after another (a batch of migration
+/// entries installed or removed): a 4 KiB slot in the same 2 MiB as the last one is found
+/// through the level-1 table that one was in, without a walk from the root. That table
+/// cannot go away meanwhile: this value holds the table's only software writer, and
+/// neither function here replaces a table pointer (the MMU only sets accessed and dirty
+/// bits).
+pub struct RawSlots<'p, 'm, M: PhysMem> {
+    pt: &'p mut PageTable<'m, M>,
+    /// The first address of the 2 MiB of the last 4 KiB slot found, and the level-1
+    /// table mapping it.
+    last: Option<(u64, PhysAddr)>,
+}
+
+impl<'m, M: PhysMem> RawSlots<'_, 'm, M> {
+    /// The slot for `va` at `level` (1, 2 or 3).
+    fn slot(&mut self, va: u64, level: u8) -> Result<&'m AtomicU64, RawError> {
         if !is_canonical(va) {
             return Err(RawError::NonCanonical);
         }
         if !(1..=3).contains(&level) {
             return Err(RawError::InvalidEntry);
         }
-        let d = self.descend(va, level);
-        if d.level != level {
-            return Err(RawError::NoSlot);
+        let region = va & !(PageSize::Size2M.bytes() - 1);
+        let table = match self.last {
+            Some((r, table)) if level == 1 && r == region => table,
+            _ => {
+                let d = self.pt.descend(va, level);
+                if d.level != level {
+                    return Err(RawError::NoSlot);
+                }
+                let table = d.path[level as usize];
+                if level == 1 {
+                    self.last = Some((region, table));
+                }
+                table
+            }
+        };
+        Ok(self.pt.slot(table, index(va, level)))
+    }
+
+    /// [`PageTable::compare_exchange_leaf`].
+    pub fn compare_exchange_leaf(
+        &mut self,
+        va: u64,
+        level: u8,
+        current: Entry,
+        new: Entry,
+    ) -> Result<(), RawError> {
+        let slot = self.slot(va, level)?;
+        if !leaf_level_entry(current, level) || !leaf_level_entry(new, level) {
+            return Err(RawError::InvalidEntry);
         }
-        let slot = self.slot(d.path[level as usize], index(va, level));
+        slot.compare_exchange(
+            current.raw(),
+            new.raw(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .map(|_| ())
+        .map_err(|seen| RawError::Changed(Entry::from_raw(seen)))
+    }
+
+    /// [`PageTable::change_leaf`].
+    pub fn change_leaf<T>(
+        &mut self,
+        va: u64,
+        level: u8,
+        mut change: impl FnMut(Entry) -> Option<(Entry, T)>,
+    ) -> Result<Option<T>, RawError> {
+        let slot = self.slot(va, level)?;
         let mut current = Entry::from_raw(slot.load(Ordering::Acquire));
         loop {
             if !leaf_level_entry(current, level) {

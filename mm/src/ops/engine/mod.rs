@@ -522,10 +522,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let Some(space) = self.space(group[0].0) else {
                 continue;
             };
-            let mut st = space.state.lock();
-            if st.dead {
+            let mut guard = space.state.lock();
+            if guard.dead {
                 continue;
             }
+            let st = &mut *guard;
+            let mut slots = st.pt.raw_slots();
             let s = batch.spaces.len();
             let first_installed = batch.installed.len();
             {
@@ -540,7 +542,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         let va = e.va.as_u64();
                         let level = e.size.level();
                         let expected = head.add(e.offset).addr();
-                        let installed = st.pt.change_leaf(va, level, |cur| {
+                        let installed = slots.change_leaf(va, level, |cur| {
                             if cur.leaf_size(level) != Some(e.size)
                                 || cur.leaf_addr(e.size) != expected
                             {
@@ -553,7 +555,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                             failed.insert(u, MigrateError::Inconsistent);
                             break;
                         };
-                        st.migrating.insert(va, (e.size, mig));
                         batch.installed.push(Installed {
                             unit: u,
                             block: b,
@@ -565,7 +566,18 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            drop(st);
+            // Listed before the space's lock is let go. In the common case no other batch
+            // has entries in this space, and the list is built at once from the sorted
+            // addresses rather than by one insertion each.
+            let listed = batch.installed[first_installed..]
+                .iter()
+                .map(|i| (i.va, (i.mig.size(), i.mig)));
+            if st.migrating.is_empty() {
+                st.migrating = listed.collect();
+            } else {
+                st.migrating.extend(listed);
+            }
+            drop(guard);
             if batch.installed.len() > first_installed {
                 batch.spaces.push(space);
             }
@@ -729,7 +741,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let mut moved = Vec::new();
         for group in installed.chunk_by(|a, b| a.space == b.space) {
             let space = &spaces[group[0].space];
-            let mut st = space.state.lock();
+            let mut guard = space.state.lock();
+            let st = &mut *guard;
             let mut rmap = self.rmap.lock();
             // Only the batch that installed an entry removes it: when the space lists as
             // many as this batch installed there, they are all this batch's.
@@ -743,13 +756,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             // Take every moved mapping off its old block first, then add them to their
             // new ones: in an exchange the two blocks trade mappings.
             moved.clear();
+            let mut slots = st.pt.raw_slots();
             for inst in group {
                 let head = blocks[inst.block].head;
                 let level = inst.mig.size().level();
                 let new = inst.mig.retarget(target(inst).add(inst.offset).addr());
-                let swapped = st
-                    .pt
-                    .compare_exchange_leaf(inst.va, level, inst.mig.entry(), new);
+                let swapped = slots.compare_exchange_leaf(inst.va, level, inst.mig.entry(), new);
                 let entry = rmap.remove(head, space.id(), inst.va);
                 match (swapped, entry) {
                     (Ok(()), Some(entry)) => moved.push((inst, entry)),

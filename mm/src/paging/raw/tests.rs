@@ -143,3 +143,77 @@ fn change_leaf_changes_only_what_the_change_accepts() {
         Err(RawError::InvalidEntry)
     );
 }
+
+/// One `RawSlots` used for a whole sequence of swaps agrees with a walk from the root for
+/// each: over 4 KiB slots in two level-1 tables, a 2 MiB leaf, slots with no table, and
+/// swaps that fail because the slot holds something else.
+#[test]
+fn raw_slots_agree_with_one_walk_each() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let regions = [0x8000_0000u64, 0x8020_0000, 0x8060_0000];
+    // Eight 4 KiB pages in each of the first two regions, a 2 MiB leaf in the third.
+    fn build<'m>(
+        mem: &'m Arena,
+        alloc: &mut ListTableAlloc,
+        regions: &[u64],
+    ) -> PageTable<'m, Arena> {
+        let mut sink = RecordingSink::default();
+        let mut pt = PageTable::new(mem, alloc).unwrap();
+        for (r, &va) in regions[..2].iter().enumerate() {
+            for i in 0..8u64 {
+                let pa = PhysAddr::new(0x10_0000 * (r as u64 + 1) + i * 0x1000);
+                pt.map(
+                    va + i * 0x1000,
+                    pa,
+                    PageSize::Size4K,
+                    F::WRITABLE,
+                    alloc,
+                    &mut sink,
+                )
+                .unwrap();
+            }
+        }
+        let pa = PhysAddr::new(0x40_0000);
+        pt.map(
+            regions[2],
+            pa,
+            PageSize::Size2M,
+            F::WRITABLE,
+            alloc,
+            &mut sink,
+        )
+        .unwrap();
+        pt
+    }
+    let mut runner = TestRunner::new(Config::with_cases(64));
+    let op = (0usize..3, 0u64..8, 1u8..3, any::<bool>());
+    runner
+        .run(&proptest::collection::vec(op, 1..40), |ops| {
+            let (mem_a, mem_b) = (Arena::new(64), Arena::new(64));
+            let mut alloc_a = ListTableAlloc::new(PhysAddr::new(0), 16);
+            let mut alloc_b = ListTableAlloc::new(PhysAddr::new(0), 16);
+            let mut a = build(&mem_a, &mut alloc_a, &regions);
+            let mut b = build(&mem_b, &mut alloc_b, &regions);
+            let mut slots = a.raw_slots();
+            for &(r, page, level, expect_current) in &ops {
+                let va = regions[r] + if level == 1 { page * 0x1000 } else { 0 };
+                let current = match b.entry_at(va, level) {
+                    Some(e) if expect_current => e,
+                    _ => Entry::from_raw(0),
+                };
+                let soft = Entry::from_raw((current.raw() & !1) | (1 << 9) | (page << 12));
+                let via_slots = slots.compare_exchange_leaf(va, level, current, soft);
+                let via_walk = b.compare_exchange_leaf(va, level, current, soft);
+                prop_assert_eq!(via_slots, via_walk, "{:#x} level {}", va, level);
+            }
+            for &r in &regions {
+                for i in 0..8u64 {
+                    let va = r + i * 0x1000;
+                    prop_assert_eq!(a.raw_entry(va), b.raw_entry(va));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
