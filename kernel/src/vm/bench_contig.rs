@@ -17,8 +17,9 @@
 //! `value` is MB/s of pages moved (`migrated + exchanged + displaced`, each page each
 //! time it moves) over the cycles of the calls; `rep_movsb_value` / `rep_movsq_value` copy
 //! the same number of bytes 4 KiB at a time from the VMAs' frames with `rep movsb` /
-//! `rep movsq`, `baseline` names the faster and `ratio` is against it (see
-//! [`super::bench`] on why both). A VMA whose report is not one chunk
+//! `rep movsq` into as many frames of its own (the same working set as the moves', up to
+//! [`MAX_COPY_TARGETS`]; each written once first, untimed), `baseline` names the faster
+//! and `ratio` is against it (see [`super::bench`] on why both). A VMA whose report is not one chunk
 //! yet is made contiguous again (at most [`MAX_CALLS`] calls; `calls` says how many).
 //!
 //! Where the time went, as shares of the calls' cycles: `plan_share`, the look at the
@@ -55,6 +56,8 @@ const MAX_CALLS: usize = 8;
 const ONE_PAGE_AT: u64 = 64 << 30;
 /// Frames the per-frame copy and swap costs are measured on.
 const SAMPLE_FRAMES: usize = 256;
+/// At most this many frames of its own for the plain copy to write.
+const MAX_COPY_TARGETS: usize = 8192;
 
 /// One scenario: `blocks` blocks of `size` per VMA, squeezed or not.
 #[derive(Clone, Copy)]
@@ -252,11 +255,17 @@ fn frame_costs() -> Option<(u64, u64)> {
 }
 
 /// MB/s of copying `pages` pages of 4 KiB from the frames of the blocks `heads` (of
-/// `size`; cycled) into frames of its own, with `how`.
+/// `size`; cycled) into as many frames of its own (at least [`SAMPLE_FRAMES`], at most
+/// [`MAX_COPY_TARGETS`] or what memory has; cycled), with `how`.
 fn copy_rate(heads: &[Pfn], size: PageSize, pages: u64, how: Copy) -> Option<f64> {
-    let mut targets = Vec::with_capacity(SAMPLE_FRAMES);
-    for _ in 0..SAMPLE_FRAMES {
-        targets.push(frames::alloc(0, MigrateType::Movable).ok()?);
+    let want = (pages as usize).clamp(SAMPLE_FRAMES, MAX_COPY_TARGETS);
+    let mut targets = Vec::with_capacity(want);
+    while targets.len() < want {
+        match frames::alloc(0, MigrateType::Movable) {
+            Ok(t) => targets.push(t),
+            Err(_) if targets.len() >= SAMPLE_FRAMES => break,
+            Err(_) => return None,
+        }
     }
     let per_block = size.bytes() / PAGE_SIZE;
     let sources: Vec<Pfn> = heads
