@@ -1,13 +1,14 @@
 //! In-kernel tests of the memory layer on real page tables and the real memory map.
 
 use super::kernel_space::{self, KernelTableAlloc};
-use super::{frames, heap, physmap};
+use super::{frames, heap, physmap, MemError};
 use crate::arch::probe;
 use crate::harness::{KernelTest, TestContext, TestResult};
 use crate::{check, check_eq, check_ok, skip};
 use alloc::vec::Vec;
 use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
+use mm::frame::meta::FrameFlags;
 use mm::paging::{MapError, RangeError, UnmapError};
 use x86_64::structures::paging::PageTableFlags as F;
 use x86_64::{PhysAddr, VirtAddr};
@@ -230,6 +231,34 @@ fn alloc_at_and_range(_: &TestContext) -> TestResult {
         check!(!frames::with_buddy(|b| b.is_free(run.add(i))));
     }
     check_eq!(frames::with_buddy(|b| b.free_range(run, 1000)), Ok(()));
+    // A batch of exact allocations: a frame that sits in this CPU's frame cache (drained
+    // and taken), a free one in the zone, and one in use (refused), one result each.
+    let cached = check_ok!(frames::alloc(0, MigrateType::Movable));
+    check_eq!(frames::free(cached.addr(), 0), Ok(()));
+    let in_cache = frames::table()
+        .get(cached)
+        .is_some_and(|m| m.flags().contains(FrameFlags::CACHED));
+    check!(
+        in_cache,
+        "a freed order-0 frame should wait in the frame cache"
+    );
+    let free = check_ok!(frames::with_buddy(|b| b.alloc(0, MigrateType::Movable)));
+    let used = check_ok!(frames::with_buddy(|b| b.alloc(0, MigrateType::Movable)));
+    check_eq!(frames::with_buddy(|b| b.free(free, 0)), Ok(()));
+    let mut got = Vec::new();
+    let asked = [(cached, 0), (free, 0), (used, 0)];
+    frames::alloc_at_batch(&asked, MigrateType::Movable, &mut got);
+    check_eq!(
+        got,
+        [
+            Ok(cached),
+            Ok(free),
+            Err(MemError::Alloc(AllocError::NotFree))
+        ]
+    );
+    for p in [cached, free, used] {
+        check_eq!(frames::with_buddy(|b| b.free(p, 0)), Ok(()));
+    }
     audit()
 }
 
