@@ -84,6 +84,9 @@ const HPET_CONFIG: u64 = 0x10;
 const HPET_COUNTER: u64 = 0xF0;
 /// Length of a measurement against the HPET or the PM timer.
 const REFERENCE_WINDOW_US: u64 = 50_000;
+/// Reads of a reference counter, each between two TSC reads, of which the closest
+/// bracketed one is kept.
+const PAIRED_READ_TRIES: usize = 8;
 /// Polls of a reference counter before a measurement gives up.
 const REFERENCE_MAX_POLLS: u64 = 10_000_000;
 /// TSC frequencies believed.
@@ -125,6 +128,23 @@ impl Reference {
         };
         v & self.mask
     }
+
+    /// The counter and the TSC at the moment it was read: of [`PAIRED_READ_TRIES`] reads,
+    /// the one with the TSC read closest before and after it, and the middle of those two
+    /// TSC values. A delay between the TSC and the counter (an emulator descheduled, or
+    /// waiting for its device lock) would skew the pair by as much as it lasted.
+    fn read_with_tsc(&self) -> (u64, u64) {
+        let mut best = (u64::MAX, 0, 0);
+        for _ in 0..PAIRED_READ_TRIES {
+            let before = tsc();
+            let count = self.read();
+            let width = tsc().wrapping_sub(before);
+            if width < best.0 {
+                best = (width, count, before.wrapping_add(width / 2));
+            }
+        }
+        (best.1, best.2)
+    }
 }
 
 /// TSC ticks per second from `tsc_ticks` counted while a reference of `ref_hz` counted
@@ -145,17 +165,30 @@ pub fn tsc_hz_from(tsc_ticks: u64, ref_ticks: u64, ref_hz: u64) -> Result<u64, T
     }
 }
 
-/// Measure the TSC against `r` over [`REFERENCE_WINDOW_US`].
+/// Measure the TSC against `r` over [`REFERENCE_WINDOW_US`], each end a paired read
+/// ([`Reference::read_with_tsc`]).
 pub(crate) fn measure_against(r: &Reference) -> Result<u64, TimerError> {
     let window = r.hz * REFERENCE_WINDOW_US / 1_000_000;
-    let (ref0, tsc0) = (r.read(), tsc());
+    let (ref0, tsc0) = r.read_with_tsc();
     for _ in 0..REFERENCE_MAX_POLLS {
-        let elapsed = r.read().wrapping_sub(ref0) & r.mask;
-        if elapsed >= window {
-            return tsc_hz_from(tsc() - tsc0, elapsed, r.hz);
+        if r.read().wrapping_sub(ref0) & r.mask >= window {
+            let (ref1, tsc1) = r.read_with_tsc();
+            let elapsed = ref1.wrapping_sub(ref0) & r.mask;
+            return tsc_hz_from(tsc1.wrapping_sub(tsc0), elapsed, r.hz);
         }
     }
     Err(TimerError::ReferenceStopped)
+}
+
+/// The median of [`CALIBRATION_ROUNDS`] measurements against `r`: a delay that the paired
+/// reads cannot avoid skews one round, up or down, not the median.
+pub(crate) fn median_against(r: &Reference) -> Result<u64, TimerError> {
+    let mut hz = [0; CALIBRATION_ROUNDS];
+    for slot in &mut hz {
+        *slot = measure_against(r)?;
+    }
+    hz.sort_unstable();
+    Ok(hz[CALIBRATION_ROUNDS / 2])
 }
 
 /// The HPET, from the ACPI tables, with its counter running.
@@ -219,13 +252,20 @@ pub(crate) fn pm_timer(rsdp: Option<u64>) -> Result<Reference, TimerError> {
     })
 }
 
-/// The TSC frequency measured against PIT channel 2 (best of a few rounds).
+/// The TSC frequency measured against PIT channel 2: of a few rounds, the one whose
+/// start and end the TSC brackets most closely.
 pub(crate) fn measure_against_pit() -> Result<u64, TimerError> {
-    let mut ticks = u64::MAX;
+    let mut best = PitRound {
+        ticks: 0,
+        uncertainty: u64::MAX,
+    };
     for _ in 0..CALIBRATION_ROUNDS {
-        ticks = ticks.min(tsc_ticks_during_pit(PIT_CALIBRATION_COUNT)?);
+        let round = tsc_ticks_during_pit(PIT_CALIBRATION_COUNT)?;
+        if round.uncertainty < best.uncertainty {
+            best = round;
+        }
     }
-    tsc_hz_from(ticks, u64::from(PIT_CALIBRATION_COUNT), PIT_HZ)
+    tsc_hz_from(best.ticks, u64::from(PIT_CALIBRATION_COUNT), PIT_HZ)
 }
 
 /// The TSC frequency from the first source that gives one, each failure reported.
@@ -237,16 +277,7 @@ fn calibrate_tsc(rsdp: Option<u64>, map: MapRegisters) -> Result<(TscSource, u64
         return Ok((TscSource::Cpuid, hz));
     }
     for reference in [hpet(rsdp, map), pm_timer(rsdp)] {
-        let measured = reference.and_then(|r| {
-            // The median of a few rounds: a delay between the paired reads at either
-            // end skews one round, up or down.
-            let mut hz = [0; CALIBRATION_ROUNDS];
-            for slot in &mut hz {
-                *slot = measure_against(&r)?;
-            }
-            hz.sort_unstable();
-            Ok((r.source, hz[CALIBRATION_ROUNDS / 2]))
-        });
+        let measured = reference.and_then(|r| Ok((r.source, median_against(&r)?)));
         match measured {
             Ok(found) => return Ok(found),
             Err(e) => log::warn!("timer: a TSC reference failed: {e:?}"),
@@ -316,9 +347,18 @@ pub fn delay_us(us: u64) {
     }
 }
 
-/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off). Delays
-/// (an emulator descheduling us) can only lengthen the measurement.
-fn tsc_ticks_during_pit(count: u16) -> Result<u64, TimerError> {
+/// One measurement against the PIT: TSC ticks from the middle of the TSC reads around
+/// the start to the middle of those around the end, and how far apart each pair was,
+/// summed: the most the measurement can be off by.
+struct PitRound {
+    ticks: u64,
+    uncertainty: u64,
+}
+
+/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off). The count
+/// starts between the TSC reads around the write of its high byte, and ends between the
+/// last poll that saw the output low and the first that saw it high.
+fn tsc_ticks_during_pit(count: u16) -> Result<PitRound, TimerError> {
     let mut gate = Port::<u8>::new(0x61);
     let mut command = Port::<u8>::new(0x43);
     let mut channel2 = Port::<u8>::new(0x42);
@@ -326,20 +366,30 @@ fn tsc_ticks_during_pit(count: u16) -> Result<u64, TimerError> {
     // SAFETY: port 0x61 bit 0 gates PIT channel 2 and bit 1 drives the speaker (kept
     // off); 0x43/0x42 program channel 2 only (mode 0, binary, low then high byte; it
     // starts counting once the high byte is written). Channel 2 has no other user.
-    let start = unsafe {
+    let (start0, start1) = unsafe {
         let g = gate.read();
         gate.write((g & !0x02) | 0x01);
         command.write(0b1011_0000);
         channel2.write(lo);
-        let start = tsc();
+        let before = tsc();
         channel2.write(hi);
-        start
+        (before, tsc())
     };
+    let mut last_low = start1;
     for _ in 0..PIT_MAX_POLLS {
+        let before = tsc();
         // SAFETY: reading port 0x61 has no side effect; bit 5 is channel 2's output.
-        if unsafe { gate.read() } & 0x20 != 0 {
-            return Ok(tsc() - start);
+        let high = unsafe { gate.read() } & 0x20 != 0;
+        let after = tsc();
+        if high {
+            let start = start0.wrapping_add(start1.wrapping_sub(start0) / 2);
+            let end = last_low.wrapping_add(after.wrapping_sub(last_low) / 2);
+            return Ok(PitRound {
+                ticks: end.wrapping_sub(start),
+                uncertainty: start1.wrapping_sub(start0) + after.wrapping_sub(last_low),
+            });
         }
+        last_low = before;
     }
     Err(TimerError::PitStuck)
 }
