@@ -331,6 +331,9 @@ STEP_FAILED=()
 STEP_SKIPPED=()
 STEP_SECS=()
 STEP_RESULT=()
+# Per step, the lines naming what failed (qemu-run's `FAILED: test: why`, cargo's `test x
+# ... FAILED`, a TIMEOUT), repeated under the summary so that its tail alone says what broke.
+STEP_FAILURES=()
 
 # Counts (passed, failed, skipped) from cargo's `test result: ok. N passed; M failed;
 # ...` lines; cargo has no skip of the "could not check" kind, so skipped is 0.
@@ -425,6 +428,8 @@ run_step() {
     else
         STEP_RESULT+=("FAILED (exit $rc, log $log)")
     fi
+    STEP_FAILURES+=("$(grep -aE '^test [^ ]+ \.\.\. FAILED$|^TIMEOUT|^qemu-run: .*FAILED' "$log" |
+        head -n 5 | cut -c1-400 || true)")
 }
 
 # rustfmt and clippy -D warnings over the host crates and the kernel.
@@ -520,6 +525,11 @@ test_all() {
         total_failed=$((total_failed + STEP_FAILED[i]))
         total_skipped=$((total_skipped + STEP_SKIPPED[i]))
         [[ ${STEP_RESULT[$i]} == ok ]] || all_ok=0
+    done
+    for i in "${!STEP_NAMES[@]}"; do
+        [[ -n ${STEP_FAILURES[$i]} ]] || continue
+        echo "failed in ${STEP_NAMES[$i]}:"
+        sed 's/^/  /' <<<"${STEP_FAILURES[$i]}"
     done
     if [[ $total_skipped -gt 0 ]]; then
         echo "$total_passed passed, $total_failed failed, $total_skipped skipped"
