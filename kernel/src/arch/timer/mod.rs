@@ -27,8 +27,8 @@ const PIT_HZ: u64 = 1_193_182;
 const PIT_CALIBRATION_COUNT: u16 = 59_659;
 /// Polls of the PIT output before calibration gives up.
 const PIT_MAX_POLLS: u64 = 100_000_000;
-/// Measurements taken of each calibration.
-const CALIBRATION_ROUNDS: usize = 3;
+/// Measurements taken of each calibration (odd: the median is one of them).
+const CALIBRATION_ROUNDS: usize = 5;
 /// Length of the APIC timer calibration window.
 const APIC_CALIBRATION_US: u64 = 20_000;
 
@@ -252,20 +252,21 @@ pub(crate) fn pm_timer(rsdp: Option<u64>) -> Result<Reference, TimerError> {
     })
 }
 
-/// The TSC frequency measured against PIT channel 2: of a few rounds, the one whose
-/// start and end the TSC brackets most closely.
+/// The TSC frequency measured against PIT channel 2: the median of
+/// [`CALIBRATION_ROUNDS`] rounds, each bracketed by paired reads at both ends. A round
+/// disturbed inside its window, where no bracket can see it, skews that round, not the
+/// median.
 pub(crate) fn measure_against_pit() -> Result<u64, TimerError> {
-    let mut best = PitRound {
-        ticks: 0,
-        uncertainty: u64::MAX,
-    };
-    for _ in 0..CALIBRATION_ROUNDS {
-        let round = tsc_ticks_during_pit(PIT_CALIBRATION_COUNT)?;
-        if round.uncertainty < best.uncertainty {
-            best = round;
-        }
+    let mut ticks = [0; CALIBRATION_ROUNDS];
+    for slot in &mut ticks {
+        *slot = tsc_ticks_during_pit(PIT_CALIBRATION_COUNT)?;
     }
-    tsc_hz_from(best.ticks, u64::from(PIT_CALIBRATION_COUNT), PIT_HZ)
+    ticks.sort_unstable();
+    tsc_hz_from(
+        ticks[CALIBRATION_ROUNDS / 2],
+        u64::from(PIT_CALIBRATION_COUNT),
+        PIT_HZ,
+    )
 }
 
 /// The TSC frequency from the first source that gives one, each failure reported.
@@ -347,18 +348,11 @@ pub fn delay_us(us: u64) {
     }
 }
 
-/// One measurement against the PIT: TSC ticks from the middle of the TSC reads around
-/// the start to the middle of those around the end, and how far apart each pair was,
-/// summed: the most the measurement can be off by.
-struct PitRound {
-    ticks: u64,
-    uncertainty: u64,
-}
-
-/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off). The count
-/// starts between the TSC reads around the write of its high byte, and ends between the
-/// last poll that saw the output low and the first that saw it high.
-fn tsc_ticks_during_pit(count: u16) -> Result<PitRound, TimerError> {
+/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off), from the
+/// middle of the TSC reads around the start to the middle of those around the end. The
+/// count starts between the TSC reads around the write of its high byte, and ends
+/// between the last poll that saw the output low and the first that saw it high.
+fn tsc_ticks_during_pit(count: u16) -> Result<u64, TimerError> {
     let mut gate = Port::<u8>::new(0x61);
     let mut command = Port::<u8>::new(0x43);
     let mut channel2 = Port::<u8>::new(0x42);
@@ -384,10 +378,7 @@ fn tsc_ticks_during_pit(count: u16) -> Result<PitRound, TimerError> {
         if high {
             let start = start0.wrapping_add(start1.wrapping_sub(start0) / 2);
             let end = last_low.wrapping_add(after.wrapping_sub(last_low) / 2);
-            return Ok(PitRound {
-                ticks: end.wrapping_sub(start),
-                uncertainty: start1.wrapping_sub(start0) + after.wrapping_sub(last_low),
-            });
+            return Ok(end.wrapping_sub(start));
         }
         last_low = before;
     }

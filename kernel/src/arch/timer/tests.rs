@@ -23,8 +23,8 @@ pub const TESTS: &[KernelTest] = &[
 ];
 
 /// Most a source may differ from the frequency in use, in parts per thousand. Each
-/// source is measured as calibration measures it (paired reads, then a median or the
-/// least disturbed round), which keeps QEMU on a shared host within a few parts per
+/// source is measured as calibration measures it (paired reads, then the median of
+/// rounds), which keeps QEMU on a shared host within a few parts per
 /// million; a wrong period or unit is off by far more.
 const TOLERANCE_PER_MILLE: u64 = 10;
 
