@@ -29,6 +29,9 @@ const PIT_CALIBRATION_COUNT: u16 = 59_659;
 const PIT_MAX_POLLS: u64 = 100_000_000;
 /// Measurements taken of each calibration (odd: the median is one of them).
 const CALIBRATION_ROUNDS: usize = 5;
+/// PIT rounds, the most closely bracketed, whose median is taken (odd, at most
+/// [`CALIBRATION_ROUNDS`]).
+const PIT_KEPT_ROUNDS: usize = 3;
 /// Length of the APIC timer calibration window.
 const APIC_CALIBRATION_US: u64 = 20_000;
 
@@ -252,18 +255,26 @@ pub(crate) fn pm_timer(rsdp: Option<u64>) -> Result<Reference, TimerError> {
     })
 }
 
-/// The TSC frequency measured against PIT channel 2: the median of
-/// [`CALIBRATION_ROUNDS`] rounds, each bracketed by paired reads at both ends. A round
-/// disturbed inside its window, where no bracket can see it, skews that round, not the
-/// median.
+/// The TSC frequency measured against PIT channel 2, from [`CALIBRATION_ROUNDS`] rounds:
+/// the median of the [`PIT_KEPT_ROUNDS`] whose ends the TSC brackets most closely. A
+/// round whose polls were slow (wide brackets) is dropped; one disturbed inside its
+/// window, where no bracket can see it, is outvoted.
 pub(crate) fn measure_against_pit() -> Result<u64, TimerError> {
-    let mut ticks = [0; CALIBRATION_ROUNDS];
-    for slot in &mut ticks {
+    let mut rounds = [PitRound {
+        ticks: 0,
+        uncertainty: 0,
+    }; CALIBRATION_ROUNDS];
+    for slot in &mut rounds {
         *slot = tsc_ticks_during_pit(PIT_CALIBRATION_COUNT)?;
     }
-    ticks.sort_unstable();
+    rounds.sort_unstable_by_key(|r| r.uncertainty);
+    let mut kept = [0; PIT_KEPT_ROUNDS];
+    for (k, r) in kept.iter_mut().zip(&rounds) {
+        *k = r.ticks;
+    }
+    kept.sort_unstable();
     tsc_hz_from(
-        ticks[CALIBRATION_ROUNDS / 2],
+        kept[PIT_KEPT_ROUNDS / 2],
         u64::from(PIT_CALIBRATION_COUNT),
         PIT_HZ,
     )
@@ -348,11 +359,19 @@ pub fn delay_us(us: u64) {
     }
 }
 
-/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off), from the
-/// middle of the TSC reads around the start to the middle of those around the end. The
-/// count starts between the TSC reads around the write of its high byte, and ends
-/// between the last poll that saw the output low and the first that saw it high.
-fn tsc_ticks_during_pit(count: u16) -> Result<u64, TimerError> {
+/// One measurement against the PIT: TSC ticks from the middle of the TSC reads around
+/// the start to the middle of those around the end, and how far apart each pair was,
+/// summed: the most the measurement can be off by, unless disturbed in between.
+#[derive(Clone, Copy, Debug)]
+struct PitRound {
+    ticks: u64,
+    uncertainty: u64,
+}
+
+/// TSC ticks during `count` counts of PIT channel 2 (one-shot, speaker off). The count
+/// starts between the TSC reads around the write of its high byte, and ends between the
+/// last poll that saw the output low and the first that saw it high.
+fn tsc_ticks_during_pit(count: u16) -> Result<PitRound, TimerError> {
     let mut gate = Port::<u8>::new(0x61);
     let mut command = Port::<u8>::new(0x43);
     let mut channel2 = Port::<u8>::new(0x42);
@@ -378,7 +397,10 @@ fn tsc_ticks_during_pit(count: u16) -> Result<u64, TimerError> {
         if high {
             let start = start0.wrapping_add(start1.wrapping_sub(start0) / 2);
             let end = last_low.wrapping_add(after.wrapping_sub(last_low) / 2);
-            return Ok(end.wrapping_sub(start));
+            return Ok(PitRound {
+                ticks: end.wrapping_sub(start),
+                uncertainty: start1.wrapping_sub(start0) + after.wrapping_sub(last_low),
+            });
         }
         last_low = before;
     }

@@ -24,42 +24,97 @@ pub const TESTS: &[KernelTest] = &[
 
 /// Most a source may differ from the frequency in use, in parts per thousand. Each
 /// source is measured as calibration measures it (paired reads, then the median of
-/// rounds), which keeps QEMU on a shared host within a few parts per
-/// million; a wrong period or unit is off by far more.
+/// rounds), which keeps QEMU on a shared host within a few parts per million nearly
+/// always; a wrong period or unit is off by far more.
 const TOLERANCE_PER_MILLE: u64 = 10;
 
+/// Measurements of a source before it is found to disagree: on a loaded host one
+/// measurement of the PIT now and then lands 20 per mille off while the next agrees
+/// within parts per million; a wrong constant is off every time.
+const TRIES: usize = 3;
+
+/// A reference the TSC is measured against, as calibration measures it.
+enum Measured<'a> {
+    /// The median of rounds against a counter (HPET, PM timer).
+    Counter(&'a Reference),
+    /// The median of rounds of PIT channel 2.
+    Pit,
+}
+
+impl Measured<'_> {
+    fn source(&self) -> TscSource {
+        match self {
+            Measured::Counter(r) => r.source,
+            Measured::Pit => TscSource::Pit,
+        }
+    }
+
+    fn measure(&self) -> Result<u64, TimerError> {
+        match self {
+            Measured::Counter(r) => median_against(r),
+            Measured::Pit => measure_against_pit(),
+        }
+    }
+}
+
+/// Parts per thousand `hz` is off `used`.
+fn per_mille_off(hz: u64, used: u64) -> u64 {
+    hz.abs_diff(used) * 1000 / used
+}
+
 fn sources_agree(_: &TestContext) -> TestResult {
+    let used = tsc_hz();
     let rsdp = crate::mem::boot_memory().rsdp;
     let mut found: Vec<(TscSource, u64)> = Vec::new();
     if let Some(hz) = crate::arch::cpuid::features().tsc_hz {
         found.push((TscSource::Cpuid, hz));
     }
-    for r in [
+    let references: Vec<Reference> = [
         hpet(rsdp, &|pa, len| crate::mem::map_mmio(pa, len).ok()),
         pm_timer(rsdp),
     ]
     .into_iter()
     .flatten()
-    {
-        let hz = median_against(&r);
-        check!(hz.is_ok(), "measuring against {:?}: {hz:?}", r.source);
-        found.extend(hz.ok().map(|hz| (r.source, hz)));
+    .collect();
+    let measured = references
+        .iter()
+        .map(Measured::Counter)
+        .chain([Measured::Pit]);
+    let mut retried = Vec::new();
+    for m in measured {
+        let source = m.source();
+        let mut tries = Vec::new();
+        while tries.len() < TRIES {
+            let hz = m.measure();
+            check!(hz.is_ok(), "measuring against {source:?}: {hz:?}");
+            let hz = hz.unwrap_or_default();
+            tries.push(hz);
+            if per_mille_off(hz, used) <= TOLERANCE_PER_MILLE {
+                break;
+            }
+        }
+        let closest = tries.iter().copied().min_by_key(|&hz| hz.abs_diff(used));
+        found.extend(closest.map(|hz| (source, hz)));
+        if tries.len() > 1 {
+            retried.push((source, tries));
+        }
     }
-    let pit = measure_against_pit();
-    check!(pit.is_ok(), "measuring against the PIT: {pit:?}");
-    found.extend(pit.ok().map(|hz| (TscSource::Pit, hz)));
     if found.len() < 2 {
         skip!("only {found:?} measures the TSC here: nothing to compare");
     }
-    let used = tsc_hz();
     for &(source, hz) in &found {
-        let off = hz.abs_diff(used) * 1000 / used;
+        let off = per_mille_off(hz, used);
         check!(
             off <= TOLERANCE_PER_MILLE,
-            "{source:?} says {hz} Hz, the kernel uses {used} Hz ({off} per mille off; sources {found:?})"
+            "{source:?} says {hz} Hz, the kernel uses {used} Hz ({off} per mille off, the \
+             closest of its measurements {retried:?}; sources {found:?})"
         );
     }
-    crate::sprint!("({found:?}) ");
+    crate::sprint!("({found:?}");
+    if !retried.is_empty() {
+        crate::sprint!("; measured again: {retried:?}");
+    }
+    crate::sprint!(") ");
     Ok(())
 }
 
