@@ -18,7 +18,6 @@ use crate::ops::contig::report::{ContigError, ContigOptions, ContigReport, Place
 use crate::ops::contig::stats::{chunk_stats, ChunkStats};
 use crate::ops::contig::view::block_class;
 use crate::ops::migrate::{Destination, MigrateError};
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -30,6 +29,8 @@ const M2_PAGES: u64 = 512;
 const MAX_PASSES: usize = 64;
 /// Tries per page whose move was refused by a transient cause.
 const MAX_TRIES: u8 = 3;
+/// Leaves a VMA's walk makes room for at once (64 Ki, 1.5 MiB of memory).
+const LEAVES_RESERVED: u64 = 1 << 16;
 
 /// One resident block of the VMA: where its head would be in the VMA's virtual pages.
 #[derive(Clone, Copy, Debug)]
@@ -366,14 +367,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             return Err(SpaceError::SpaceDestroyed.into());
         }
         let vma = st.vmas.find(va).cloned().ok_or(ContigError::NotMapped)?;
-        let leaves = st
-            .pt
-            .walk(vma.start, vma.end)
-            .map(|(v, t)| {
-                let pfn = Pfn::containing(t.leaf_base_pa).0;
-                (v.as_u64() / PAGE_SIZE, pfn, t.size.bytes() / PAGE_SIZE)
-            })
-            .collect();
+        // Room for every page of a small VMA, so that collecting never reallocates; a
+        // large one grows as it goes.
+        let pages = (vma.end - vma.start) / PAGE_SIZE;
+        let mut leaves = Vec::with_capacity(pages.min(LEAVES_RESERVED) as usize);
+        leaves.extend(st.pt.walk(vma.start, vma.end).map(|(v, t)| {
+            let pfn = Pfn::containing(t.leaf_base_pa).0;
+            (v.as_u64() / PAGE_SIZE, pfn, t.size.bytes() / PAGE_SIZE)
+        }));
         Ok((vma, leaves))
     }
 
@@ -398,11 +399,23 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// The node holding most of the VMA's resident pages.
     fn majority_node(&self, found: &Found) -> Option<NodeId> {
-        let mut pages: BTreeMap<NodeId, u64> = BTreeMap::new();
+        // (node, pages): a machine has a few nodes, and a VMA's blocks come in runs on
+        // one node, so the last node found is tried first.
+        let mut pages: Vec<(NodeId, u64)> = Vec::new();
+        let mut last = None;
         for u in &found.units {
-            if let Some(n) = self.frames.node_of(u.head) {
-                *pages.entry(n).or_default() += u.pages();
-            }
+            let Some(n) = self.frames.node_of(u.head) else {
+                continue;
+            };
+            let i = match last.filter(|&i: &usize| pages[i].0 == n) {
+                Some(i) => i,
+                None => pages.iter().position(|&(m, _)| m == n).unwrap_or_else(|| {
+                    pages.push((n, 0));
+                    pages.len() - 1
+                }),
+            };
+            pages[i].1 += u.pages();
+            last = Some(i);
         }
         pages
             .into_iter()

@@ -10,6 +10,9 @@
 use crate::base::addr::{HUGE_1G_ORDER, HUGE_2M_ORDER};
 use alloc::vec::Vec;
 
+/// Chunks made room for at once: a scattered VMA has one per block, a placed one few.
+const CHUNKS_RESERVED: usize = 1 << 12;
+
 /// Contiguity figures of one VMA.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChunkStats {
@@ -78,8 +81,11 @@ fn chunks(blocks: &[(u64, u64, u64)]) -> Vec<Chunk> {
         .copied()
         .filter(|&(v, p, n)| n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some())
         .collect();
-    sorted.sort_unstable();
-    let mut out: Vec<Chunk> = Vec::new();
+    // A walk lists the blocks in order already: sorted only when they are not.
+    if !sorted.is_sorted() {
+        sorted.sort_unstable();
+    }
+    let mut out: Vec<Chunk> = Vec::with_capacity(sorted.len().min(CHUNKS_RESERVED));
     for (vpn, pfn, pages) in sorted {
         // Blocks come by start, so the last chunk ends at the highest virtual page taken
         // so far; the pages of this block below it are listed already.
