@@ -45,7 +45,7 @@ mod bits;
 mod cover;
 mod view;
 
-pub use view::{FrameClass, PhysView};
+pub use view::{FrameClass, Painter, PhysView};
 
 use alloc::vec::Vec;
 use cover::Cover;

@@ -10,8 +10,7 @@ use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::frame::meta::{FrameFlags, FrameMeta, FrameState, FrameTable};
 use crate::mapping::claims::ClaimId;
-use crate::ops::contig::anchor::{FrameClass, PhysView};
-use alloc::vec::Vec;
+use crate::ops::contig::anchor::{FrameClass, Painter, PhysView};
 
 /// What an allocated block (its head's metadata) is to the anchor search.
 pub(crate) fn block_class(meta: &FrameMeta) -> FrameClass {
@@ -37,8 +36,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Classify `[lo, hi)`; windows of claims other than `own`, and `extra`, are
-    /// `Claimed`. One step per block (runs of blocks of one class merged) and per claimed
-    /// window, plus one per 64 frames of each.
+    /// `Claimed`. One step per block (consecutive blocks of one class painted as one run)
+    /// and per claimed window, plus one per 64 frames of each.
     pub(crate) fn phys_view_with(
         &self,
         lo: Pfn,
@@ -46,50 +45,27 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         own: Option<ClaimId>,
         extra: &[(Pfn, Pfn)],
     ) -> PhysView {
-        let claimed: Vec<(Pfn, Pfn)> = self
+        let table = self.frames.frame_table();
+        let reserved = self.reserved_runs();
+        let mut painter = Painter::new(lo, hi);
+        let mut at = lo;
+        while at < hi {
+            let (end, class) = block_at(&table, reserved, at, hi);
+            painter.paint(at, end, class);
+            at = end;
+        }
+        for (a, b, _) in self
             .claims()
             .ranges()
             .filter(|&(a, b, owner)| Some(owner) != own && b > lo && a < hi)
-            .map(|(a, b, _)| (a, b))
-            .chain(extra.iter().copied())
-            .collect();
-        let claimed = claimed
-            .into_iter()
-            .map(|(a, b)| (a, b, FrameClass::Claimed));
-        PhysView::from_runs(
-            lo,
-            hi,
-            block_runs(self.frames.frame_table(), self.reserved_runs(), lo, hi).chain(claimed),
-        )
+        {
+            painter.paint(a, b, FrameClass::Claimed);
+        }
+        for &(a, b) in extra {
+            painter.paint(a, b, FrameClass::Claimed);
+        }
+        painter.finish()
     }
-}
-
-/// The blocks of `[lo, hi)` in order as runs `(start, end, class)`, consecutive blocks of
-/// one class merged (a run may begin before `lo` when `lo` is inside a block).
-fn block_runs<'a>(
-    table: FrameTable<'a>,
-    reserved: &'a [(Pfn, Pfn)],
-    lo: Pfn,
-    hi: Pfn,
-) -> impl Iterator<Item = (Pfn, Pfn, FrameClass)> + 'a {
-    let mut at = lo;
-    let mut blocks = core::iter::from_fn(move || {
-        if at >= hi {
-            return None;
-        }
-        let start = at;
-        let (end, class) = block_at(&table, reserved, at, hi);
-        at = end;
-        Some((start, end, class))
-    })
-    .peekable();
-    core::iter::from_fn(move || {
-        let (start, mut end, class) = blocks.next()?;
-        while let Some((_, e, _)) = blocks.next_if(|&(_, _, c)| c == class) {
-            end = e;
-        }
-        Some((start, end, class))
-    })
 }
 
 /// Where the block (or the run of reserved frames, from `reserved`, the runs the memory

@@ -7,6 +7,7 @@
 use super::bits::Bits;
 use crate::base::addr::Pfn;
 use alloc::vec;
+use alloc::vec::Vec;
 
 /// What a frame is to a window that would contain it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,39 +73,11 @@ impl PhysView {
         hi: Pfn,
         runs: impl IntoIterator<Item = (Pfn, Pfn, FrameClass)>,
     ) -> PhysView {
-        let (lo, hi) = (lo.0, hi.0.max(lo.0));
-        let base = lo & !63;
-        let words = (hi - base).div_ceil(64) as usize;
-        let mut layers = [vec![0u64; words], vec![0u64; words], vec![0u64; words]];
-        // Past `painted` no run has set a bit yet: a run there only sets its own layer
-        // (a free run costs nothing); before it, the other layers are cleared first.
-        let mut painted = lo;
+        let mut painter = Painter::new(lo, hi);
         for (start, end, class) in runs {
-            let (start, end) = (start.0.max(lo), end.0.min(hi));
-            if start >= end {
-                continue;
-            }
-            let layer = match class {
-                FrameClass::Free => None,
-                FrameClass::Movable => Some(Layer::Movable),
-                FrameClass::Blocked => Some(Layer::Blocked),
-                FrameClass::Claimed => Some(Layer::Claimed),
-            };
-            for (l, words) in layers.iter_mut().enumerate() {
-                if layer.is_some_and(|x| x as usize == l) {
-                    fill(words, start - base, end - base, true);
-                } else if start < painted {
-                    fill(words, start - base, end.min(painted) - base, false);
-                }
-            }
-            painted = painted.max(end);
+            painter.paint(start, end, class);
         }
-        PhysView {
-            lo,
-            hi,
-            base,
-            layers: layers.map(Bits::new),
-        }
+        painter.finish()
     }
 
     /// First frame of the view.
@@ -144,6 +117,93 @@ impl PhysView {
     /// lowest; frames past the view read as not in the layer.
     pub(super) fn word(&self, layer: Layer, start: u64) -> u64 {
         self.layers[layer as usize].word_at(start - self.base)
+    }
+}
+
+/// A [`PhysView`] being built run by run, as [`PhysView::from_runs`] describes: a run
+/// continuing the one before it with the same class only extends it, and a run past
+/// every frame painted so far sets its own layer only.
+pub struct Painter {
+    lo: u64,
+    hi: u64,
+    base: u64,
+    layers: [Vec<u64>; 3],
+    /// Past `painted` no run has set a bit yet: a run there only sets its own layer (a
+    /// free run costs nothing); before it, the other layers are cleared first.
+    painted: u64,
+    /// The run not yet applied, extended while the next ones continue it.
+    pending: Option<(u64, u64, FrameClass)>,
+}
+
+impl Painter {
+    /// An empty view of `[lo, hi)`, every frame free (an inverted range is empty).
+    pub fn new(lo: Pfn, hi: Pfn) -> Painter {
+        let (lo, hi) = (lo.0, hi.0.max(lo.0));
+        let base = lo & !63;
+        let words = (hi - base).div_ceil(64) as usize;
+        Painter {
+            lo,
+            hi,
+            base,
+            layers: [vec![0u64; words], vec![0u64; words], vec![0u64; words]],
+            painted: lo,
+            pending: None,
+        }
+    }
+
+    /// Paint `[start, end)` (clipped to the view) as `class`, over what was painted.
+    pub fn paint(&mut self, start: Pfn, end: Pfn, class: FrameClass) {
+        let (start, end) = (start.0.max(self.lo), end.0.min(self.hi));
+        if start >= end {
+            return;
+        }
+        match &mut self.pending {
+            Some((_, e, c)) if *e == start && *c == class => *e = end,
+            pending => {
+                if let Some((s, e, c)) = pending.replace((start, end, class)) {
+                    self.apply(s, e, c);
+                }
+            }
+        }
+    }
+
+    /// The view painted.
+    pub fn finish(mut self) -> PhysView {
+        if let Some((s, e, c)) = self.pending.take() {
+            self.apply(s, e, c);
+        }
+        PhysView {
+            lo: self.lo,
+            hi: self.hi,
+            base: self.base,
+            layers: self.layers.map(Bits::new),
+        }
+    }
+
+    /// Paint `[start, end)`, inside the view and not empty.
+    fn apply(&mut self, start: u64, end: u64, class: FrameClass) {
+        let layer = match class {
+            FrameClass::Free => None,
+            FrameClass::Movable => Some(Layer::Movable),
+            FrameClass::Blocked => Some(Layer::Blocked),
+            FrameClass::Claimed => Some(Layer::Claimed),
+        };
+        let (i, j) = (start - self.base, end - self.base);
+        if start >= self.painted {
+            if let Some(l) = layer {
+                fill(&mut self.layers[l as usize], i, j, true);
+            }
+        } else {
+            let cleared = end.min(self.painted) - self.base;
+            for (l, words) in self.layers.iter_mut().enumerate() {
+                if layer.is_some_and(|x| x as usize == l) {
+                    fill(words, i, j, true);
+                } else {
+                    fill(words, i, cleared, false);
+                }
+            }
+        }
+        self.painted = self.painted.max(end);
     }
 }
 

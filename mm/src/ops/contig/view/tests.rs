@@ -9,6 +9,7 @@ use crate::backend::phys::Arena;
 use crate::backend::source::FrameSource;
 use crate::frame::buddy::MigrateType;
 use crate::mapping::vma::{HugePolicy, Mobility, VmaFlags};
+use alloc::vec::Vec;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
