@@ -646,9 +646,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// What the frames of the block of `order` at `target` hold now (read without
     /// locks; the engine re-checks each block it claims).
-    fn target_state(&self, target: Pfn, order: u8) -> Target {
+    ///
+    /// `free` is the free block `[start, end)` the last call found a target inside, if
+    /// any: a target inside it is taken as free without a look (the targets of one pass
+    /// come in order, many inside one big free block), and a target found inside a
+    /// free block leaves that block there.
+    fn target_state(&self, target: Pfn, order: u8, free: &mut Option<(Pfn, Pfn)>) -> Target {
         let table = self.frames.frame_table();
         let end = target.add(1 << order);
+        if free.is_some_and(|(a, b)| a <= target && end <= b) {
+            return Target::Free;
+        }
         let mut blocks = Vec::new();
         let mut f = target;
         if let Some(h) = table.head_of(target).filter(|&h| h != target) {
@@ -656,7 +664,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 return Target::Blocked;
             };
             match (meta.state(), block_class(meta)) {
-                (FrameState::Free, _) if h.add(1 << meta.order()) >= end => return Target::Free,
+                (FrameState::Free, _) if h.add(1 << meta.order()) >= end => {
+                    *free = Some((h, h.add(1 << meta.order())));
+                    return Target::Free;
+                }
                 (FrameState::Allocated, FrameClass::Free) => {}
                 (FrameState::Allocated, FrameClass::Movable) => blocks.push((h, meta.order())),
                 _ => return Target::Blocked,
@@ -726,8 +737,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             // already migrating). A block that is not ours is the target of one of ours
             // at most (targets are distinct), so it can meet only one exchange.
             let mut used = alloc::vec![false; todo.len()];
+            let mut free = None;
             for (i, w) in todo.iter().enumerate() {
-                match self.target_state(w.target, w.order) {
+                match self.target_state(w.target, w.order, &mut free) {
                     Target::Free => {
                         used[i] = true;
                         migrations.push(i);
