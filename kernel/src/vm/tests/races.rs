@@ -12,9 +12,10 @@ use super::{
     KernelMm, Space, BASE, G1, K4, M2,
 };
 use crate::arch::percpu;
-use crate::arch::timer::Deadline;
+use crate::arch::timer::{delay_us, Deadline};
 use crate::harness::{TestContext, TestResult};
 use crate::mem::frames;
+use crate::mem::tests::Rng;
 use crate::tlb::tests::Helpers;
 use crate::{check, check_eq, skip, sprint};
 use alloc::format;
@@ -35,6 +36,8 @@ const ROUNDS: u64 = 150;
 const MIN_CYCLES: u64 = 20;
 /// Each race ends after this long even if its rounds are not done.
 const RACE_MS: u64 = 20_000;
+/// Longest pause of a migrator of the same blocks after a round that moved some.
+const BACKOFF_US: u64 = 200;
 /// 4 KiB pages of the shared 4 KiB region.
 const PAGES_4K: u64 = 16;
 /// Where the other CPU's address space maps the regions: this much above the keeper.
@@ -344,14 +347,21 @@ struct Migrator {
     error: Option<String>,
 }
 
-/// Migrate every block of `space` at `blocks` once per round; refusals because the other
-/// migrator has the block, or moved it since the lookup, are counted, others are errors.
+/// Migrate every block of `space` at `blocks` once per round, until [`ROUNDS`] rounds
+/// moved something or the race's time is up; refusals because the other migrator has the
+/// block, or moved it since the lookup, are counted, others are errors.
+/// After a round that moved blocks the migrator pauses for a random while (up to
+/// [`BACKOFF_US`], `seed` choosing): a migrator that starts its next batch at once holds
+/// every block nearly all the time, and on a loaded host, where its CPU may be held up
+/// mid-batch for long, the other one then finds them all taken for the whole race.
 fn migrate_rounds(
     mm: &KernelMm,
     space: &Space,
     blocks: &[(u64, PageSize)],
     stop: &AtomicBool,
+    seed: u64,
 ) -> Migrator {
+    let mut rng = Rng::new(seed);
     let mut m = Migrator::default();
     let deadline = Deadline::after_ms(RACE_MS);
     let mut rounds = 0;
@@ -364,8 +374,8 @@ fn migrate_rounds(
             .iter()
             .filter_map(|&(va, _)| block_at(space, va).map(|(h, _)| (h, Destination::Any)))
             .collect();
-        rounds += u64::from(!requests.is_empty());
         m.busy += (blocks.len() - requests.len()) as u64;
+        let moved = m.moved;
         for (r, (src, _)) in mm.migrate_batch(&requests).iter().zip(&requests) {
             match r {
                 Ok(_) => m.moved += 1,
@@ -376,11 +386,18 @@ fn migrate_rounds(
                 }
             }
         }
+        // Only a round that moved something counts: refused rounds are quick, and a
+        // migrator counting them could run out of rounds inside one batch of the other.
+        if m.moved > moved {
+            rounds += 1;
+            delay_us(rng.below(BACKOFF_US + 1));
+        }
     }
     m
 }
 
-pub(super) fn two_migrators(_: &TestContext) -> TestResult {
+pub(super) fn two_migrators(ctx: &TestContext) -> TestResult {
+    let seed = ctx.seed;
     let me = percpu::cpu_index();
     let Some(cpu) = percpu::online().iter().find(|&c| c != me) else {
         skip!("needs 2 CPUs: two migrators of the same blocks");
@@ -408,11 +425,11 @@ pub(super) fn two_migrators(_: &TestContext) -> TestResult {
     {
         let (s, blocks) = (s.clone(), blocks.clone());
         helpers.start(cpu, move |stop: &AtomicBool| {
-            migrate_rounds(mm, &s, &blocks, stop)
+            migrate_rounds(mm, &s, &blocks, stop, seed ^ 1)
         })?;
     }
     let never = AtomicBool::new(false);
-    let here = migrate_rounds(mm, &s, &blocks, &never);
+    let here = migrate_rounds(mm, &s, &blocks, &never, seed);
     let there = helpers.finish().pop().unwrap_or_default();
     sprint!("(CPU {me}: {here:?}; CPU {cpu}: {there:?}) ");
     check!(
