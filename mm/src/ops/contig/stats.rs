@@ -76,11 +76,14 @@ pub fn chunk_stats(blocks: &[(u64, u64, u64)]) -> ChunkStats {
 
 /// The chunks of `blocks`, in virtual order.
 fn chunks(blocks: &[(u64, u64, u64)]) -> Vec<Chunk> {
-    let mut sorted: Vec<(u64, u64, u64)> = blocks
-        .iter()
-        .copied()
-        .filter(|&(v, p, n)| n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some())
-        .collect();
+    // Sized for every block at once: a filtered collect would grow it step by step.
+    let mut sorted: Vec<(u64, u64, u64)> = Vec::with_capacity(blocks.len());
+    sorted.extend(
+        blocks
+            .iter()
+            .copied()
+            .filter(|&(v, p, n)| n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some()),
+    );
     // A walk lists the blocks in order already: sorted only when they are not.
     if !sorted.is_sorted() {
         sorted.sort_unstable();
