@@ -306,6 +306,48 @@ impl<'a> BuddyAllocator<'a> {
         Ok(pfn)
     }
 
+    /// Allocate each of the `count` frames from `start` as a block of its own (order 0),
+    /// all of them or none: the same as [`alloc_at`](Self::alloc_at) of each frame in
+    /// turn, but with one unlink and split per maximal aligned block of the run instead
+    /// of one per frame (a migration into a window asks for runs of single frames).
+    pub fn alloc_frames_at(
+        &mut self,
+        start: Pfn,
+        count: usize,
+        mt: MigrateType,
+    ) -> Result<(), AllocError> {
+        let first = self.index(start).ok_or(AllocError::OutOfRange)?;
+        let end = first
+            .checked_add(count)
+            .filter(|&end| end <= self.table.len())
+            .ok_or(AllocError::OutOfRange)?;
+        let mut at = first;
+        while at < end {
+            let (head, order) = self.free_block_at(at).ok_or(AllocError::NotFree)?;
+            at = head + (1usize << order);
+        }
+        for (head, order) in Blocks::new(first, end) {
+            // Every frame of the run was just seen free, and each step below only takes
+            // frames of the run: this block still lies inside one free block.
+            let Some((free_head, from)) = self.free_block_at(head) else {
+                continue;
+            };
+            self.unlink(free_head, from);
+            self.split(free_head, from, head, order, mt);
+            if order >= PAGEBLOCK_ORDER {
+                // One frame at a time would have split each of these pageblocks, which
+                // gives it the allocation's type.
+                for pb in (head..head + (1usize << order)).step_by(1 << PAGEBLOCK_ORDER) {
+                    self.set_pageblock_type(pb, mt);
+                }
+            }
+            for frame in head..head + (1usize << order) {
+                self.mark_allocated(frame, 0, mt);
+            }
+        }
+        Ok(())
+    }
+
     /// Allocate `nframes` contiguous frames starting at a multiple of `2^align_order`,
     /// as the maximal aligned blocks that make up the run (release them with
     /// [`free_range`](Self::free_range) or block by block with [`free`](Self::free)).
