@@ -199,14 +199,20 @@ fn buffers(mm: &KernelMm, name: &str, shape: Shape, n: usize) {
         Ok(s) => s,
         Err(why) => return sprintln!("# {name}: skipped ({why})"),
     };
-    let [word, line, page] = [SwapBuffer::Word, SwapBuffer::Line, SwapBuffer::Page]
-        .map(|b| rounds(n, || exchange_round(mm, &space, shape, b)));
+    let [word, line, page, registers] = [
+        SwapBuffer::Word,
+        SwapBuffer::Line,
+        SwapBuffer::Page,
+        SwapBuffer::Registers,
+    ]
+    .map(|b| rounds(n, || exchange_round(mm, &space, shape, b)));
     teardown(mm, name, &space);
-    match (word, line, page) {
-        (Some(w), Some(l), Some(p)) => sprintln!(
-            "BENCH {{\"name\":\"{name}\",\"value\":{p},\"unit\":\"cycles/exchange\",\"baseline\":\"word buffer\",\"baseline_value\":{w},\"ratio\":{:.3},\"line_value\":{l},\"line_ratio\":{:.3},\"pairs\":{},\"batch\":{}}}",
+    match (word, line, page, registers) {
+        (Some(w), Some(l), Some(p), Some(r)) => sprintln!(
+            "BENCH {{\"name\":\"{name}\",\"value\":{p},\"unit\":\"cycles/exchange\",\"baseline\":\"word buffer\",\"baseline_value\":{w},\"ratio\":{:.3},\"line_value\":{l},\"line_ratio\":{:.3},\"registers_value\":{r},\"registers_ratio\":{:.3},\"pairs\":{},\"batch\":{}}}",
             p as f64 / w as f64,
             p as f64 / l as f64,
+            p as f64 / r as f64,
             shape.pairs,
             shape.batch
         ),

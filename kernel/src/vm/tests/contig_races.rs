@@ -106,7 +106,8 @@ impl Results {
 }
 
 /// Migrate `SCRAMBLE` random pages of C and K anywhere (a page unmapped meanwhile is
-/// refused, typed, and left alone).
+/// refused, typed, and left alone: its frame may be free by now, or even a tail of a
+/// block allocated since).
 fn scramble(mm: &KernelMm, spaces: [&Space; 2], rng: &mut Rng, out: &mut Results) {
     let requests: Vec<(Pfn, Destination)> = (0..SCRAMBLE)
         .filter_map(|i| {
@@ -119,6 +120,7 @@ fn scramble(mm: &KernelMm, spaces: [&Space; 2], rng: &mut Rng, out: &mut Results
         match r {
             Ok(_)
             | Err(MigrateError::NotInUse)
+            | Err(MigrateError::NotHead)
             | Err(MigrateError::Changed)
             | Err(MigrateError::Released)
             | Err(MigrateError::AlreadyMigrating) => {}

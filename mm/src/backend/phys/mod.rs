@@ -79,6 +79,23 @@ pub unsafe trait PhysMem: Sync {
             off += n;
         }
     }
+
+    /// Exchange the contents of the frames containing `a` and `b` a word of each at a
+    /// time, through registers: every byte is read once and written once, where
+    /// [`swap_frame`](Self::swap_frame) copies it three times (to its buffer, over, back).
+    /// Nothing when they are the same frame.
+    fn swap_frame_in_registers(&self, a: PhysAddr, b: PhysAddr) {
+        let (a, b) = (a.align_down(PAGE_SIZE), b.align_down(PAGE_SIZE));
+        if a == b {
+            return;
+        }
+        let words = (PAGE_SIZE / 8) as usize;
+        // SAFETY: both frames are valid for PAGE_SIZE bytes from their starts, 8-byte
+        // aligned (frame starts), and distinct frames don't alias (trait contract).
+        unsafe {
+            core::ptr::swap_nonoverlapping(self.ptr(a) as *mut u64, self.ptr(b) as *mut u64, words)
+        }
+    }
 }
 
 /// Bytes the largest buffer of [`PhysMem::swap_frame`] swaps at a time: one frame.

@@ -93,3 +93,34 @@ fn swap_frame_exchanges_two_frames_whole_with_any_buffer_size() {
         assert_eq!(w(PAGE_SIZE + 8).load(Relaxed), if swapped { !1 } else { 1 });
     }
 }
+
+#[test]
+fn swap_frame_in_registers_exchanges_two_frames_whole_and_nothing_else() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let mem = Arena::new(4);
+    let w = |pa: u64| mem.word(PhysAddr::new(pa));
+    for i in 0..PAGE_SIZE / 8 {
+        w(PAGE_SIZE + i * 8).store(i, Relaxed);
+        w(2 * PAGE_SIZE + i * 8).store(!i, Relaxed);
+    }
+    w(PAGE_SIZE - 8).store(98, Relaxed);
+    w(3 * PAGE_SIZE).store(99, Relaxed);
+    mem.swap_frame_in_registers(PhysAddr::new(2 * PAGE_SIZE + 17), PhysAddr::new(PAGE_SIZE));
+    for i in 0..PAGE_SIZE / 8 {
+        assert_eq!(w(PAGE_SIZE + i * 8).load(Relaxed), !i, "word {i}");
+        assert_eq!(w(2 * PAGE_SIZE + i * 8).load(Relaxed), i, "word {i}");
+    }
+    assert_eq!(
+        w(PAGE_SIZE - 8).load(Relaxed),
+        98,
+        "nothing before the frames"
+    );
+    assert_eq!(
+        w(3 * PAGE_SIZE).load(Relaxed),
+        99,
+        "nothing past the frames"
+    );
+    // A frame with itself: nothing happens.
+    mem.swap_frame_in_registers(PhysAddr::new(PAGE_SIZE), PhysAddr::new(PAGE_SIZE + 8));
+    assert_eq!(w(PAGE_SIZE + 8).load(Relaxed), !1);
+}

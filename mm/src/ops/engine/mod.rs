@@ -460,8 +460,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let meta = table.get(head).ok_or(MigrateError::OutOfRange)?;
         match table.head_of(head) {
             Some(h) if h == head => {}
-            Some(_) => return Err(MigrateError::NotHead),
-            None => return Err(MigrateError::NotInUse),
+            // A tail of a free block (a page freed since the caller looked, merged with
+            // its buddy) is not in use; only a tail of an allocated block is `NotHead`.
+            Some(h) if table.get(h).map(|m| m.state()) == Some(FrameState::Allocated) => {
+                return Err(MigrateError::NotHead)
+            }
+            _ => return Err(MigrateError::NotInUse),
         }
         if meta.state() != FrameState::Allocated {
             return Err(MigrateError::NotInUse);

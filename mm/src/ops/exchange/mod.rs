@@ -38,12 +38,16 @@ pub enum SwapBuffer {
     Line,
     /// One 4 KiB frame at a time.
     Page,
+    /// No memory buffer: a word of each frame at a time through registers, so each
+    /// byte is copied once rather than three times.
+    Registers,
 }
 
 impl SwapBuffer {
-    /// The buffer's size in 8-byte words.
+    /// The buffer's size in 8-byte words (none for [`SwapBuffer::Registers`]).
     pub fn words(self) -> usize {
         match self {
+            SwapBuffer::Registers => 0,
             SwapBuffer::Word => 1,
             SwapBuffer::Line => 8,
             SwapBuffer::Page => SWAP_CHUNK_MAX / 8,
@@ -100,10 +104,18 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
     fn abandon(&mut self, _drops: &mut ClaimDrops<'_, 'm, M>, _claimed: &[Claimed]) {}
 
     fn transform(&mut self, mm: &Mm<'m, M>, claimed: &[Claimed]) {
+        let (a, b) = (claimed[0].head, claimed[1].head);
+        let frames = 0..1u64 << claimed[0].order;
+        if self.buffer == SwapBuffer::Registers {
+            for i in frames {
+                mm.mem
+                    .swap_frame_in_registers(a.add(i).addr(), b.add(i).addr());
+            }
+            return;
+        }
         let mut buf = [0u64; SWAP_CHUNK_MAX / 8];
         let buf = &mut buf[..self.buffer.words()];
-        let (a, b) = (claimed[0].head, claimed[1].head);
-        for i in 0..1u64 << claimed[0].order {
+        for i in frames {
             mm.mem.swap_frame(a.add(i).addr(), b.add(i).addr(), buf);
         }
     }

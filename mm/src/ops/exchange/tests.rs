@@ -220,12 +220,25 @@ fn every_refusal_is_typed_and_leaves_both_blocks_as_they_were() {
             .map(Pfn)
             .find(|&f| env.mm.meta(f).unwrap().state() == crate::frame::meta::FrameState::Free)
             .unwrap();
+        let free_tail = (1..FRAMES)
+            .map(Pfn)
+            .find(|&f| {
+                let table = env.frames.frame_table();
+                table.get(f).unwrap().state() == crate::frame::meta::FrameState::Tail
+                    && table
+                        .head_of(f)
+                        .and_then(|h| table.get(h))
+                        .map(|m| m.state())
+                        == Some(crate::frame::meta::FrameState::Free)
+            })
+            .unwrap();
         let pin_head = env.mm.pin(&s, G1 + 3 * K4).unwrap();
         let cases = [
             ((p[0], huge), MigrateError::SizeMismatch),
             ((p[0], p[0]), MigrateError::SameBlock),
             ((p[0], kernel), MigrateError::NotInUse),
             ((free, p[0]), MigrateError::NotInUse),
+            ((p[0], free_tail), MigrateError::NotInUse),
             ((p[0], unmovable), MigrateError::Unmovable),
             ((p[0], pin_head), MigrateError::Pinned),
             ((p[0], Pfn(FRAMES + 5)), MigrateError::OutOfRange),
@@ -307,7 +320,12 @@ fn every_buffer_size_swaps_the_same_bytes() {
         env.mm.populate(&s, 2 * G1, 2 * M2).unwrap();
         fill(env, &s, 2 * G1, PageSize::Size2M, 7);
         fill(env, &s, 2 * G1 + M2, PageSize::Size2M, 9);
-        for buffer in [SwapBuffer::Word, SwapBuffer::Line, SwapBuffer::Page] {
+        for buffer in [
+            SwapBuffer::Word,
+            SwapBuffer::Line,
+            SwapBuffer::Page,
+            SwapBuffer::Registers,
+        ] {
             let (x, y) = (head_at(env, &s, 2 * G1), head_at(env, &s, 2 * G1 + M2));
             assert_eq!(env.mm.exchange_batch_with(&[(x, y)], buffer), [Ok(())]);
             assert_eq!(head_at(env, &s, 2 * G1), y);
