@@ -28,7 +28,7 @@
 //! the calls); `shootdown_share`
 //! and `frames_share`, cycles inside the shootdown and the frame source
 //! ([`super::profile`]); `copy_share`, the data (the page copies and swaps of the moves,
-//! at the cost of one `copy_frame` / `swap_frame` of 4 KiB measured here); `rest_share`,
+//! at the cost of one `copy_frame` / `swap_frame_in_registers` of 4 KiB measured here); `rest_share`,
 //! everything else: the move engine's claims, migration entries and remaps under the
 //! address-space, region and reverse-map locks, the passes over the pages still to place,
 //! and the vectors allocated per batch. `plan_cycles_per_call` against
@@ -44,7 +44,7 @@ use crate::mem::physmap::PHYS;
 use crate::sprintln;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use mm::backend::phys::{PhysMem, SWAP_CHUNK_MAX};
+use mm::backend::phys::PhysMem;
 use mm::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use mm::frame::buddy::MigrateType;
 use mm::mapping::vma::{HugePolicy, VmaFlags};
@@ -229,8 +229,8 @@ fn per_frame(pairs: &[(Pfn, Pfn)], mut f: impl FnMut(Pfn, Pfn)) -> u64 {
     v[v.len() / 2]
 }
 
-/// Cycles of one `copy_frame` and one `swap_frame` (page buffer) of 4 KiB, on frames of
-/// their own.
+/// Cycles of one `copy_frame` and one `swap_frame_in_registers` (the exchange's swap) of
+/// 4 KiB, on frames of their own.
 fn frame_costs() -> Option<(u64, u64)> {
     let mut frames_ = Vec::with_capacity(2 * SAMPLE_FRAMES);
     for _ in 0..2 * SAMPLE_FRAMES {
@@ -242,8 +242,9 @@ fn frame_costs() -> Option<(u64, u64)> {
     let pairs: Vec<(Pfn, Pfn)> = frames_.chunks(2).map(|c| (c[0], c[c.len() - 1])).collect();
     let result = (frames_.len() == 2 * SAMPLE_FRAMES).then(|| {
         let copy_ = per_frame(&pairs, |a, b| PHYS.copy_frame(a.addr(), b.addr()));
-        let mut buf = [0u64; SWAP_CHUNK_MAX / 8];
-        let swap = per_frame(&pairs, |a, b| PHYS.swap_frame(a.addr(), b.addr(), &mut buf));
+        let swap = per_frame(&pairs, |a, b| {
+            PHYS.swap_frame_in_registers(a.addr(), b.addr())
+        });
         (copy_, swap)
     });
     for p in frames_ {
