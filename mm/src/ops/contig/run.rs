@@ -57,6 +57,7 @@ impl Resident {
 }
 
 /// What the frames a block belongs at hold now.
+#[derive(Debug, PartialEq, Eq)]
 enum Target {
     /// All free.
     Free,

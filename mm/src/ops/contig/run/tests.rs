@@ -1,7 +1,8 @@
 //! Host tests of the anchor plan on memory that other VMAs' windows have cut into pieces
 //! shorter than the VMA: the window of the VMA's resident pages must still land on
 //! frames its pages can be moved to; and of the claimed windows keeping unmovable
-//! allocations out; and of `covered`, against asking every frame.
+//! allocations out; of `covered`, against asking every frame; and of `target_state`'s
+//! free-block memo, against a fresh look at every target.
 
 use super::*;
 use crate::aspace::testing::{read_user, with_env, write_user, Env, SparseMem};
@@ -261,5 +262,59 @@ proptest::proptest! {
         fixed.sort_unstable();
         let every = (first..first + len).all(|f| fixed.iter().any(|&(a, b)| a.0 <= f && f < b.0));
         proptest::prop_assert_eq!(covered(&fixed, Pfn(first), Pfn(first + len)), every);
+    }
+}
+
+/// Memory for the `target_state` property: a VMA's pages faulted in at random among
+/// kernel blocks of random orders, some of those freed again.
+const MEMO_FRAMES: u64 = 4096;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// The targets of one pass, in the order `place` takes them (largest first, then by
+    /// frame), get the same state with the free-block memo as with a fresh look each.
+    #[test]
+    fn target_state_with_the_free_block_memo_agrees_with_a_fresh_look(
+        steps in proptest::collection::vec((0..10u8, 0..4u8, proptest::bool::ANY), 1..48),
+        targets in proptest::collection::vec((1..MEMO_FRAMES, proptest::bool::ANY), 1..256),
+    ) {
+        with_env(Arena::new(MEMO_FRAMES), MEMO_FRAMES, &[], |env| {
+            let space = env.mm.new_space().unwrap();
+            let flags = VmaFlags::private(HugePolicy::Never, true);
+            env.mm.map_anon(&space, VA, 1024 * K4, flags).unwrap();
+            let mut kernel = Vec::new();
+            for (i, &(order, kind, free_again)) in steps.iter().enumerate() {
+                match kind {
+                    // A user page: a movable block.
+                    0 | 1 => {
+                        let va = VA + (i as u64 * 37 % 1024) * K4;
+                        let _ = env.mm.populate(&space, va, K4);
+                    }
+                    // A kernel block, perhaps freed again once all are in.
+                    _ => {
+                        let mt = if kind == 2 { MigrateType::Unmovable } else { MigrateType::Movable };
+                        if let Ok(p) = env.frames.alloc(order, mt, None) {
+                            kernel.push((p, order, free_again));
+                        }
+                    }
+                }
+            }
+            for &(p, order, _) in kernel.iter().filter(|k| k.2) {
+                env.frames.free(p, order).unwrap();
+            }
+            let mut targets: Vec<(Pfn, u8)> = targets
+                .iter()
+                .map(|&(f, huge)| if huge { (Pfn(f & !511), 9) } else { (Pfn(f), 0) })
+                .filter(|&(t, o)| t.0 > 0 && t.0 + (1 << o) <= MEMO_FRAMES)
+                .collect();
+            targets.sort_by_key(|&(t, o)| (core::cmp::Reverse(o), t));
+            let mut memo = None;
+            for (t, o) in targets {
+                let fresh = env.mm.target_state(t, o, &mut None);
+                let memoed = env.mm.target_state(t, o, &mut memo);
+                proptest::prop_assert_eq!(memoed, fresh, "target {:?} of order {}", t, o);
+            }
+            Ok(())
+        })?;
     }
 }
