@@ -50,23 +50,30 @@ set -euo pipefail
 # `-cpu qemu64,+pdpe1gb`; the 4 GiB lines, whose CPU has them, leave out the fallback
 # test, which cannot check anything there); the last line is a 2-node NUMA guest from QEMU's -numa options.
 #
-# The contiguity scenario (vm::contig_scenario_*, ~30-45 s a run under TCG) runs its four
+# The contiguity scenario (vm::contig_scenario_*, 2-8 s a run under TCG) runs its four
 # seeds (vm::contig_scenario_4g_*) on the 4 GiB BIOS and UEFI lines, where noskip= makes
 # sure they really run; the 8 GiB and NUMA lines leave it out for time; the 2 GiB line
 # runs its smaller-machine test (which skips at 256 MiB, below the scenario's sizes).
 # Among them vm::contig_scenario_4g_4cpu_run_seed runs the run's random seed (repeat one
 # with `--filter run_seed --seed N`), and vm::contig_scenario_4g_4cpu_huge_gigabyte_leaf
 # checks the 1 GiB VMA's 1 GiB leaf after the huge-page steps.
+#
+# The tests of writers on 3 CPUs against migration, exchange, contiguity generation and
+# promotion (vm::writers*, *_under_writers*, vm::huge_writers*; 8-40 s each) run on the
+# 4 GiB BIOS and 8 CPU/2 GiB lines (the NUMA line all but vm::writers, the 100 000
+# migrations); the UEFI and 8 GiB lines, which are there for their firmware and their
+# size, leave them out for time (they depend on neither), and the 8 GiB line the
+# promote/split races (vm::huge_race*) too.
 KERNEL_TEST_CONFIGS=(
     "bios 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
     "bios 4 4G filter=tlb::stress qemu=-accel qemu=tcg,thread=single"
-    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults noskip=mem::,smp::,_1g,vm::writers,vm::contig_scenario_4g"
+    "uefi 4 4G skip=tlb::stress,mem::user_huge_faults,vm::writers,_under_writers,huge_writers noskip=mem::,smp::,_1g,vm::contig_scenario_4g"
     "bios 1 256M"
     "bios 2 1G filter=tlb::"
     "uefi 2 1G filter=smp::"
     "bios 8 2G skip=tlb::stress"
     "uefi 8 2G filter=smp::"
-    "bios 4 8G skip=tlb::stress,vm::writers,vm::contig_scenario"
+    "bios 4 8G skip=tlb::stress,vm::writers,vm::contig_scenario,_under_writers,huge_writers,huge_race"
     "bios 2 4G filter=mem:: noskip=mem::user_huge_faults,mem::linear_map qemu=-cpu qemu=qemu64,-pdpe1gb"
     "bios 4 6G filter=vm:: skip=vm::writers,vm::contig_scenario qemu=-object qemu=memory-backend-ram,id=m0,size=3G qemu=-object qemu=memory-backend-ram,id=m1,size=3G qemu=-numa qemu=node,nodeid=0,cpus=0-1,memdev=m0 qemu=-numa qemu=node,nodeid=1,cpus=2-3,memdev=m1"
 )

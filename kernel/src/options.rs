@@ -58,6 +58,15 @@ impl Options {
         Options { raw, len }
     }
 
+    /// `text` as the options (cut at [`MAX_LEN`] bytes, as a longer fw_cfg file is), for
+    /// the tests of [`parse`](Self::parse).
+    pub fn from_text(text: &str) -> Options {
+        let mut raw = [0u8; MAX_LEN];
+        let len = text.len().min(MAX_LEN);
+        raw[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Options { raw, len }
+    }
+
     /// The options as given.
     pub fn raw(&self) -> &str {
         core::str::from_utf8(&self.raw[..self.len]).unwrap_or("<not utf-8>")
@@ -302,3 +311,5 @@ impl core::fmt::Display for OptionError<'_> {
         }
     }
 }
+
+pub mod tests;

@@ -147,6 +147,7 @@ const SUITES: &[&[KernelTest]] = &[
     crate::mem::tests::TESTS,
     crate::mem::kernel_space_tests::TESTS,
     crate::arch::timer::tests::TESTS,
+    crate::options::tests::TESTS,
     crate::smp::tests::TESTS,
     crate::tlb::tests::TESTS,
     crate::vm::tests::TESTS,
