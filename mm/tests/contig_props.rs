@@ -182,7 +182,8 @@ fn pinned_pages_stay_and_cost_at_most_two_chunks_each() {
 /// A region shared by two spaces: once the first mapping is made contiguous, its frames
 /// are in place for the second too. The second keeps them where they are (its pages are
 /// in the first one's window) instead of moving them, and the first one's undone, to a
-/// window of its own; after the first is unmapped, the second claims the frames itself.
+/// window of its own; when the first is unmapped, the second takes the frames over at
+/// once (no third VMA's window can be put over them in between).
 #[test]
 fn a_shared_region_placed_for_one_mapping_stays_in_place_for_the_other() {
     arena(|env| {
@@ -227,6 +228,11 @@ fn a_shared_region_placed_for_one_mapping_stays_in_place_for_the_other() {
         // With the first mapping gone, the second claims the frames it stays on.
         let before = env.mm.claimed_windows().0;
         env.mm.unmap(&a, va, pages * K4).unwrap();
+        assert_eq!(
+            env.mm.claimed_windows().0,
+            before,
+            "the second mapping takes the first one's frames over when it is unmapped"
+        );
         let alone = report(env, &b, vb);
         assert_eq!((alone.misplaced, alone.moved()), (0, 0), "{alone:?}");
         assert_eq!(alone.after.chunks, 1, "{alone:?}");

@@ -63,6 +63,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod vmstat;
+mod windows;
 
 use crate::mapping::region::SharedRegion;
 pub use audit::{RmapAuditError, RmapAuditReport};
@@ -401,23 +402,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// A fresh owner id for the windows of a new anchor.
     pub(crate) fn new_claim_id(&self) -> ClaimId {
         ClaimId(self.next_claim.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Give back the physical windows of the anchored parts of `removed` (VMAs, or
-    /// pieces of VMAs, that are gone).
-    pub(crate) fn release_windows(&self, removed: &[Vma]) {
-        let anchored: Vec<&Vma> = removed.iter().filter(|v| v.anchor.is_some()).collect();
-        if anchored.is_empty() {
-            return;
-        }
-        let mut claims = self.claims();
-        for v in anchored {
-            if let Some(anchor) = &v.anchor {
-                for (first, end) in anchor.windows(v.start, v.end) {
-                    claims.release(first, end, anchor.claim);
-                }
-            }
-        }
     }
 
     /// Let the range tree of claimed windows hold at most `limit` ranges (default

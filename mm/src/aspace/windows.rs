@@ -1,0 +1,126 @@
+//! The physical windows of VMAs that go: an anchored VMA (or piece of one) that is
+//! unmapped, or whose space is destroyed, gives its claimed windows back to the range
+//! tree. Where such a window holds frames of a shared region that another VMA maps and
+//! has anchored there too (the second mapping's pages stay on the first one's frames, so
+//! its own claim could not take them), that VMA takes those frames over at once, so no
+//! third VMA's window can be put over pages that are already in place.
+
+use super::{AddressSpace, Mm};
+use crate::backend::phys::PhysMem;
+use crate::base::addr::Pfn;
+use crate::frame::meta::FrameState;
+use crate::mapping::rmap::SpaceId;
+use crate::mapping::vma::Vma;
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+impl<'m, M: PhysMem> Mm<'m, M> {
+    /// Give back the physical windows of the anchored parts of `removed` (VMAs, or
+    /// pieces of VMAs, that are gone), then hand those of shared-region VMAs over to
+    /// the other mappings anchored on them (see the module doc).
+    pub(crate) fn release_windows(&self, removed: &[Vma]) {
+        let anchored: Vec<&Vma> = removed.iter().filter(|v| v.anchor.is_some()).collect();
+        if anchored.is_empty() {
+            return;
+        }
+        let mut shared = Vec::new();
+        {
+            let mut claims = self.claims();
+            for v in anchored {
+                if let Some(anchor) = &v.anchor {
+                    for (first, end) in anchor.windows(v.start, v.end) {
+                        claims.release(first, end, anchor.claim);
+                        if v.flags.shared.is_some() {
+                            shared.push((first, end));
+                        }
+                    }
+                }
+            }
+        }
+        if !shared.is_empty() {
+            self.hand_over_windows(&shared);
+        }
+    }
+
+    /// Let every anchored VMA that maps a block inside `released` (windows just given
+    /// back) claim the part of its own windows that lies there. Each VMA's windows are
+    /// read and claimed under its space's lock, so a VMA unmapped meanwhile either is
+    /// gone already or gives back what it claims here when its own unmap releases its
+    /// windows. A part someone else claimed in between stays theirs.
+    fn hand_over_windows(&self, released: &[(Pfn, Pfn)]) {
+        let mappers = self.mappers_in(released);
+        let mut at = 0;
+        while at < mappers.len() {
+            let id = mappers[at].0;
+            let n = mappers[at..].iter().take_while(|m| m.0 == id).count();
+            let vas = mappers[at..at + n].iter().map(|m| m.1);
+            at += n;
+            let Some(space) = self.space(id) else {
+                continue;
+            };
+            self.claim_released_parts(&space, vas, released);
+        }
+    }
+
+    /// Who maps a block inside `released`: (space, first address of the leaf), sorted.
+    fn mappers_in(&self, released: &[(Pfn, Pfn)]) -> Vec<(SpaceId, u64)> {
+        let table = self.frames.frame_table();
+        let rmap = self.rmap.lock();
+        let mut mappers = BTreeSet::new();
+        for &(first, end) in released {
+            let mut f = first;
+            while f < end {
+                let head = table.head_of(f).unwrap_or(f);
+                let Some(meta) = table.get(head) else {
+                    break;
+                };
+                if meta.state() == FrameState::Allocated {
+                    for e in rmap.entries(head) {
+                        mappers.insert((e.space, e.va.as_u64()));
+                    }
+                }
+                f = head.add(1 << meta.order()).max(f.add(1));
+            }
+        }
+        mappers.into_iter().collect()
+    }
+
+    /// For the anchored VMAs of `space` containing one of `vas`: claim, for each, the
+    /// parts of its windows inside `released`.
+    fn claim_released_parts(
+        &self,
+        space: &AddressSpace<'m, M>,
+        vas: impl Iterator<Item = u64>,
+        released: &[(Pfn, Pfn)],
+    ) {
+        let st = space.state.lock();
+        if st.dead {
+            return;
+        }
+        let mut seen: Vec<u64> = Vec::new();
+        let mut claims = self.claims();
+        for va in vas {
+            let Some(vma) = st.vmas.find(va) else {
+                continue;
+            };
+            let Some(anchor) = &vma.anchor else {
+                continue;
+            };
+            if seen.contains(&vma.start) {
+                continue;
+            }
+            seen.push(vma.start);
+            for (first, end) in anchor.windows(vma.start, vma.end) {
+                for &(a, b) in released {
+                    let (x, y) = (first.max(a), end.min(b));
+                    if x < y {
+                        // Refused only when another VMA claimed the part meanwhile, or
+                        // the tree is full: the part then stays unclaimed by this VMA,
+                        // as it was before the hand-over.
+                        let _ = claims.claim(x, y, anchor.claim);
+                    }
+                }
+            }
+        }
+    }
+}
