@@ -14,6 +14,9 @@ use crate::mapping::vma::Vma;
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
+/// Blocks looked up in the reverse map per hold of its lock.
+const LOOKUPS_PER_HOLD: usize = 512;
+
 impl<'m, M: PhysMem> Mm<'m, M> {
     /// Give back the physical windows of the anchored parts of `removed` (VMAs, or
     /// pieces of VMAs, that are gone), then hand those of shared-region VMAs over to
@@ -63,23 +66,31 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// Who maps a block inside `released`: (space, first address of the leaf), sorted.
+    /// The reverse-map lock is taken for [`LOOKUPS_PER_HOLD`] blocks at a time, so that
+    /// a gigabyte of small pages does not hold it for long.
     fn mappers_in(&self, released: &[(Pfn, Pfn)]) -> Vec<(SpaceId, u64)> {
         let table = self.frames.frame_table();
-        let rmap = self.rmap.lock();
         let mut mappers = BTreeSet::new();
         for &(first, end) in released {
             let mut f = first;
             while f < end {
-                let head = table.head_of(f).unwrap_or(f);
-                let Some(meta) = table.get(head) else {
-                    break;
-                };
-                if meta.state() == FrameState::Allocated {
-                    for e in rmap.entries(head) {
-                        mappers.insert((e.space, e.va.as_u64()));
+                let rmap = self.rmap.lock();
+                for _ in 0..LOOKUPS_PER_HOLD {
+                    let head = table.head_of(f).unwrap_or(f);
+                    let Some(meta) = table.get(head) else {
+                        f = end;
+                        break;
+                    };
+                    if meta.state() == FrameState::Allocated {
+                        for e in rmap.entries(head) {
+                            mappers.insert((e.space, e.va.as_u64()));
+                        }
+                    }
+                    f = head.add(1 << meta.order()).max(f.add(1));
+                    if f >= end {
+                        break;
                     }
                 }
-                f = head.add(1 << meta.order()).max(f.add(1));
             }
         }
         mappers.into_iter().collect()
