@@ -558,7 +558,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             st.generation += 1;
             st.vmas.remove_range(start, end)
         })?;
-        self.release_windows(&removed);
+        self.release_windows(space, &removed);
         Ok(())
     }
 
@@ -743,7 +743,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             flush.defer_free_table(space.root);
             flush.flush_all();
             flush.complete(self, space);
-            self.release_windows(&vmas);
+            self.release_windows(space, &vmas);
             return Ok(());
         }
     }

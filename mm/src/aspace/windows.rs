@@ -3,12 +3,14 @@
 //! tree. Where such a window holds frames of a shared region that another VMA maps and
 //! has anchored there too (the second mapping's pages stay on the first one's frames, so
 //! its own claim could not take them), that VMA takes those frames over at once, so no
-//! third VMA's window can be put over pages that are already in place.
+//! third VMA's window can be put over pages that are already in place. When the last
+//! piece of an anchored VMA goes, everything its owner holds goes with it.
 
 use super::{AddressSpace, Mm};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::frame::meta::FrameState;
+use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
 use crate::mapping::vma::Vma;
 use alloc::collections::BTreeSet;
@@ -19,24 +21,39 @@ const LOOKUPS_PER_HOLD: usize = 512;
 
 impl<'m, M: PhysMem> Mm<'m, M> {
     /// Give back the physical windows of the anchored parts of `removed` (VMAs, or
-    /// pieces of VMAs, that are gone), then hand those of shared-region VMAs over to
-    /// the other mappings anchored on them (see the module doc).
-    pub(crate) fn release_windows(&self, removed: &[Vma]) {
+    /// pieces of VMAs, that are gone from `space`), then hand those of shared-region
+    /// VMAs over to the other mappings anchored on them (see the module doc). An anchor
+    /// no VMA left in the space shares (pieces of a split VMA share one) gives back
+    /// everything its owner holds, not only its windows: nothing it ever claimed can
+    /// outlive it.
+    pub(crate) fn release_windows(&self, space: &AddressSpace<'m, M>, removed: &[Vma]) {
         let anchored: Vec<&Vma> = removed.iter().filter(|v| v.anchor.is_some()).collect();
         if anchored.is_empty() {
             return;
         }
         let mut shared = Vec::new();
         {
+            let st = space.state.lock();
+            let live: BTreeSet<ClaimId> = st
+                .vmas
+                .iter()
+                .filter_map(|v| v.anchor.as_ref().map(|a| a.claim))
+                .collect();
             let mut claims = self.claims();
             for v in anchored {
-                if let Some(anchor) = &v.anchor {
-                    for (first, end) in anchor.windows(v.start, v.end) {
+                let Some(anchor) = &v.anchor else {
+                    continue;
+                };
+                let windows = anchor.windows(v.start, v.end);
+                if v.flags.shared.is_some() {
+                    shared.extend(anchor.windows(v.start, v.end));
+                }
+                if live.contains(&anchor.claim) {
+                    for (first, end) in windows {
                         claims.release(first, end, anchor.claim);
-                        if v.flags.shared.is_some() {
-                            shared.push((first, end));
-                        }
                     }
+                } else {
+                    claims.release_owner(anchor.claim);
                 }
             }
         }
@@ -49,19 +66,16 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// back) claim the part of its own windows that lies there. Each VMA's windows are
     /// read and claimed under its space's lock, so a VMA unmapped meanwhile either is
     /// gone already or gives back what it claims here when its own unmap releases its
-    /// windows. A part someone else claimed in between stays theirs.
+    /// windows. A part someone else claimed in between stays theirs. A VMA being
+    /// re-anchored meanwhile may be handed a part of its old windows that its new
+    /// anchor leaves out: that part stays its owner's until the VMA is made contiguous
+    /// again (which gives back all its owner holds first) or its last piece goes.
     fn hand_over_windows(&self, released: &[(Pfn, Pfn)]) {
         let mappers = self.mappers_in(released);
-        let mut at = 0;
-        while at < mappers.len() {
-            let id = mappers[at].0;
-            let n = mappers[at..].iter().take_while(|m| m.0 == id).count();
-            let vas = mappers[at..at + n].iter().map(|m| m.1);
-            at += n;
-            let Some(space) = self.space(id) else {
-                continue;
-            };
-            self.claim_released_parts(&space, vas, released);
+        for of_one in mappers.chunk_by(|a, b| a.0 == b.0) {
+            if let Some(space) = self.space(of_one[0].0) {
+                self.claim_released_parts(&space, of_one.iter().map(|m| m.1), released);
+            }
         }
     }
 

@@ -318,3 +318,44 @@ proptest::proptest! {
         })?;
     }
 }
+
+/// A VMA's pieces share one anchor: unmapping one piece gives back its share of the
+/// windows only; unmapping the last gives back everything its owner holds, even a range
+/// outside its windows (as a hand-over racing the VMA's new anchor may leave one).
+#[test]
+fn the_last_piece_of_an_anchored_vma_gives_back_everything_its_owner_holds() {
+    const FRAMES: u64 = 8192;
+    with_env(Arena::new(FRAMES), FRAMES, &[], |env| {
+        let space = env.mm.new_space().unwrap();
+        let flags = VmaFlags::private(HugePolicy::Never, true);
+        env.mm.map_anon(&space, VA, 1024 * K4, flags).unwrap();
+        env.mm.populate(&space, VA, 1024 * K4).unwrap();
+        env.mm
+            .make_vma_contiguous(&space, VA, &ContigOptions::default())
+            .unwrap();
+        let anchor = space.vmas()[0].anchor.clone().expect("anchored");
+        assert_eq!(env.mm.claimed_windows().0, 1024);
+        let stray = (Pfn(FRAMES - 16), Pfn(FRAMES));
+        assert!(anchor
+            .windows(VA, VA + 1024 * K4)
+            .all(|(a, b)| b <= stray.0 || a >= stray.1));
+        env.mm
+            .claims()
+            .claim(stray.0, stray.1, anchor.claim)
+            .unwrap();
+        env.mm.unmap(&space, VA, 512 * K4).unwrap();
+        assert_eq!(
+            env.mm.claimed_windows().0,
+            512 + 16,
+            "the other piece keeps its share"
+        );
+        env.mm.unmap(&space, VA + 512 * K4, 512 * K4).unwrap();
+        assert_eq!(
+            env.mm.claimed_windows(),
+            (0, 0),
+            "the last piece gives back all"
+        );
+        env.mm.destroy_space(&space).unwrap();
+        env.audit();
+    });
+}
