@@ -21,6 +21,10 @@
 //! [`MAX_COPY_TARGETS`]; each written once first, untimed), `baseline` names the faster
 //! and `ratio` is against it (see [`super::bench`] on why both). A VMA whose report is not one chunk
 //! yet is made contiguous again (at most [`MAX_CALLS`] calls; `calls` says how many).
+//! An exchange reads and writes each byte once, as a copy does, but through registers,
+//! and under QEMU's TCG that loop moves bytes faster than one `rep movsq` (which TCG
+//! runs an iteration at a time): where nearly every page is exchanged
+//! (`vm.contig.2m.tight`) `ratio` can pass 1 there.
 //!
 //! Where the time went, as shares of the calls' cycles: `plan_share`, the look at the
 //! VMA, the anchor search over the placement's memory and the classification of every
