@@ -24,6 +24,8 @@
 # list below. Logs of each step: target/test-logs/.
 #
 # Environment: MMK_TEST_TIMEOUT   seconds per in-kernel test run (default 600)
+#              MMK_ONE_TEST_TIMEOUT  seconds one in-kernel test may run (default 300; the
+#                                 slowest takes about 40 s here under TCG)
 #              MMK_HOST_TIMEOUT   seconds per host cargo test step (default 1200)
 #              MMK_BOOT_TIMEOUT   seconds per boot in the boot tests (default 300)
 #              MMK_IMAGES         where the disk images go (default target/images)
@@ -78,6 +80,7 @@ KERNEL_TEST_CONFIGS=(
     "bios 4 6G filter=vm:: skip=vm::writers,vm::contig_scenario qemu=-object qemu=memory-backend-ram,id=m0,size=3G qemu=-object qemu=memory-backend-ram,id=m1,size=3G qemu=-numa qemu=node,nodeid=0,cpus=0-1,memdev=m0 qemu=-numa qemu=node,nodeid=1,cpus=2-3,memdev=m1"
 )
 TEST_TIMEOUT=${MMK_TEST_TIMEOUT:-600}
+ONE_TEST_TIMEOUT=${MMK_ONE_TEST_TIMEOUT:-300}
 HOST_TIMEOUT=${MMK_HOST_TIMEOUT:-1200}
 
 TOOLCHAIN=nightly-2026-10-30
@@ -172,6 +175,8 @@ done
 [[ -z $OPTS || $COMMAND == image ]] || die "--opts is for the image command (other commands pass options through fw_cfg)"
 [[ $COMMAND != image || -n $OPTS ]] || die "image wants --opts \"OPTIONS\" (e.g. --opts \"mode=test\")"
 [[ $TEST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_TEST_TIMEOUT wants seconds, not '$TEST_TIMEOUT'"
+[[ $ONE_TEST_TIMEOUT =~ ^[1-9][0-9]*$ ]] ||
+    die "MMK_ONE_TEST_TIMEOUT wants seconds, not '$ONE_TEST_TIMEOUT'"
 [[ $HOST_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MMK_HOST_TIMEOUT wants seconds, not '$HOST_TIMEOUT'"
 
 # ---------------------------------------------------------------- setup
@@ -498,7 +503,8 @@ test_all() {
     fi
     for config in "${configs[@]}"; do
         read -r firmware smp mem extra <<<"$config"
-        args=(--images "$IMAGES" --smp "$smp" --mem "$mem" --timeout "$TEST_TIMEOUT")
+        args=(--images "$IMAGES" --smp "$smp" --mem "$mem" --timeout "$TEST_TIMEOUT"
+            --test-timeout "$ONE_TEST_TIMEOUT")
         [[ $firmware == uefi ]] && args+=(--uefi)
         [[ $GDB -eq 1 ]] && args+=(--gdb)
         options=$(kernel_options test)

@@ -141,6 +141,9 @@ pub struct QemuConfig {
     pub gdb: bool,
     /// Kill QEMU after this long (ignored with `gdb`).
     pub timeout: Duration,
+    /// Kill QEMU when one in-kernel test has run this long (ignored with `gdb`; `None`:
+    /// only `timeout` applies).
+    pub test_timeout: Option<Duration>,
     /// Directory holding `bios.img` and `uefi.img`.
     pub images: PathBuf,
     /// Echo the serial console to this process's stdout as it arrives.
@@ -161,6 +164,7 @@ impl QemuConfig {
             options: String::new(),
             gdb: false,
             timeout: DEFAULT_TIMEOUT,
+            test_timeout: None,
             images: default_images_dir(),
             stream: false,
             extra_args: Vec::new(),
@@ -194,6 +198,12 @@ impl QemuConfig {
     /// With this timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// With this timeout for each in-kernel test.
+    pub fn test_timeout(mut self, timeout: Duration) -> Self {
+        self.test_timeout = Some(timeout);
         self
     }
 

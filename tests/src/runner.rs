@@ -54,12 +54,14 @@ pub enum RunStatus {
     /// kernel's exit code (0 after a triple fault with `-no-reboot`), QEMU itself failed
     /// (1), or QEMU was killed by a signal (`None`).
     Failed(Option<i32>),
-    /// Killed after the timeout. `last_test` is the test that started and never
-    /// finished; `None` when no test was running (the kernel hung while booting, or
-    /// outside any test).
+    /// Killed after a timeout: the run's, or one test's. `last_test` is the test that
+    /// started and never finished; `None` when no test was running (the kernel hung
+    /// while booting, or outside any test).
     TimedOut {
         /// The test that hung, if any.
         last_test: Option<String>,
+        /// The timeout that ran out.
+        after: Duration,
     },
     /// Killed because this process got SIGINT/SIGTERM/SIGHUP (the signal number).
     Interrupted(i32),
@@ -173,7 +175,7 @@ impl RunResult {
     /// was running.
     pub fn hung(&self) -> Option<&str> {
         match &self.status {
-            RunStatus::TimedOut { last_test } => Some(last_test.as_deref().unwrap_or("boot")),
+            RunStatus::TimedOut { last_test, .. } => Some(last_test.as_deref().unwrap_or("boot")),
             _ => None,
         }
     }
@@ -211,11 +213,11 @@ impl RunResult {
         let secs = self.elapsed.as_secs_f64();
         match &self.status {
             RunStatus::Passed => format!("passed (exit {QEMU_EXIT_SUCCESS}) in {secs:.1} s"),
-            RunStatus::TimedOut { .. } => {
+            RunStatus::TimedOut { after, .. } => {
                 let mut text = format!(
                     "TIMEOUT: {} hung after {} s",
                     self.hung().unwrap_or("boot"),
-                    self.config.timeout.as_secs()
+                    after.as_secs()
                 );
                 if let Some(last) = self.last_line() {
                     text.push_str(&format!(" (last output: {last:?})"));
@@ -526,8 +528,17 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
         }),
     ];
 
-    let deadline = (!config.gdb).then(|| started + config.timeout);
-    let mut status = wait(&mut child, deadline)?;
+    let deadline = (!config.gdb).then(|| (started + config.timeout, config.timeout));
+    let watch = config
+        .test_timeout
+        .filter(|_| !config.gdb)
+        .map(|limit| TestWatch {
+            output: Arc::clone(&output),
+            line_times: Arc::clone(&line_times),
+            started,
+            limit,
+        });
+    let mut status = wait(&mut child, deadline, watch.as_ref())?;
     let elapsed = started.elapsed();
     // QEMU is gone, so both pipes reach end of file and the readers finish.
     for reader in readers.into_iter().flatten() {
@@ -542,7 +553,7 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
     let output = take(&output);
     let line_times =
         std::mem::take(&mut *line_times.lock().unwrap_or_else(PoisonError::into_inner));
-    if let RunStatus::TimedOut { last_test } = &mut status {
+    if let RunStatus::TimedOut { last_test, .. } = &mut status {
         *last_test = output::parse(&output).running;
     }
     Ok(RunResult {
@@ -556,13 +567,56 @@ pub fn run(config: &QemuConfig) -> Result<RunResult, Error> {
     })
 }
 
-/// Poll the child until it exits, the deadline passes or we are interrupted. A timeout
-/// comes back without its `last_test`: the caller reads it from the complete output.
-fn wait(child: &mut Child, deadline: Option<Instant>) -> Result<RunStatus, Error> {
+/// What the per-test timeout watches: the output so far and when each line arrived.
+struct TestWatch {
+    output: Arc<Mutex<Vec<u8>>>,
+    line_times: Arc<Mutex<Vec<Duration>>>,
+    started: Instant,
+    limit: Duration,
+}
+
+impl TestWatch {
+    /// How often the output is read again.
+    const EVERY: Duration = Duration::from_millis(250);
+
+    /// Whether a test has been running for longer than the limit: it started at the end
+    /// of the line before its `test` line (the start of the run for the first line).
+    fn overdue(&self) -> bool {
+        let text = {
+            let bytes = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        let report = output::parse(&text);
+        if report.running.is_none() {
+            return false;
+        }
+        let since = match report.running_since_line {
+            0 => Duration::ZERO,
+            line => {
+                let times = self
+                    .line_times
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                times.get(line - 1).copied().unwrap_or(Duration::ZERO)
+            }
+        };
+        self.started.elapsed().saturating_sub(since) > self.limit
+    }
+}
+
+/// Poll the child until it exits, the deadline (with its timeout) passes, a test outruns
+/// the `watch`'s limit or we are interrupted. A timeout comes back without its
+/// `last_test`: the caller reads it from the complete output.
+fn wait(
+    child: &mut Child,
+    deadline: Option<(Instant, Duration)>,
+    watch: Option<&TestWatch>,
+) -> Result<RunStatus, Error> {
     let io_error = |source| Error::Io {
         what: "waiting for QEMU".to_owned(),
         source,
     };
+    let mut next_look = Instant::now();
     loop {
         if let Some(status) = child.try_wait().map_err(io_error)? {
             return Ok(exit_status(status));
@@ -572,10 +626,21 @@ fn wait(child: &mut Child, deadline: Option<Instant>) -> Result<RunStatus, Error
             child.wait().map_err(io_error)?;
             return Ok(RunStatus::Interrupted(signal));
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let ran_out = match (deadline, watch) {
+            (Some((at, after)), _) if Instant::now() >= at => Some(after),
+            (_, Some(w)) if Instant::now() >= next_look => {
+                next_look = Instant::now() + TestWatch::EVERY;
+                w.overdue().then_some(w.limit)
+            }
+            _ => None,
+        };
+        if let Some(after) = ran_out {
             sys::kill_group(child);
             child.wait().map_err(io_error)?;
-            return Ok(RunStatus::TimedOut { last_test: None });
+            return Ok(RunStatus::TimedOut {
+                last_test: None,
+                after,
+            });
         }
         thread::sleep(Duration::from_millis(20));
     }

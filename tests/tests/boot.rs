@@ -224,6 +224,9 @@ fn qemu_run(config: &QemuConfig, tests: bool) -> Cli {
         .args(["--mem", &config.mem.to_string()])
         .args(["--timeout", &config.timeout.as_secs().to_string()])
         .args(["--opts", &config.options]);
+    if let Some(limit) = config.test_timeout {
+        command.args(["--test-timeout", &limit.as_secs().to_string()]);
+    }
     if config.firmware == Firmware::Uefi {
         command.arg("--uefi");
     }
@@ -271,13 +274,14 @@ fn harness_selftest_a_hanging_test_times_out_by_name() {
     let Some(mut config) = config(Firmware::Bios, 1, "256M", "mode=test selftest=hang") else {
         return;
     };
-    // Long enough for the boot to reach the test on a loaded machine (it takes about 10 s
-    // here under TCG; a boot that is itself killed is named "boot" instead, and fails
-    // this test), and short, as the whole boot-test step waits for it.
-    config.timeout = Duration::from_secs(60);
+    // The test's own timeout fires first; the run's is long enough for the boot to
+    // reach the test on a loaded machine (a boot that is itself killed is named "boot"
+    // instead, and fails this test).
+    config.timeout = Duration::from_secs(150);
+    config.test_timeout = Some(Duration::from_secs(10));
     let cli = qemu_run(&config, true);
     cli.assert_code(124);
-    cli.assert_stderr("TIMEOUT: selftest::hangs hung after 60 s");
+    cli.assert_stderr("TIMEOUT: selftest::hangs hung after 10 s");
 }
 
 #[test]

@@ -83,6 +83,7 @@ fn descriptions_say_what_happened() {
     let hung = result(
         RunStatus::TimedOut {
             last_test: Some("buddy::huge".into()),
+            after: Duration::from_secs(60),
         },
         "test buddy::huge ... ",
     );
@@ -90,8 +91,25 @@ fn descriptions_say_what_happened() {
     assert!(hung
         .describe()
         .starts_with("TIMEOUT: buddy::huge hung after 60 s"));
+    // The per-test timeout names its own limit, not the run's.
+    let one_test = result(
+        RunStatus::TimedOut {
+            last_test: Some("buddy::huge".into()),
+            after: Duration::from_secs(15),
+        },
+        "test buddy::huge ... ",
+    );
+    assert!(one_test
+        .describe()
+        .starts_with("TIMEOUT: buddy::huge hung after 15 s"));
 
-    let boot = result(RunStatus::TimedOut { last_test: None }, "");
+    let boot = result(
+        RunStatus::TimedOut {
+            last_test: None,
+            after: Duration::from_secs(60),
+        },
+        "",
+    );
     assert_eq!(boot.describe(), "TIMEOUT: boot hung after 60 s");
 
     let crashed = result(
@@ -137,6 +155,7 @@ fn a_test_run_passes_only_when_complete() {
     let hung = problems(
         RunStatus::TimedOut {
             last_test: Some("a::c".into()),
+            after: Duration::from_secs(60),
         },
         clean,
     );
@@ -144,6 +163,34 @@ fn a_test_run_passes_only_when_complete() {
         &hung[..],
         [TestRunProblem::NotCleanExit(RunStatus::TimedOut { .. })]
     ));
+}
+
+/// A watch over `output`, whose lines ended at `line_secs` into a run that started
+/// `ago_secs` ago, with a per-test limit of `limit_secs`.
+fn watch(output: &str, line_secs: &[u64], ago_secs: u64, limit_secs: u64) -> TestWatch {
+    TestWatch {
+        output: Arc::new(Mutex::new(output.as_bytes().to_vec())),
+        line_times: Arc::new(Mutex::new(
+            line_secs.iter().map(|&s| Duration::from_secs(s)).collect(),
+        )),
+        started: Instant::now()
+            .checked_sub(Duration::from_secs(ago_secs))
+            .expect("an instant that long ago"),
+        limit: Duration::from_secs(limit_secs),
+    }
+}
+
+#[test]
+fn the_test_watch_counts_from_the_start_of_the_running_test() {
+    let running = "[INFO  cpu0] booting\ntest a::fast ... ok\ntest a::slow ... ";
+    // a::slow started when a::fast's line ended, 3 s in; 10 s have passed.
+    assert!(watch(running, &[1, 3], 10, 5).overdue());
+    assert!(!watch(running, &[1, 3], 10, 8).overdue());
+    // A test on the very first line counts from the start of the run.
+    assert!(watch("test a::first ... ", &[], 10, 9).overdue());
+    // Nothing running: never overdue, however long the run.
+    assert!(!watch("test a::fast ... ok\n", &[3], 100, 5).overdue());
+    assert!(!watch("[INFO  cpu0] booting\n", &[1], 100, 5).overdue());
 }
 
 #[test]

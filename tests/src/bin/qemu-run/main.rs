@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! qemu-run [--uefi] [--smp N] [--mem SIZE] [--gdb] [--opts "mode=test seed=3"]
-//!          [--timeout SECS] [--images DIR] [--qemu-arg ARG]... [--quiet] [--tests]
+//!          [--timeout SECS] [--test-timeout SECS] [--images DIR] [--qemu-arg ARG]...
+//!          [--quiet] [--tests]
 //!          [--picture PATH]
 //! ```
 //!
@@ -43,6 +44,7 @@ usage: qemu-run [options]
   --mem SIZE        guest memory, e.g. 256M, 4G, 8G (default 4G)
   --opts TEXT       kernel options, e.g. \"mode=test seed=3 filter=buddy\"
   --timeout SECS    kill QEMU after SECS seconds (default 600)
+  --test-timeout SECS  also kill it when one in-kernel test has run SECS seconds (default: none)
   --images DIR      directory with bios.img and uefi.img (default $MMK_IMAGES or <repo>/target/images)
   --qemu-arg ARG    pass ARG to QEMU as it is (repeatable), e.g. --qemu-arg -accel --qemu-arg tcg,thread=single
   --gdb             start halted with a GDB stub on :1234 (no timeout)
@@ -87,6 +89,18 @@ impl fmt::Display for CliError {
 impl From<Error> for CliError {
     fn from(error: Error) -> Self {
         CliError::Runner(error)
+    }
+}
+
+/// `text`, the value of `option`, as a whole number of seconds above 0.
+fn seconds(option: &'static str, text: String) -> Result<Duration, CliError> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(CliError::InvalidValue {
+            option,
+            value: text,
+            reason: "expected a whole number of seconds above 0".to_owned(),
+        }),
     }
 }
 
@@ -141,19 +155,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, CliErro
             "--qemu-arg" => config.extra_args.push(value("--qemu-arg")?),
             "--images" => config.images = PathBuf::from(value("--images")?),
             "--picture" => picture = PathBuf::from(value("--picture")?),
-            "--timeout" => {
-                let text = value("--timeout")?;
-                let secs = text
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| CliError::InvalidValue {
-                        option: "--timeout",
-                        value: text.clone(),
-                        reason: "expected a whole number of seconds above 0".to_owned(),
-                    })?;
-                config.timeout = Duration::from_secs(secs);
+            "--timeout" => config.timeout = seconds("--timeout", value("--timeout")?)?,
+            "--test-timeout" => {
+                config.test_timeout = Some(seconds("--test-timeout", value("--test-timeout")?)?)
             }
             _ => return Err(CliError::UnknownOption(arg)),
         }

@@ -20,6 +20,7 @@ fn defaults() {
     assert_eq!(c.label(), "bios/4cpu/4G");
     assert!(c.stream && !c.gdb);
     assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(c.test_timeout, None);
 }
 
 #[test]
@@ -33,6 +34,8 @@ fn all_flags() {
         "mode=test seed=3",
         "--timeout",
         "30",
+        "--test-timeout",
+        "12",
         "--images",
         "/x",
         "--gdb",
@@ -41,6 +44,7 @@ fn all_flags() {
     assert_eq!(c.label(), "uefi/1cpu/8G");
     assert_eq!(c.options, "mode=test seed=3");
     assert_eq!(c.timeout, Duration::from_secs(30));
+    assert_eq!(c.test_timeout, Some(Duration::from_secs(12)));
     assert_eq!(c.images, PathBuf::from("/x"));
     assert!(c.gdb && !c.stream);
     assert!(matches!(
@@ -58,6 +62,8 @@ fn bad_input_is_an_error_not_a_panic() {
         &["--mem", "4X"],
         &["--timeout", "-3"],
         &["--timeout"],
+        &["--test-timeout", "0"],
+        &["--test-timeout"],
         &["--frobnicate"],
         &["positional"],
     ] {
