@@ -10,6 +10,7 @@ use super::{AddressSpace, Mm};
 use crate::backend::phys::PhysMem;
 use crate::base::addr::Pfn;
 use crate::frame::meta::FrameState;
+use crate::mapping::anchor::Anchor;
 use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
 use crate::mapping::vma::Vma;
@@ -27,7 +28,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// everything its owner holds, not only its windows: nothing it ever claimed can
     /// outlive it.
     pub(crate) fn release_windows(&self, space: &AddressSpace<'m, M>, removed: &[Vma]) {
-        let anchored: Vec<&Vma> = removed.iter().filter(|v| v.anchor.is_some()).collect();
+        let anchored: Vec<(&Vma, &Anchor)> = removed
+            .iter()
+            .filter_map(|v| Some((v, v.anchor.as_ref()?)))
+            .collect();
         if anchored.is_empty() {
             return;
         }
@@ -40,10 +44,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 .filter_map(|v| v.anchor.as_ref().map(|a| a.claim))
                 .collect();
             let mut claims = self.claims();
-            for v in anchored {
-                let Some(anchor) = &v.anchor else {
-                    continue;
-                };
+            for (v, anchor) in anchored {
                 let windows = anchor.windows(v.start, v.end);
                 if v.flags.shared.is_some() {
                     shared.extend(anchor.windows(v.start, v.end));
