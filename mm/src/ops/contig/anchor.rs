@@ -216,7 +216,9 @@ impl Candidates {
     /// The candidate whose start is `pfn_start`, if any.
     fn index(&self, pfn_start: u64) -> Option<u64> {
         let off = pfn_start.checked_sub(self.first)?;
-        (off % self.align == 0 && off / self.align < self.count).then_some(off / self.align)
+        // `align` is a power of two: a mask and a shift, not divisions, for every unit.
+        let k = off >> self.align.trailing_zeros();
+        (off & (self.align - 1) == 0 && k < self.count).then_some(k)
     }
 }
 

@@ -81,6 +81,9 @@ struct Work {
 /// Present leaves of a VMA: (vpn, pfn, pages), in address order.
 type Leaves = Vec<(u64, u64, u64)>;
 
+/// Physical ranges `[start, end)`.
+type Ranges = Vec<(Pfn, Pfn)>;
+
 /// The VMA as the operation found it.
 struct Found {
     vma: Vma,
@@ -183,7 +186,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         self.check_space(space)?;
         check_user_addr(va).map_err(SpaceError::from)?;
         let mut found = self.find_resident(space, va)?;
-        let ranges = self.placement_ranges(&found, opts.placement)?;
+        let (ranges, node) = self.placement_ranges(&found, opts.placement)?;
         let own = found
             .vma
             .anchor
@@ -269,7 +272,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 None => report.failed += u.pages(),
             }
         }
-        let node = ranges_node(&found, opts.placement, self);
         self.place(space, vma, todo, node, opts, budget, &mut report);
         report.after = chunk_stats(
             &self
@@ -379,15 +381,16 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok((vma, leaves))
     }
 
-    /// The physical ranges the VMA's windows may lie in.
+    /// The physical ranges the VMA's windows may lie in, and the node displaced blocks
+    /// go to (the placement's, if any).
     fn placement_ranges(
         &self,
         found: &Found,
         placement: Placement,
-    ) -> Result<Vec<(Pfn, Pfn)>, ContigError> {
+    ) -> Result<(Ranges, Option<NodeId>), ContigError> {
         let whole = alloc::vec![(Pfn(1), Pfn(self.frames.frame_table().len() as u64))];
         let node = match placement {
-            Placement::Anywhere => return Ok(whole),
+            Placement::Anywhere => return Ok((whole, None)),
             Placement::Node(n) if !self.frames.node_exists(n) => {
                 return Err(ContigError::NoSuchNode)
             }
@@ -395,7 +398,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             Placement::VmaNode => found.vma.flags.node.or_else(|| self.majority_node(found)),
         };
         let ranges = node.map_or_else(Vec::new, |n| self.frames.node_ranges(n));
-        Ok(if ranges.is_empty() { whole } else { ranges })
+        Ok((if ranges.is_empty() { whole } else { ranges }, node))
     }
 
     /// The node holding most of the VMA's resident pages.
@@ -940,15 +943,6 @@ fn tries_for(e: MigrateError) -> u8 {
     match e {
         MigrateError::AlreadyMigrating | MigrateError::Changed => 0,
         _ => 1,
-    }
-}
-
-/// The node displaced blocks go to: the placement's.
-fn ranges_node<M: PhysMem>(found: &Found, placement: Placement, mm: &Mm<'_, M>) -> Option<NodeId> {
-    match placement {
-        Placement::Anywhere => None,
-        Placement::Node(n) => Some(n),
-        Placement::VmaNode => found.vma.flags.node.or_else(|| mm.majority_node(found)),
     }
 }
 

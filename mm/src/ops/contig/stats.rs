@@ -45,12 +45,14 @@ impl Chunk {
     /// Aligned virtual ranges of `n` pages (a power of two) inside the chunk whose first
     /// frame is aligned to `n` too.
     fn aligned(&self, n: u64) -> u64 {
-        if self.vpn % n != self.pfn % n {
+        // Masks and shifts rather than divisions: this runs for every chunk of a report.
+        let (mask, shift) = (n - 1, n.trailing_zeros());
+        if (self.vpn ^ self.pfn) & mask != 0 {
             return 0;
         }
         let end = self.vpn + self.pages;
-        match self.vpn.checked_next_multiple_of(n) {
-            Some(first) if first <= end => (end - first) / n,
+        match self.vpn.checked_add(mask).map(|v| v & !mask) {
+            Some(first) if first <= end => (end - first) >> shift,
             _ => 0,
         }
     }
@@ -76,20 +78,22 @@ pub fn chunk_stats(blocks: &[(u64, u64, u64)]) -> ChunkStats {
 
 /// The chunks of `blocks`, in virtual order.
 fn chunks(blocks: &[(u64, u64, u64)]) -> Vec<Chunk> {
-    // Sized for every block at once: a filtered collect would grow it step by step.
-    let mut sorted: Vec<(u64, u64, u64)> = Vec::with_capacity(blocks.len());
-    sorted.extend(
-        blocks
-            .iter()
-            .copied()
-            .filter(|&(v, p, n)| n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some()),
-    );
-    // A walk lists the blocks in order already: sorted only when they are not.
-    if !sorted.is_sorted() {
-        sorted.sort_unstable();
+    let valid = |&(v, p, n): &(u64, u64, u64)| {
+        n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some()
+    };
+    // A walk lists valid blocks in order already: copied and sorted only when they are not.
+    if blocks.is_sorted() && blocks.iter().all(valid) {
+        return chunks_of(blocks);
     }
+    let mut sorted: Vec<(u64, u64, u64)> = blocks.iter().copied().filter(valid).collect();
+    sorted.sort_unstable();
+    chunks_of(&sorted)
+}
+
+/// The chunks of `sorted`, valid blocks in (vpn, pfn) order.
+fn chunks_of(sorted: &[(u64, u64, u64)]) -> Vec<Chunk> {
     let mut out: Vec<Chunk> = Vec::with_capacity(sorted.len().min(CHUNKS_RESERVED));
-    for (vpn, pfn, pages) in sorted {
+    for &(vpn, pfn, pages) in sorted {
         // Blocks come by start, so the last chunk ends at the highest virtual page taken
         // so far; the pages of this block below it are listed already.
         let taken = out.last().map_or(vpn, |c| (c.vpn + c.pages).max(vpn));

@@ -48,11 +48,24 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let table = self.frames.frame_table();
         let reserved = self.reserved_runs();
         let mut painter = Painter::new(lo, hi);
+        // Consecutive blocks of one class, gathered here: most memory is runs of small
+        // blocks of one class, and the painter then takes one call per run.
+        let mut run: Option<(Pfn, Pfn, FrameClass)> = None;
         let mut at = lo;
         while at < hi {
             let (end, class) = block_at(&table, reserved, at, hi);
-            painter.paint(at, end, class);
+            match &mut run {
+                Some((_, e, c)) if *c == class => *e = end,
+                run => {
+                    if let Some((s, e, c)) = run.replace((at, end, class)) {
+                        painter.paint(s, e, c);
+                    }
+                }
+            }
             at = end;
+        }
+        if let Some((s, e, c)) = run {
+            painter.paint(s, e, c);
         }
         for (a, b, _) in self
             .claims()
@@ -72,6 +85,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 /// manager listed) containing `pfn` ends, at most `hi`, and its class. Read without
 /// locks: a block changing meanwhile is misread at worst, and the end is always past
 /// `pfn`.
+#[inline]
 fn block_at(
     table: &FrameTable<'_>,
     reserved: &[(Pfn, Pfn)],
