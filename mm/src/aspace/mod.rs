@@ -802,7 +802,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             (Some(h), Some(meta)) => {
                 let recorded = rmap.get(h, id, va).is_some();
                 if recorded {
-                    meta.add_mappings(511).map_err(SpaceError::Count)?;
+                    meta.add_mappings(rmap.counts(), 511)
+                        .map_err(SpaceError::Count)?;
                 }
                 recorded
             }
@@ -811,10 +812,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         drop(rmap);
         let unreserve = || {
             if let (true, Some(meta)) = (recorded, meta) {
-                let _rmap = self.rmap.lock();
+                let rmap = self.rmap.lock();
                 for _ in 0..511 {
-                    self.count_result(meta.remove_mapping());
-                    self.count_result(meta.put_ref());
+                    self.count_result(meta.remove_mapping(rmap.counts()));
+                    self.count_result(meta.put_ref(rmap.counts()));
                 }
             }
         };
@@ -870,7 +871,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             };
             if rmap.remove(head, id, leaf.va.as_u64()).is_some() {
                 if let Some(meta) = self.meta(head) {
-                    self.count_result(meta.remove_mapping());
+                    self.count_result(meta.remove_mapping(rmap.counts()));
                 }
                 flush.put_ref(head);
             }
@@ -898,10 +899,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     pub(crate) fn put_refs(&self, heads: &[Pfn]) {
         let mut dead = Vec::new();
         {
-            let _rmap = self.rmap.lock();
+            let rmap = self.rmap.lock();
             for &head in heads {
                 if let Some(meta) = self.meta(head) {
-                    if self.count_result(meta.put_ref()) == Some(Released::Last) {
+                    if self.count_result(meta.put_ref(rmap.counts())) == Some(Released::Last) {
                         dead.push((head, meta.order()));
                     }
                 }
@@ -921,7 +922,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         entry: RmapEntry,
     ) -> Result<(), CountError> {
         if rmap.insert(head, entry) {
-            if let Err(e) = meta.add_mappings(1) {
+            if let Err(e) = meta.add_mappings(rmap.counts(), 1) {
                 rmap.remove(head, entry.space, entry.va.as_u64());
                 return Err(e);
             }
@@ -979,7 +980,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if meta.is_claimed() {
             return Err(PinError::Migrating);
         }
-        meta.pin().map_err(PinError::Count)?;
+        meta.pin(rmap.counts()).map_err(PinError::Count)?;
         Ok(head)
     }
 
@@ -989,13 +990,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let table = self.frames.frame_table();
         let meta = table.get(head).ok_or(PinError::OutOfRange)?;
         {
-            let _rmap = self.rmap.lock();
+            let rmap = self.rmap.lock();
             // Under the lock: a pinned block is neither freed nor merged, so a head that
             // still is one here is the block that was pinned.
             if self.head_of(head) != Some(head) || !meta.is_managed() {
                 return Err(PinError::NotInUse);
             }
-            meta.unpin().map_err(|_| PinError::NotPinned)?;
+            meta.unpin(rmap.counts()).map_err(|_| PinError::NotPinned)?;
         }
         self.put_refs(&[head]);
         Ok(())

@@ -55,7 +55,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 }
                 let table = self.frames.frame_table();
                 let c = |i: u64| (counts[i as usize], counts[i as usize]);
-                if compound::split(&table, head, child_order, c).is_err() {
+                if compound::split(rmap.counts(), &table, head, child_order, c).is_err() {
                     self.count_errors
                         .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
                     continue;

@@ -15,7 +15,7 @@ mod tests;
 
 use crate::base::addr::{Pfn, MAX_ORDER};
 use crate::frame::meta::{FrameFlags, FrameState, FrameTable};
-use crate::frame::refs::CountError;
+use crate::frame::refs::{CountError, CountLock};
 use core::fmt;
 
 /// Children per compound step.
@@ -76,7 +76,12 @@ fn check_span(table: &FrameTable<'_>, head: Pfn, order: u8) -> Result<(), Compou
 /// Fuse the 512 allocated blocks of `child_order` from `head` into one block (see the
 /// module doc): the head takes every child's references and mappings (see
 /// [`FrameMeta::absorb`](crate::frame::meta::FrameMeta)), the children become tails.
-pub fn fuse(table: &FrameTable<'_>, head: Pfn, child_order: u8) -> Result<(), CompoundError> {
+pub fn fuse(
+    counts: &CountLock,
+    table: &FrameTable<'_>,
+    head: Pfn,
+    child_order: u8,
+) -> Result<(), CompoundError> {
     let order = parent_order(child_order)?;
     check_span(table, head, order)?;
     let meta = |i: u64| {
@@ -106,7 +111,7 @@ pub fn fuse(table: &FrameTable<'_>, head: Pfn, child_order: u8) -> Result<(), Co
     first.insert_flags(FrameFlags::HUGE_HEAD);
     for i in 1..CHILDREN {
         let m = meta(i)?;
-        first.absorb(m).map_err(CompoundError::Count)?;
+        first.absorb(counts, m).map_err(CompoundError::Count)?;
         m.remove_flags(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
         m.set_state(FrameState::Tail, 0);
     }
@@ -118,6 +123,7 @@ pub fn fuse(table: &FrameTable<'_>, head: Pfn, child_order: u8) -> Result<(), Co
 /// keeps child 0's). The counts must add up to the block's. Children left without a
 /// reference are the caller's to free.
 pub fn split(
+    lock: &CountLock,
     table: &FrameTable<'_>,
     head: Pfn,
     child_order: u8,
@@ -147,7 +153,9 @@ pub fn split(
             return Err(CompoundError::OutOfRange);
         };
         let (maps, refs) = counts(i);
-        first.hand_to(m, maps, refs).map_err(CompoundError::Count)?;
+        first
+            .hand_to(lock, m, maps, refs)
+            .map_err(CompoundError::Count)?;
         let mut flags = FrameFlags::empty();
         flags.set(FrameFlags::MOVABLE, movable);
         flags.set(FrameFlags::HUGE_HEAD, child_order > 0);

@@ -19,15 +19,25 @@
 //!   completed. The block is freed when it reaches zero, which can only happen after every
 //!   CPU that could translate to it has flushed.
 //!
-//! The callers serialise changes with the reverse-map lock; the operations are still
-//! atomic read-modify-writes, so lock-free readers see consistent values.
+//! # Who may change them
+//!
+//! Every operation that changes a counter or the owner word of a block in use takes a
+//! [`CountLock`]: the proof that its caller holds the lock serialising all such changes,
+//! the memory manager's reverse-map lock, inside which the one `CountLock` of a memory
+//! manager lives. Writers never race, so each operation checks what it will write and
+//! then stores it (a load and a release store per counter, no atomic read-modify-write:
+//! a locked instruction costs some twenty cycles, and a moved 4 KiB page took a dozen of
+//! them); lock-free readers see each counter as some value it really had. Only a block
+//! nobody else can reach is written without it: by the allocator as it hands the block
+//! out or takes it back, and by its new user before publishing it
+//! ([`make_managed`](FrameMeta::make_managed) and its siblings).
 //!
 //! # The owner word
 //!
 //! The allocator clears it on allocation and on free. Two bits are used:
 //! [`OWNER_MANAGED`] while the block is a managed (user) block, and [`OWNER_MIGRATING`]
-//! while a move (migration, exchange, promotion) has claimed it; the claim is taken with a
-//! compare-exchange so two movers cannot both claim one block.
+//! while a move (migration, exchange, promotion) has claimed it; the claim is taken under
+//! the [`CountLock`], so two movers cannot both claim one block.
 
 use super::meta::FrameMeta;
 use core::fmt;
@@ -69,28 +79,40 @@ pub enum Released {
     Last,
 }
 
-fn add(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
-    counter
-        .try_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(n))
-        .map_err(|_| CountError::Overflow)
-}
+/// The right to change the counters and owner words of blocks in use (see the module
+/// doc): one per memory manager, kept inside its reverse-map lock, so that only code
+/// holding that lock can lend it. Neither `Clone` nor `Default`.
+#[derive(Debug)]
+pub struct CountLock(());
 
-fn sub(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
-    counter
-        .try_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(n))
-        .map(|old| old - n)
-        .map_err(|_| CountError::Underflow)
-}
-
-/// Add `n` to both counters or to neither.
-fn add_both(a: &AtomicU32, b: &AtomicU32, n: u32) -> Result<(), CountError> {
-    add(a, n)?;
-    if let Err(e) = add(b, n) {
-        // `a` was raised just now and cannot underflow.
-        let _ = sub(a, n);
-        return Err(e);
+impl CountLock {
+    /// The token of one memory manager: made only by its reverse map, which keeps it
+    /// inside its lock.
+    pub(crate) const fn new() -> CountLock {
+        CountLock(())
     }
-    Ok(())
+}
+
+/// `counter` raised by `n`, not yet stored.
+fn raised(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
+    // Relaxed: the lock orders this load after the last writer's store.
+    counter
+        .load(Ordering::Relaxed)
+        .checked_add(n)
+        .ok_or(CountError::Overflow)
+}
+
+/// `counter` lowered by `n`, not yet stored.
+fn lowered(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
+    counter
+        .load(Ordering::Relaxed)
+        .checked_sub(n)
+        .ok_or(CountError::Underflow)
+}
+
+/// Store a value checked by [`raised`] or [`lowered`].
+fn set(counter: &AtomicU32, value: u32) {
+    counter.store(value, Ordering::Release);
 }
 
 impl FrameMeta {
@@ -132,56 +154,51 @@ impl FrameMeta {
     }
 
     /// `n` more mappings of the block (a new leaf, or a huge leaf split into `n + 1`).
-    pub fn add_mappings(&self, n: u32) -> Result<(), CountError> {
-        add_both(&self.mapcount, &self.refcount, n)
+    pub fn add_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
+        let (maps, refs) = (raised(&self.mapcount, n)?, raised(&self.refcount, n)?);
+        set(&self.mapcount, maps);
+        set(&self.refcount, refs);
+        Ok(())
     }
 
     /// A mapping was taken off the reverse map. Its reference stays until the TLB
     /// shootdown that removes its translations has completed, when the flush that owns
     /// it calls [`put_ref`](Self::put_ref).
-    pub fn remove_mapping(&self) -> Result<(), CountError> {
-        sub(&self.mapcount, 1).map(|_| ())
+    pub fn remove_mapping(&self, _: &CountLock) -> Result<(), CountError> {
+        set(&self.mapcount, lowered(&self.mapcount, 1)?);
+        Ok(())
     }
 
     /// A mapping (and its reference) moves from this block to `to` (a move remapped it).
-    pub fn move_mapping_to(&self, to: &FrameMeta) -> Result<(), CountError> {
-        to.add_mappings(1)?;
-        let undo_to = || {
-            let _ = sub(&to.mapcount, 1);
-            let _ = sub(&to.refcount, 1);
-        };
-        if let Err(e) = sub(&self.mapcount, 1) {
-            undo_to();
-            return Err(e);
-        }
-        if let Err(e) = sub(&self.refcount, 1) {
-            // The map count was lowered just now and cannot overflow going back.
-            let _ = add(&self.mapcount, 1);
-            undo_to();
-            return Err(e);
-        }
+    pub fn move_mapping_to(&self, _: &CountLock, to: &FrameMeta) -> Result<(), CountError> {
+        let (to_maps, to_refs) = (raised(&to.mapcount, 1)?, raised(&to.refcount, 1)?);
+        let (maps, refs) = (lowered(&self.mapcount, 1)?, lowered(&self.refcount, 1)?);
+        set(&to.mapcount, to_maps);
+        set(&to.refcount, to_refs);
+        set(&self.mapcount, maps);
+        set(&self.refcount, refs);
         Ok(())
     }
 
     /// A reference that is not a mapping's (a shared region's hold) moves to `to`.
-    pub fn move_ref_to(&self, to: &FrameMeta) -> Result<(), CountError> {
-        add(&to.refcount, 1)?;
-        if let Err(e) = sub(&self.refcount, 1) {
-            let _ = sub(&to.refcount, 1);
-            return Err(e);
-        }
+    pub fn move_ref_to(&self, _: &CountLock, to: &FrameMeta) -> Result<(), CountError> {
+        let (to_refs, refs) = (raised(&to.refcount, 1)?, lowered(&self.refcount, 1)?);
+        set(&to.refcount, to_refs);
+        set(&self.refcount, refs);
         Ok(())
     }
 
     /// One more reference (a move's claim).
-    pub fn get_ref(&self) -> Result<(), CountError> {
-        add(&self.refcount, 1).map(|_| ())
+    pub fn get_ref(&self, _: &CountLock) -> Result<(), CountError> {
+        set(&self.refcount, raised(&self.refcount, 1)?);
+        Ok(())
     }
 
     /// Drop one reference. On [`Released::Last`] the owner word is cleared and the caller
     /// must free the block.
-    pub fn put_ref(&self) -> Result<Released, CountError> {
-        let left = sub(&self.refcount, 1)?;
+    pub fn put_ref(&self, _: &CountLock) -> Result<Released, CountError> {
+        let left = lowered(&self.refcount, 1)?;
+        set(&self.refcount, left);
         if left == 0 {
             self.owner.store(0, Ordering::Release);
             Ok(Released::Last)
@@ -191,77 +208,101 @@ impl FrameMeta {
     }
 
     /// One more pin (and its reference).
-    pub fn pin(&self) -> Result<(), CountError> {
-        add_both(&self.pincount, &self.refcount, 1)
+    pub fn pin(&self, _: &CountLock) -> Result<(), CountError> {
+        let (pins, refs) = (raised(&self.pincount, 1)?, raised(&self.refcount, 1)?);
+        set(&self.pincount, pins);
+        set(&self.refcount, refs);
+        Ok(())
     }
 
     /// One pin fewer; its reference is dropped with [`put_ref`](Self::put_ref).
-    pub fn unpin(&self) -> Result<(), CountError> {
-        sub(&self.pincount, 1).map(|_| ())
+    pub fn unpin(&self, _: &CountLock) -> Result<(), CountError> {
+        set(&self.pincount, lowered(&self.pincount, 1)?);
+        Ok(())
     }
 
     /// Claim the managed, unclaimed block for a move. `false` when it is not managed or
     /// already claimed.
-    pub fn try_claim(&self) -> bool {
-        self.owner
-            .try_update(Ordering::AcqRel, Ordering::Acquire, |o| {
-                (o & OWNER_MANAGED != 0 && o & OWNER_MIGRATING == 0).then_some(o | OWNER_MIGRATING)
-            })
-            .is_ok()
+    pub fn try_claim(&self, _: &CountLock) -> bool {
+        let owner = self.owner.load(Ordering::Acquire);
+        let free = owner & OWNER_MANAGED != 0 && owner & OWNER_MIGRATING == 0;
+        if free {
+            self.owner.store(owner | OWNER_MIGRATING, Ordering::Release);
+        }
+        free
     }
 
     /// Drop the claim of a move.
-    pub fn unclaim(&self) {
-        self.owner.fetch_and(!OWNER_MIGRATING, Ordering::AcqRel);
+    pub fn unclaim(&self, _: &CountLock) {
+        let owner = self.owner.load(Ordering::Acquire);
+        self.owner
+            .store(owner & !OWNER_MIGRATING, Ordering::Release);
     }
 
     /// Fusing blocks into one compound block: this head takes over `child`'s references
     /// and mappings, and `child` (about to become a tail) is left with none and no owner.
     /// Refused, changing nothing, on overflow.
-    pub fn absorb(&self, child: &FrameMeta) -> Result<(), CountError> {
-        let (refs, maps) = (child.refcount(), child.mapcount());
-        add(&self.mapcount, maps)?;
-        if let Err(e) = add(&self.refcount, refs) {
-            let _ = sub(&self.mapcount, maps);
-            return Err(e);
-        }
+    pub fn absorb(&self, _: &CountLock, child: &FrameMeta) -> Result<(), CountError> {
+        let (maps, refs) = (
+            raised(&self.mapcount, child.mapcount())?,
+            raised(&self.refcount, child.refcount())?,
+        );
+        set(&self.mapcount, maps);
+        set(&self.refcount, refs);
         child.reset_free();
         Ok(())
     }
 
     /// `n` mappings of the block became one (512 leaves replaced by one huge leaf): `n - 1`
     /// mappings and their references go.
-    pub fn merge_mappings(&self, n: u32) -> Result<(), CountError> {
+    pub fn merge_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         let gone = n.saturating_sub(1);
-        if self.mapcount() < gone || self.refcount() < gone {
-            return Err(CountError::Underflow);
-        }
-        sub(&self.mapcount, gone)?;
-        sub(&self.refcount, gone).map(|_| ())
+        let (maps, refs) = (
+            lowered(&self.mapcount, gone)?,
+            lowered(&self.refcount, gone)?,
+        );
+        set(&self.mapcount, maps);
+        set(&self.refcount, refs);
+        Ok(())
     }
 
     /// `n` blocks, each held by one shared region, were fused into this one (which took
     /// their references): the `n` holds become the region's one hold on the compound.
-    pub fn merge_holds(&self, n: u32) -> Result<(), CountError> {
-        sub(&self.refcount, n.saturating_sub(1)).map(|_| ())
+    pub fn merge_holds(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
+        set(
+            &self.refcount,
+            lowered(&self.refcount, n.saturating_sub(1))?,
+        );
+        Ok(())
     }
 
     /// This block, held by a shared region, is about to be split into `n` blocks that the
     /// region each holds: its one hold becomes `n`.
-    pub fn split_hold(&self, n: u32) -> Result<(), CountError> {
-        add(&self.refcount, n.saturating_sub(1)).map(|_| ())
+    pub fn split_hold(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
+        set(&self.refcount, raised(&self.refcount, n.saturating_sub(1))?);
+        Ok(())
     }
 
     /// Splitting a compound block: `maps` of this head's mappings and `refs` of its
     /// references (mappings included) go to `child`, a new head that had none; `child`
     /// becomes managed when it gets a reference. Refused, changing nothing, when this
     /// head has fewer.
-    pub fn hand_to(&self, child: &FrameMeta, maps: u32, refs: u32) -> Result<(), CountError> {
-        if maps > refs || self.mapcount() < maps || self.refcount() < refs {
+    pub fn hand_to(
+        &self,
+        _: &CountLock,
+        child: &FrameMeta,
+        maps: u32,
+        refs: u32,
+    ) -> Result<(), CountError> {
+        if maps > refs {
             return Err(CountError::Underflow);
         }
-        sub(&self.mapcount, maps)?;
-        sub(&self.refcount, refs)?;
+        let (left_maps, left_refs) = (
+            lowered(&self.mapcount, maps)?,
+            lowered(&self.refcount, refs)?,
+        );
+        set(&self.mapcount, left_maps);
+        set(&self.refcount, left_refs);
         child.refcount.store(refs, Ordering::Release);
         child.mapcount.store(maps, Ordering::Release);
         child.pincount.store(0, Ordering::Release);

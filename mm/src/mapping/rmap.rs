@@ -46,6 +46,7 @@
 //! exchange, a DMA pin) can read them lock-free.
 
 use crate::base::addr::{PageSize, Pfn};
+use crate::frame::refs::CountLock;
 use crate::mapping::region::SharedRegion;
 use alloc::collections::btree_map;
 use alloc::collections::BTreeMap;
@@ -119,10 +120,22 @@ impl Hasher for HeadHasher {
 }
 
 /// The reverse map proper (see the module doc); guarded by the `Mm`'s rmap lock.
-#[derive(Default)]
 pub(crate) struct Rmap {
     maps: HashMap<u64, Mappings, BuildHasherDefault<HeadHasher>>,
     holders: BTreeMap<u64, Holder>,
+    /// The memory manager's one right to change frame counters: lent only through the
+    /// lock this map lives in.
+    counts: CountLock,
+}
+
+impl Default for Rmap {
+    fn default() -> Rmap {
+        Rmap {
+            maps: HashMap::default(),
+            holders: BTreeMap::new(),
+            counts: CountLock::new(),
+        }
+    }
 }
 
 fn key_entry(key: &Key, value: &Value) -> RmapEntry {
@@ -135,6 +148,11 @@ fn key_entry(key: &Key, value: &Value) -> RmapEntry {
 }
 
 impl Rmap {
+    /// The right to change frame counters, held as long as this lock is.
+    pub fn counts(&self) -> &CountLock {
+        &self.counts
+    }
+
     /// Record `entry` as a mapping of the block headed at `head`; `false` if that
     /// (space, address) was already recorded.
     pub fn insert(&mut self, head: Pfn, entry: RmapEntry) -> bool {

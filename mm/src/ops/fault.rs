@@ -378,7 +378,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         let head = self.head_of(pfn).unwrap_or(rf.head);
                         rmap.remove(head, space.id(), leaf_va);
                         if let Some(m) = self.meta(head) {
-                            self.count_result(m.remove_mapping());
+                            self.count_result(m.remove_mapping(rmap.counts()));
                         }
                         head
                     };

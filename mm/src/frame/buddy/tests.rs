@@ -2,8 +2,12 @@
 
 use super::*;
 use crate::frame::meta::FrameMeta;
+use crate::frame::refs::CountLock;
 use std::boxed::Box;
 use std::vec::Vec;
+
+/// The counters' lock token: these tests are their only writers.
+const COUNTS: CountLock = CountLock::new();
 
 const M: MigrateType = MigrateType::Movable;
 const U: MigrateType = MigrateType::Unmovable;
@@ -214,19 +218,19 @@ fn pinned_or_mapped_blocks_are_not_freed() {
     let mut b = buddy(&recs, &[(0, 16)]);
     let p = b.alloc(1, M).unwrap();
     let head = b.table().get(p).unwrap();
-    head.pin().unwrap();
+    head.pin(&COUNTS).unwrap();
     let before = snapshot(&b);
     assert_eq!(b.free(p, 1), Err(FreeError::Pinned));
     assert_unchanged(&b, &before, "rejected call");
-    head.unpin().unwrap();
-    let _ = head.put_ref().unwrap();
-    head.add_mappings(2).unwrap();
+    head.unpin(&COUNTS).unwrap();
+    let _ = head.put_ref(&COUNTS).unwrap();
+    head.add_mappings(&COUNTS, 2).unwrap();
     let before = snapshot(&b);
     assert_eq!(b.free(p, 1), Err(FreeError::Mapped));
     assert_unchanged(&b, &before, "rejected call");
     for _ in 0..2 {
-        head.remove_mapping().unwrap();
-        let _ = head.put_ref().unwrap();
+        head.remove_mapping(&COUNTS).unwrap();
+        let _ = head.put_ref(&COUNTS).unwrap();
     }
     b.free(p, 1).unwrap();
     b.audit().unwrap();
@@ -480,9 +484,9 @@ fn audit_reports_corruption() {
         })
     );
     t.at(5).set_state(FrameState::Tail, 0);
-    t.at(7).get_ref().unwrap();
+    t.at(7).get_ref(&COUNTS).unwrap();
     assert_eq!(b.audit(), Err(AuditError::FreeFrameInUse { pfn: Pfn(7) }));
-    let _ = t.at(7).put_ref().unwrap();
+    let _ = t.at(7).put_ref(&COUNTS).unwrap();
     b.audit().unwrap();
 }
 
@@ -496,7 +500,7 @@ fn audit_reports_unmerged_buddies_and_lost_blocks() {
     b.table()
         .at(p.0 as usize)
         .remove_flags(FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
-    let _ = b.table().at(p.0 as usize).put_ref().unwrap();
+    let _ = b.table().at(p.0 as usize).put_ref(&COUNTS).unwrap();
     assert!(matches!(
         b.audit(),
         Err(AuditError::Unmerged { order: 1, .. })

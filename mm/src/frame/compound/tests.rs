@@ -2,6 +2,10 @@
 
 use super::*;
 use crate::frame::buddy::{BuddyAllocator, MigrateType};
+use crate::frame::refs::CountLock;
+
+/// The counters' lock token: these tests are their only writers.
+const COUNTS: CountLock = CountLock::new();
 
 const FRAMES: u64 = 4096;
 
@@ -23,7 +27,7 @@ fn fuse_then_split_round_trips_and_the_allocator_stays_sound() {
             m.make_managed_mapped();
         }
         let table = b.table();
-        fuse(&table, head, 0).unwrap();
+        fuse(&COUNTS, &table, head, 0).unwrap();
         let h = table.get(head).unwrap();
         assert_eq!((h.order(), h.refcount(), h.mapcount()), (9, 512, 512));
         for i in 1..CHILDREN {
@@ -35,15 +39,15 @@ fn fuse_then_split_round_trips_and_the_allocator_stays_sound() {
         // none (it is the caller's to free).
         let counts = |i: u64| if i == 7 { (0, 0) } else { (1, 1) };
         assert_eq!(
-            split(&table, head, 0, |i| (1, 1 + u32::from(i == 0))),
+            split(&COUNTS, &table, head, 0, |i| (1, 1 + u32::from(i == 0))),
             Err(CompoundError::Counts),
             "counts that do not add up change nothing"
         );
         assert_eq!(table.get(head).unwrap().order(), 9);
         // 511 mappings in all now: one was dropped before the split.
-        h.remove_mapping().unwrap();
-        assert_eq!(h.put_ref(), Ok(crate::frame::refs::Released::Alive));
-        split(&table, head, 0, counts).unwrap();
+        h.remove_mapping(&COUNTS).unwrap();
+        assert_eq!(h.put_ref(&COUNTS), Ok(crate::frame::refs::Released::Alive));
+        split(&COUNTS, &table, head, 0, counts).unwrap();
         for i in 0..CHILDREN {
             let m = table.get(head.add(i)).unwrap();
             assert_eq!((m.state(), m.order()), (FrameState::Allocated, 0));
@@ -54,11 +58,11 @@ fn fuse_then_split_round_trips_and_the_allocator_stays_sound() {
         b.audit().unwrap();
         // Fused again (without child 7 it refuses) and freed whole.
         assert_eq!(
-            fuse(&table, head, 0),
+            fuse(&COUNTS, &table, head, 0),
             Err(CompoundError::NotBlock(head.add(7)))
         );
         b.alloc_at(head.add(7), 0, MigrateType::Movable).unwrap();
-        fuse(&table, head, 0).unwrap();
+        fuse(&COUNTS, &table, head, 0).unwrap();
         assert_eq!(table.get(head).unwrap().mapcount(), 511);
         // The last user goes: the block is freed whole.
         table.get(head).unwrap().reset_free();
@@ -72,9 +76,18 @@ fn fuse_then_split_round_trips_and_the_allocator_stays_sound() {
 fn refusals_change_nothing() {
     with_buddy(|b| {
         let table = b.table();
-        assert_eq!(fuse(&table, Pfn(3), 0), Err(CompoundError::Unaligned));
-        assert_eq!(fuse(&table, Pfn(0), 18), Err(CompoundError::Unaligned));
-        assert_eq!(fuse(&table, Pfn(FRAMES), 0), Err(CompoundError::OutOfRange));
+        assert_eq!(
+            fuse(&COUNTS, &table, Pfn(3), 0),
+            Err(CompoundError::Unaligned)
+        );
+        assert_eq!(
+            fuse(&COUNTS, &table, Pfn(0), 18),
+            Err(CompoundError::Unaligned)
+        );
+        assert_eq!(
+            fuse(&COUNTS, &table, Pfn(FRAMES), 0),
+            Err(CompoundError::OutOfRange)
+        );
         let head = Pfn(512);
         for i in 0..CHILDREN {
             let mt = if i == 100 {
@@ -85,11 +98,11 @@ fn refusals_change_nothing() {
             b.alloc_at(head.add(i), 0, mt).unwrap();
         }
         assert_eq!(
-            fuse(&table, head, 0),
+            fuse(&COUNTS, &table, head, 0),
             Err(CompoundError::Mixed(head.add(100)))
         );
         assert_eq!(
-            split(&table, head, 0, |_| (0, 0)),
+            split(&COUNTS, &table, head, 0, |_| (0, 0)),
             Err(CompoundError::NotBlock(head))
         );
         for i in 0..CHILDREN {

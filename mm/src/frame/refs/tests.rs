@@ -3,6 +3,9 @@
 use super::*;
 use proptest::prelude::*;
 
+/// The counters' lock token: these tests are their only writers.
+const COUNTS: CountLock = CountLock::new();
+
 fn fresh() -> FrameMeta {
     let m = FrameMeta::new();
     m.reset_allocated();
@@ -12,32 +15,32 @@ fn fresh() -> FrameMeta {
 #[test]
 fn claims_are_exclusive_and_need_a_managed_block() {
     let m = fresh();
-    assert!(!m.try_claim(), "unmanaged blocks cannot be claimed");
+    assert!(!m.try_claim(&COUNTS), "unmanaged blocks cannot be claimed");
     m.make_managed_mapped();
     assert!(m.is_managed() && !m.is_claimed());
-    assert!(m.try_claim());
+    assert!(m.try_claim(&COUNTS));
     assert!(m.is_claimed());
-    assert!(!m.try_claim(), "a second mover is refused");
-    m.unclaim();
+    assert!(!m.try_claim(&COUNTS), "a second mover is refused");
+    m.unclaim(&COUNTS);
     assert!(!m.is_claimed() && m.is_managed());
 }
 
 #[test]
 fn overflow_and_underflow_are_refused_without_change() {
     let m = fresh();
-    m.add_mappings(u32::MAX - 1).unwrap();
+    m.add_mappings(&COUNTS, u32::MAX - 1).unwrap();
     assert_eq!((m.mapcount(), m.refcount()), (u32::MAX - 1, u32::MAX));
-    assert_eq!(m.add_mappings(1), Err(CountError::Overflow));
-    assert_eq!(m.pin(), Err(CountError::Overflow));
-    assert_eq!(m.get_ref(), Err(CountError::Overflow));
+    assert_eq!(m.add_mappings(&COUNTS, 1), Err(CountError::Overflow));
+    assert_eq!(m.pin(&COUNTS), Err(CountError::Overflow));
+    assert_eq!(m.get_ref(&COUNTS), Err(CountError::Overflow));
     assert_eq!(
         (m.mapcount(), m.refcount(), m.pincount()),
         (u32::MAX - 1, u32::MAX, 0)
     );
     let z = FrameMeta::new();
-    assert_eq!(z.remove_mapping(), Err(CountError::Underflow));
-    assert_eq!(z.unpin(), Err(CountError::Underflow));
-    assert_eq!(z.put_ref(), Err(CountError::Underflow));
+    assert_eq!(z.remove_mapping(&COUNTS), Err(CountError::Underflow));
+    assert_eq!(z.unpin(&COUNTS), Err(CountError::Underflow));
+    assert_eq!(z.put_ref(&COUNTS), Err(CountError::Underflow));
     assert_eq!((z.mapcount(), z.refcount(), z.pincount()), (0, 0, 0));
 }
 
@@ -45,12 +48,18 @@ fn overflow_and_underflow_are_refused_without_change() {
 fn a_failed_move_changes_neither_block() {
     let from = fresh();
     let to = fresh();
-    to.add_mappings(u32::MAX - 1).unwrap();
-    assert_eq!(from.move_mapping_to(&to), Err(CountError::Overflow));
+    to.add_mappings(&COUNTS, u32::MAX - 1).unwrap();
+    assert_eq!(
+        from.move_mapping_to(&COUNTS, &to),
+        Err(CountError::Overflow)
+    );
     assert_eq!((from.mapcount(), from.refcount()), (0, 1));
     assert_eq!((to.mapcount(), to.refcount()), (u32::MAX - 1, u32::MAX));
     let empty = fresh();
-    assert_eq!(empty.move_mapping_to(&from), Err(CountError::Underflow));
+    assert_eq!(
+        empty.move_mapping_to(&COUNTS, &from),
+        Err(CountError::Underflow)
+    );
     assert_eq!((from.mapcount(), from.refcount()), (0, 1));
     assert_eq!((empty.mapcount(), empty.refcount()), (0, 1));
 }
@@ -59,10 +68,10 @@ fn a_failed_move_changes_neither_block() {
 fn the_last_reference_clears_the_owner() {
     let m = fresh();
     m.make_managed();
-    m.get_ref().unwrap();
-    assert_eq!(m.put_ref(), Ok(Released::Alive));
+    m.get_ref(&COUNTS).unwrap();
+    assert_eq!(m.put_ref(&COUNTS), Ok(Released::Alive));
     assert!(m.is_managed());
-    assert_eq!(m.put_ref(), Ok(Released::Last));
+    assert_eq!(m.put_ref(&COUNTS), Ok(Released::Last));
     assert_eq!(m.owner(), 0);
 }
 
@@ -110,15 +119,15 @@ proptest! {
                 Op::MoveTo => (map > 0 && refs > 0, (map - 1, refs - 1, pins, bmap + 1, brefs + 1)),
             };
             let result = match op {
-                Op::Map(n) => a.add_mappings(n),
-                Op::Unmap => a.remove_mapping(),
-                Op::Pin => a.pin(),
-                Op::Unpin => a.unpin(),
-                Op::Get => a.get_ref(),
+                Op::Map(n) => a.add_mappings(&COUNTS, n),
+                Op::Unmap => a.remove_mapping(&COUNTS),
+                Op::Pin => a.pin(&COUNTS),
+                Op::Unpin => a.unpin(&COUNTS),
+                Op::Get => a.get_ref(&COUNTS),
                 // Keep the model's block alive: never drop the last reference here.
-                Op::Put if refs > 1 => a.put_ref().map(|r| assert_eq!(r, Released::Alive)),
+                Op::Put if refs > 1 => a.put_ref(&COUNTS).map(|r| assert_eq!(r, Released::Alive)),
                 Op::Put => Err(CountError::Underflow),
-                Op::MoveTo => a.move_mapping_to(&b),
+                Op::MoveTo => a.move_mapping_to(&COUNTS, &b),
             };
             prop_assert_eq!(result.is_ok(), ok, "{:?} on {:?}", op, model);
             if ok {

@@ -133,8 +133,13 @@ impl<'a, 'm, M: PhysMem> ClaimDrops<'a, 'm, M> {
         let Some(meta) = self.mm.meta(head) else {
             return false;
         };
-        meta.unclaim();
-        let released = self.mm.count_result(meta.put_ref()) == Some(Released::Last);
+        let counts = self
+            .rmap
+            .as_deref()
+            .expect("the reverse map stays locked until the drops are let go")
+            .counts();
+        meta.unclaim(counts);
+        let released = self.mm.count_result(meta.put_ref(counts)) == Some(Released::Last);
         if released {
             self.dead.push((head, order));
         }
@@ -475,8 +480,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         Ok(Seen { order })
     }
 
-    /// Claim one block (see the module doc, step 1), under the reverse-map lock (`_rmap`).
-    fn claim_block(&self, _rmap: &Rmap, head: Pfn, seen: Seen) -> Result<(), MigrateError> {
+    /// Claim one block (see the module doc, step 1), under the reverse-map lock (`rmap`).
+    fn claim_block(&self, rmap: &Rmap, head: Pfn, seen: Seen) -> Result<(), MigrateError> {
         let meta = self.meta(head).ok_or(MigrateError::OutOfRange)?;
         // Under the lock: a managed block is freed only by dropping its last reference
         // under this lock, so what is read now stays true while the claim is held.
@@ -500,9 +505,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if meta.pincount() != 0 {
             return Err(MigrateError::Pinned);
         }
-        meta.get_ref().map_err(MigrateError::Count)?;
-        if !meta.try_claim() {
-            self.count_result(meta.put_ref());
+        let counts = rmap.counts();
+        meta.get_ref(counts).map_err(MigrateError::Count)?;
+        if !meta.try_claim(counts) {
+            self.count_result(meta.put_ref(counts));
             return Err(MigrateError::AlreadyMigrating);
         }
         Ok(())
@@ -651,9 +657,9 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let Some(meta) = self.meta(c.head) else {
             return;
         };
-        let removed = self.rmap.lock().remove(c.head, space, va);
-        if removed.is_some() {
-            self.count_result(meta.remove_mapping());
+        let mut rmap = self.rmap.lock();
+        if rmap.remove(c.head, space, va).is_some() {
+            self.count_result(meta.remove_mapping(rmap.counts()));
             flush.put_ref(c.head);
         }
     }
@@ -769,7 +775,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 let entry = rmap.remove(head, space.id(), inst.va);
                 match (swapped, entry) {
                     (Ok(()), Some(entry)) => moved.push((inst, entry)),
-                    (_, entry) => gone.push((inst.block, entry.is_some())),
+                    (_, entry) => {
+                        // The mapping is gone from the map: its count goes now, its
+                        // reference below.
+                        if let (Some(_), Some(meta)) = (entry, self.meta(head)) {
+                            self.count_result(meta.remove_mapping(rmap.counts()));
+                        }
+                        gone.push((inst.block, entry.is_some()));
+                    }
                 }
             }
             for &(inst, entry) in &moved {
@@ -780,7 +793,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     continue;
                 };
                 rmap.insert(to, entry);
-                self.count_result(from.move_mapping_to(to_meta));
+                self.count_result(from.move_mapping_to(rmap.counts(), to_meta));
             }
         }
         if !gone.is_empty() {
@@ -791,9 +804,6 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 let c = &mut blocks[b];
                 c.lost += 1;
                 if had_entry {
-                    if let Some(meta) = self.meta(c.head) {
-                        self.count_result(meta.remove_mapping());
-                    }
                     flush.put_ref(c.head);
                 }
             }
@@ -844,7 +854,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         for (i, h) in taken {
             rmap.set_holder(targets[i], h);
             if let (Some(from), Some(to)) = (self.meta(claimed[i].head), self.meta(targets[i])) {
-                self.count_result(from.move_ref_to(to));
+                self.count_result(from.move_ref_to(rmap.counts(), to));
             }
         }
     }

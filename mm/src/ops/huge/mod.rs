@@ -160,7 +160,7 @@ fn claim_private(
     if rmap.holder(head).is_some() || meta.mapcount() != 1 || rmap.get(head, id, va).is_none() {
         return Err(HugeError::Shared);
     }
-    if meta.refcount() != 1 || !meta.try_claim() {
+    if meta.refcount() != 1 || !meta.try_claim(rmap.counts()) {
         return Err(HugeError::Busy);
     }
     Ok(())
@@ -260,11 +260,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 rmap.remove(h, id, va + i as u64 * child.bytes());
             }
             let table = self.frames.frame_table();
-            let fused = compound::fuse(&table, pfn0, order)
+            let fused = compound::fuse(rmap.counts(), &table, pfn0, order)
                 .map_err(HugeError::Compound)
                 .and_then(|()| {
                     let meta = self.meta(pfn0).ok_or(HugeError::Inconsistent)?;
-                    meta.merge_mappings(512).map_err(HugeError::Count)
+                    meta.merge_mappings(rmap.counts(), 512)
+                        .map_err(HugeError::Count)
                 });
             rmap.insert(
                 pfn0,
@@ -276,7 +277,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 },
             );
             if let Some(meta) = self.meta(pfn0) {
-                meta.unclaim();
+                meta.unclaim(rmap.counts());
             }
             fused
         };
@@ -316,7 +317,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             if let Err(e) = claimed {
                 for &done in &heads[..i] {
                     if let Some(m) = self.meta(done) {
-                        m.unclaim();
+                        m.unclaim(rmap.counts());
                     }
                 }
                 return Err(e);
@@ -326,10 +327,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     fn unclaim_all(&self, heads: &[Pfn]) {
-        let _rmap = self.rmap.lock();
+        let rmap = self.rmap.lock();
         for &h in heads {
             if let Some(m) = self.meta(h) {
-                m.unclaim();
+                m.unclaim(rmap.counts());
             }
         }
     }
@@ -369,7 +370,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let result = {
             let mut rmap = self.rmap.lock();
             let table = self.frames.frame_table();
-            let split = compound::split(&table, head, child.order(), |_| (1, 1))
+            let split = compound::split(rmap.counts(), &table, head, child.order(), |_| (1, 1))
                 .map_err(HugeError::Compound);
             if split.is_ok() {
                 for i in 0..512u64 {
@@ -380,7 +381,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            meta.unclaim();
+            meta.unclaim(rmap.counts());
             split
         };
         match result {

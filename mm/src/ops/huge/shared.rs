@@ -51,6 +51,7 @@ use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::frame::compound;
 use crate::frame::meta::{FrameFlags, FrameMeta, FrameState};
+use crate::frame::refs::CountLock;
 use crate::mapping::region::{RegionFrame, SharedRegion};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry, SpaceId};
 use crate::mapping::vma::{HugePolicy, SharedBacking};
@@ -98,7 +99,7 @@ fn claim_held(
     let entries = rmap.entries(head).len();
     if meta.mapcount() as usize != entries
         || meta.refcount() != meta.mapcount() + 1
-        || !meta.try_claim()
+        || !meta.try_claim(rmap.counts())
     {
         return Err(HugeError::Busy);
     }
@@ -177,10 +178,10 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
         }
         let mut claimed: Vec<Pfn> = Vec::with_capacity(512);
-        let unclaim = |claimed: &[Pfn]| {
+        let unclaim = |counts: &CountLock, claimed: &[Pfn]| {
             for &h in claimed {
                 if let Some(m) = self.meta(h) {
-                    m.unclaim();
+                    m.unclaim(counts);
                 }
             }
         };
@@ -197,18 +198,18 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 _ => Err(misaligned()),
             };
             if let Err(e) = checked {
-                unclaim(&claimed);
+                unclaim(rmap.counts(), &claimed);
                 return Err(e);
             }
             claimed.push(h);
         }
         let table = self.frames.frame_table();
-        if let Err(e) = compound::fuse(&table, pfn0, child.order()) {
-            unclaim(&claimed);
+        if let Err(e) = compound::fuse(rmap.counts(), &table, pfn0, child.order()) {
+            unclaim(rmap.counts(), &claimed);
             return Err(HugeError::Compound(e));
         }
         let head = self.meta(pfn0).ok_or(HugeError::Inconsistent)?;
-        self.count_result(head.merge_holds(512));
+        self.count_result(head.merge_holds(rmap.counts(), 512));
         for i in 0..512u64 {
             let (h, index) = (pfn0.add(i * step), key + i * step);
             for e in rmap.entries(h) {
@@ -292,7 +293,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             },
         );
         if let Some(meta) = self.meta(head) {
-            self.count_result(meta.merge_mappings(512));
+            self.count_result(meta.merge_mappings(rmap.counts(), 512));
         }
         Ok(table_flush)
     }
@@ -426,14 +427,15 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         for e in &entries {
             *maps.entry(e.offset / step).or_default() += 1;
         }
-        meta.split_hold(512).map_err(HugeError::Count)?;
+        meta.split_hold(rmap.counts(), 512)
+            .map_err(HugeError::Count)?;
         let table = self.frames.frame_table();
         let counts = |i: u64| {
             let n = maps.get(&i).copied().unwrap_or(0);
             (n, n + 1)
         };
-        if let Err(e) = compound::split(&table, head, child.order(), counts) {
-            self.count_result(meta.merge_holds(512));
+        if let Err(e) = compound::split(rmap.counts(), &table, head, child.order(), counts) {
+            self.count_result(meta.merge_holds(rmap.counts(), 512));
             return Err(HugeError::Compound(e));
         }
         for e in entries {
