@@ -181,6 +181,17 @@ impl FrameMeta {
         self.flags.fetch_and(!flags.bits(), Ordering::AcqRel);
     }
 
+    /// Clear `remove`, then set `insert`, leaving the others as they are, in one atomic
+    /// step (flags of one word have writers under different locks: a pageblock's marks
+    /// change beside its first frame's allocation).
+    pub fn replace_flags(&self, remove: FrameFlags, insert: FrameFlags) {
+        let change = |f: u16| Some((f & !remove.bits()) | insert.bits());
+        // The closure never declines: the update always happens.
+        let _ = self
+            .flags
+            .try_update(Ordering::AcqRel, Ordering::Relaxed, change);
+    }
+
     /// Make this frame a head (`Free` or `Allocated`) of `order`, or a tail / reserved
     /// frame (then `order` is stored but meaningless). The order is published before
     /// the state.

@@ -153,6 +153,17 @@ impl<'m, M: PhysMem> RawSlots<'_, 'm, M> {
         if !leaf_level_entry(current, level) || !leaf_level_entry(new, level) {
             return Err(RawError::InvalidEntry);
         }
+        if !current.is_present() {
+            // Only software writes a non-present entry (the MMU sets accessed and dirty
+            // bits in present ones only), and this value holds the table's only
+            // software writer: a load and a store do what a compare-exchange would.
+            let seen = slot.load(Ordering::Acquire);
+            if seen != current.raw() {
+                return Err(RawError::Changed(Entry::from_raw(seen)));
+            }
+            slot.store(new.raw(), Ordering::Release);
+            return Ok(());
+        }
         slot.compare_exchange(
             current.raw(),
             new.raw(),

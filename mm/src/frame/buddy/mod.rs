@@ -552,11 +552,13 @@ impl<'a> BuddyAllocator<'a> {
     fn mark_allocated(&mut self, head: usize, order: u8, mt: MigrateType) {
         let m = self.table.at(head);
         m.reset_allocated();
-        m.remove_flags(FrameFlags::FREED | FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD);
         let mut flags = FrameFlags::empty();
         flags.set(FrameFlags::MOVABLE, mt == MigrateType::Movable);
         flags.set(FrameFlags::HUGE_HEAD, order > 0);
-        m.insert_flags(flags);
+        m.replace_flags(
+            FrameFlags::FREED | FrameFlags::MOVABLE | FrameFlags::HUGE_HEAD,
+            flags,
+        );
         m.set_state(FrameState::Allocated, order);
         self.allocated[mt.index()] += 1 << order;
     }
@@ -600,8 +602,7 @@ impl<'a> BuddyAllocator<'a> {
         };
         self.allocated[mt.index()] -= 1 << order;
         m.reset_free();
-        m.remove_flags(!PAGEBLOCK_FLAGS);
-        m.insert_flags(FrameFlags::FREED);
+        m.replace_flags(!PAGEBLOCK_FLAGS, FrameFlags::FREED);
         self.merge_and_push(head, order);
     }
 

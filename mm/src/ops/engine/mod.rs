@@ -54,6 +54,7 @@
 #[cfg(test)]
 mod tests;
 
+use crate::aspace::vmstat::Event;
 use crate::aspace::{size_of_order, AddressSpace, Flush, Mm, SpaceId};
 use crate::backend::flush::FlushSink;
 use crate::backend::phys::PhysMem;
@@ -104,12 +105,15 @@ pub(crate) struct Claimed {
 
 /// Claims dropped under one hold of the reverse-map lock: the blocks that lose their last
 /// reference are freed together, through one call of the frame source, when it is let
-/// go. Only the engine makes one: while claiming (for blocks no table ever changed for),
-/// when a unit is put back, and at step 6, after the batch's shootdown.
+/// go, and the events the units count are added to the memory manager's counters then,
+/// once per event (a shared atomic counter per page would be a locked instruction each).
+/// Only the engine makes one: while claiming (for blocks no table ever changed for), when
+/// a unit is put back, and at step 6, after the batch's shootdown.
 pub(crate) struct ClaimDrops<'a, 'm, M: PhysMem> {
     mm: &'a Mm<'m, M>,
     rmap: Option<MutexGuard<'a, Rmap>>,
     dead: Vec<(Pfn, u8)>,
+    events: Vec<(Event, u64)>,
 }
 
 impl<'a, 'm, M: PhysMem> ClaimDrops<'a, 'm, M> {
@@ -118,6 +122,7 @@ impl<'a, 'm, M: PhysMem> ClaimDrops<'a, 'm, M> {
             mm,
             rmap: Some(mm.rmap.lock()),
             dead: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -125,6 +130,14 @@ impl<'a, 'm, M: PhysMem> ClaimDrops<'a, 'm, M> {
         self.rmap
             .as_deref_mut()
             .expect("the reverse map stays locked until the drops are let go")
+    }
+
+    /// Count `n` of `event` when the drops are let go.
+    pub fn count(&mut self, event: Event, n: u64) {
+        match self.events.iter_mut().find(|(e, _)| *e == event) {
+            Some((_, sum)) => *sum += n,
+            None => self.events.push((event, n)),
+        }
     }
 
     /// Drop the claim on `head` and the reference it held; say whether that was the
@@ -152,6 +165,9 @@ impl<M: PhysMem> Drop for ClaimDrops<'_, '_, M> {
         drop(self.rmap.take());
         if !self.dead.is_empty() {
             self.mm.free_blocks(&self.dead);
+        }
+        for &(event, n) in &self.events {
+            self.mm.vmstat.count(event, n);
         }
     }
 }
@@ -200,10 +216,9 @@ pub(crate) trait Move<'m, M: PhysMem> {
     fn target(&self, i: usize) -> Pfn;
 
     /// After the remap, with the claims still held: drop them through `drops`, which
-    /// frees what is no longer used.
+    /// frees what is no longer used and counts the unit's events.
     fn finish(
         self,
-        mm: &Mm<'m, M>,
         claimed: &[Claimed],
         drops: &mut ClaimDrops<'_, 'm, M>,
     ) -> Result<Self::Output, MigrateError>;
@@ -324,7 +339,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 };
                 let claimed = &batch.blocks[unit.first..unit.first + unit.len];
                 let lost = claimed.iter().any(|c| c.lost > 0);
-                let result = mv.finish(self, claimed, &mut drops);
+                let result = mv.finish(claimed, &mut drops);
                 // A lost mapping is the news, even when the block then lost its last
                 // user because of it.
                 batch.results[unit.slot] = Some(if lost {

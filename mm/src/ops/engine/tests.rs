@@ -135,11 +135,10 @@ impl<'x, 'm, M: PhysMem> Move<'m, M> for Corrupting<'x, 'm, M> {
 
     fn finish(
         self,
-        mm: &Mm<'m, M>,
         claimed: &[Claimed],
         drops: &mut ClaimDrops<'_, 'm, M>,
     ) -> Result<(), MigrateError> {
-        self.swap.finish(mm, claimed, drops)
+        self.swap.finish(claimed, drops)
     }
 }
 

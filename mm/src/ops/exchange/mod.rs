@@ -129,12 +129,10 @@ impl<'m, M: PhysMem> Move<'m, M> for Exchange {
 
     fn finish(
         self,
-        mm: &Mm<'m, M>,
         claimed: &[Claimed],
         drops: &mut ClaimDrops<'_, 'm, M>,
     ) -> Result<(), MigrateError> {
-        mm.vmstat
-            .count(Event::PagesExchanged, 2 << claimed[0].order);
+        drops.count(Event::PagesExchanged, 2 << claimed[0].order);
         let mut released = false;
         for c in claimed {
             released |= drops.drop_claim(c.head, c.order);

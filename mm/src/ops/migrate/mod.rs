@@ -142,7 +142,6 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
 
     fn finish(
         self,
-        mm: &Mm<'m, M>,
         claimed: &[Claimed],
         drops: &mut ClaimDrops<'_, 'm, M>,
     ) -> Result<Pfn, MigrateError> {
@@ -151,7 +150,7 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         };
         // The source has no mapping and no holder left: this frees it.
         drops.drop_claim(claimed[0].head, claimed[0].order);
-        mm.vmstat.count(Event::PagesMigrated, 1 << order);
+        drops.count(Event::PagesMigrated, 1 << order);
         if drops.drop_claim(dst, order) {
             Err(MigrateError::Released)
         } else {
