@@ -338,6 +338,7 @@ pub(crate) fn user_leaf_flags(writable: bool) -> PageTableFlags {
 }
 
 /// The leaf size of a block of `order`, if one exists.
+#[inline]
 pub(crate) fn size_of_order(order: u8) -> Option<PageSize> {
     PageSize::ALL.into_iter().find(|s| s.order() == order)
 }
@@ -483,11 +484,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     }
 
     /// The metadata of `pfn`.
+    #[inline]
     pub(crate) fn meta(&self, pfn: Pfn) -> Option<&'m FrameMeta> {
         self.frames.frame_table().get(pfn)
     }
 
     /// The head of the allocated block containing `pfn`.
+    #[inline]
     pub(crate) fn head_of(&self, pfn: Pfn) -> Option<Pfn> {
         let table = self.frames.frame_table();
         table.head_of(pfn).filter(|&h| {

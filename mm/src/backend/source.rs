@@ -181,6 +181,7 @@ impl FrameSource for BuddyFrames<'_> {
             .count() as u64
     }
 
+    #[inline]
     fn frame_table(&self) -> FrameTable<'_> {
         self.table
     }

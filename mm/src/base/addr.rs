@@ -21,21 +21,25 @@ pub struct Pfn(pub u64);
 
 impl Pfn {
     /// The frame containing `pa`.
+    #[inline]
     pub const fn containing(pa: PhysAddr) -> Pfn {
         Pfn(pa.as_u64() >> PAGE_SHIFT)
     }
 
     /// First byte of the frame.
+    #[inline]
     pub fn addr(self) -> PhysAddr {
         PhysAddr::new(self.0 << PAGE_SHIFT)
     }
 
     /// Whether the frame is the first of a naturally aligned block of `order`.
+    #[inline]
     pub const fn is_aligned(self, order: u8) -> bool {
         self.0 & ((1u64 << order) - 1) == 0
     }
 
     /// The frame `n` frames after this one.
+    #[inline]
     pub const fn add(self, n: u64) -> Pfn {
         Pfn(self.0 + n)
     }
@@ -57,11 +61,13 @@ impl PageSize {
     pub const ALL: [PageSize; 3] = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
 
     /// Bytes covered by one leaf of this size.
+    #[inline]
     pub const fn bytes(self) -> u64 {
         1u64 << (PAGE_SHIFT + self.order() as u32)
     }
 
     /// The buddy order of a frame block of this size.
+    #[inline]
     pub const fn order(self) -> u8 {
         match self {
             PageSize::Size4K => 0,
@@ -71,6 +77,7 @@ impl PageSize {
     }
 
     /// Page-table level whose entries are leaves of this size (1 = PT, 2 = PD, 3 = PDPT).
+    #[inline]
     pub const fn level(self) -> u8 {
         match self {
             PageSize::Size4K => 1,
@@ -80,6 +87,7 @@ impl PageSize {
     }
 
     /// The next smaller leaf size (a huge leaf splits into 512 of them).
+    #[inline]
     pub const fn smaller(self) -> Option<PageSize> {
         match self {
             PageSize::Size4K => None,
@@ -89,6 +97,7 @@ impl PageSize {
     }
 
     /// The leaf size mapped at page-table `level`, if that level can hold leaves.
+    #[inline]
     pub const fn at_level(level: u8) -> Option<PageSize> {
         match level {
             1 => Some(PageSize::Size4K),
@@ -99,11 +108,13 @@ impl PageSize {
     }
 
     /// Whether `va` is aligned to this size.
+    #[inline]
     pub fn is_aligned_va(self, va: VirtAddr) -> bool {
         va.as_u64().is_multiple_of(self.bytes())
     }
 
     /// Whether `pa` is aligned to this size.
+    #[inline]
     pub fn is_aligned_pa(self, pa: PhysAddr) -> bool {
         pa.as_u64().is_multiple_of(self.bytes())
     }

@@ -137,36 +137,43 @@ impl FrameMeta {
     }
 
     /// References to the block (see [`super::refs`]).
+    #[inline]
     pub fn refcount(&self) -> u32 {
         self.refcount.load(Ordering::Acquire)
     }
 
     /// Page-table entries mapping the block.
+    #[inline]
     pub fn mapcount(&self) -> u32 {
         self.mapcount.load(Ordering::Acquire)
     }
 
     /// Pins of the block.
+    #[inline]
     pub fn pincount(&self) -> u32 {
         self.pincount.load(Ordering::Acquire)
     }
 
     /// The owner word (bits of [`super::refs`]).
+    #[inline]
     pub fn owner(&self) -> u64 {
         self.owner.load(Ordering::Acquire)
     }
 
     /// The frame's state. Acquire: a reader that sees a head also sees its order.
+    #[inline]
     pub fn state(&self) -> FrameState {
         FrameState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Order of the block this frame heads; meaningless on tails and reserved frames.
+    #[inline]
     pub fn order(&self) -> u8 {
         self.order.load(Ordering::Relaxed)
     }
 
     /// The frame's flags.
+    #[inline]
     pub fn flags(&self) -> FrameFlags {
         FrameFlags::from_bits_retain(self.flags.load(Ordering::Acquire))
     }
@@ -282,6 +289,7 @@ impl<'a> FrameTable<'a> {
     }
 
     /// The record of `pfn`, if the table covers it.
+    #[inline]
     pub fn get(&self, pfn: Pfn) -> Option<&'a FrameMeta> {
         self.metas.get(usize::try_from(pfn.0).ok()?)
     }
@@ -314,6 +322,7 @@ impl<'a> FrameTable<'a> {
     /// The head of a block of order `k` containing `pfn` is `pfn` rounded down to `2^k`
     /// and every frame between them is a tail, so the first head met while rounding
     /// `pfn` down to ever larger powers of two is the answer, if its order reaches.
+    #[inline]
     pub fn head_of(&self, pfn: Pfn) -> Option<Pfn> {
         let i = usize::try_from(pfn.0).ok().filter(|&i| i < self.len())?;
         for o in 0..=MAX_ORDER {

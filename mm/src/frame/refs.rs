@@ -58,6 +58,7 @@ pub enum CountError {
 }
 
 impl fmt::Display for CountError {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CountError::Overflow => "frame counter would overflow",
@@ -88,12 +89,14 @@ pub struct CountLock(());
 impl CountLock {
     /// The token of one memory manager: made only by its reverse map, which keeps it
     /// inside its lock.
+    #[inline]
     pub(crate) const fn new() -> CountLock {
         CountLock(())
     }
 }
 
 /// `counter` raised by `n`, not yet stored.
+#[inline]
 fn raised(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
     // Relaxed: the lock orders this load after the last writer's store.
     counter
@@ -103,6 +106,7 @@ fn raised(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
 }
 
 /// `counter` lowered by `n`, not yet stored.
+#[inline]
 fn lowered(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
     counter
         .load(Ordering::Relaxed)
@@ -111,6 +115,7 @@ fn lowered(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
 }
 
 /// Store a value checked by [`raised`] or [`lowered`].
+#[inline]
 fn set(counter: &AtomicU32, value: u32) {
     counter.store(value, Ordering::Release);
 }
@@ -118,6 +123,7 @@ fn set(counter: &AtomicU32, value: u32) {
 impl FrameMeta {
     /// The block was just handed out by an allocator: one reference (the allocator's
     /// caller's), no mappings, no pins, no owner.
+    #[inline]
     pub fn reset_allocated(&self) {
         self.refcount.store(1, Ordering::Release);
         self.mapcount.store(0, Ordering::Release);
@@ -126,6 +132,7 @@ impl FrameMeta {
     }
 
     /// The block was just freed (or is being initialised as free): every count zero.
+    #[inline]
     pub fn reset_free(&self) {
         self.refcount.store(0, Ordering::Release);
         self.mapcount.store(0, Ordering::Release);
@@ -135,12 +142,14 @@ impl FrameMeta {
 
     /// The fresh block becomes a managed block; its allocation reference becomes the
     /// reference of its first user (a mapping, or the shared region that holds it).
+    #[inline]
     pub fn make_managed(&self) {
         self.owner.store(OWNER_MANAGED, Ordering::Release);
     }
 
     /// The fresh block becomes a managed block mapped once: its allocation reference is
     /// that mapping's.
+    #[inline]
     pub fn make_managed_mapped(&self) {
         self.mapcount.store(1, Ordering::Release);
         self.owner.store(OWNER_MANAGED, Ordering::Release);
@@ -148,12 +157,14 @@ impl FrameMeta {
 
     /// The fresh block becomes the destination of a move: managed and claimed; its
     /// allocation reference is the claim's.
+    #[inline]
     pub fn make_managed_claimed(&self) {
         self.owner
             .store(OWNER_MANAGED | OWNER_MIGRATING, Ordering::Release);
     }
 
     /// `n` more mappings of the block (a new leaf, or a huge leaf split into `n + 1`).
+    #[inline]
     pub fn add_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         let (maps, refs) = (raised(&self.mapcount, n)?, raised(&self.refcount, n)?);
         set(&self.mapcount, maps);
@@ -164,12 +175,14 @@ impl FrameMeta {
     /// A mapping was taken off the reverse map. Its reference stays until the TLB
     /// shootdown that removes its translations has completed, when the flush that owns
     /// it calls [`put_ref`](Self::put_ref).
+    #[inline]
     pub fn remove_mapping(&self, _: &CountLock) -> Result<(), CountError> {
         set(&self.mapcount, lowered(&self.mapcount, 1)?);
         Ok(())
     }
 
     /// A mapping (and its reference) moves from this block to `to` (a move remapped it).
+    #[inline]
     pub fn move_mapping_to(&self, _: &CountLock, to: &FrameMeta) -> Result<(), CountError> {
         let (to_maps, to_refs) = (raised(&to.mapcount, 1)?, raised(&to.refcount, 1)?);
         let (maps, refs) = (lowered(&self.mapcount, 1)?, lowered(&self.refcount, 1)?);
@@ -181,6 +194,7 @@ impl FrameMeta {
     }
 
     /// A reference that is not a mapping's (a shared region's hold) moves to `to`.
+    #[inline]
     pub fn move_ref_to(&self, _: &CountLock, to: &FrameMeta) -> Result<(), CountError> {
         let (to_refs, refs) = (raised(&to.refcount, 1)?, lowered(&self.refcount, 1)?);
         set(&to.refcount, to_refs);
@@ -189,6 +203,7 @@ impl FrameMeta {
     }
 
     /// One more reference (a move's claim).
+    #[inline]
     pub fn get_ref(&self, _: &CountLock) -> Result<(), CountError> {
         set(&self.refcount, raised(&self.refcount, 1)?);
         Ok(())
@@ -196,6 +211,7 @@ impl FrameMeta {
 
     /// Drop one reference. On [`Released::Last`] the owner word is cleared and the caller
     /// must free the block.
+    #[inline]
     pub fn put_ref(&self, _: &CountLock) -> Result<Released, CountError> {
         let left = lowered(&self.refcount, 1)?;
         set(&self.refcount, left);
@@ -208,6 +224,7 @@ impl FrameMeta {
     }
 
     /// One more pin (and its reference).
+    #[inline]
     pub fn pin(&self, _: &CountLock) -> Result<(), CountError> {
         let (pins, refs) = (raised(&self.pincount, 1)?, raised(&self.refcount, 1)?);
         set(&self.pincount, pins);
@@ -216,6 +233,7 @@ impl FrameMeta {
     }
 
     /// One pin fewer; its reference is dropped with [`put_ref`](Self::put_ref).
+    #[inline]
     pub fn unpin(&self, _: &CountLock) -> Result<(), CountError> {
         set(&self.pincount, lowered(&self.pincount, 1)?);
         Ok(())
@@ -223,6 +241,7 @@ impl FrameMeta {
 
     /// Claim the managed, unclaimed block for a move. `false` when it is not managed or
     /// already claimed.
+    #[inline]
     pub fn try_claim(&self, _: &CountLock) -> bool {
         let owner = self.owner.load(Ordering::Acquire);
         let free = owner & OWNER_MANAGED != 0 && owner & OWNER_MIGRATING == 0;
@@ -233,6 +252,7 @@ impl FrameMeta {
     }
 
     /// Drop the claim of a move.
+    #[inline]
     pub fn unclaim(&self, _: &CountLock) {
         let owner = self.owner.load(Ordering::Acquire);
         self.owner
@@ -242,6 +262,7 @@ impl FrameMeta {
     /// Fusing blocks into one compound block: this head takes over `child`'s references
     /// and mappings, and `child` (about to become a tail) is left with none and no owner.
     /// Refused, changing nothing, on overflow.
+    #[inline]
     pub fn absorb(&self, _: &CountLock, child: &FrameMeta) -> Result<(), CountError> {
         let (maps, refs) = (
             raised(&self.mapcount, child.mapcount())?,
@@ -255,6 +276,7 @@ impl FrameMeta {
 
     /// `n` mappings of the block became one (512 leaves replaced by one huge leaf): `n - 1`
     /// mappings and their references go.
+    #[inline]
     pub fn merge_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         let gone = n.saturating_sub(1);
         let (maps, refs) = (
@@ -268,6 +290,7 @@ impl FrameMeta {
 
     /// `n` blocks, each held by one shared region, were fused into this one (which took
     /// their references): the `n` holds become the region's one hold on the compound.
+    #[inline]
     pub fn merge_holds(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         set(
             &self.refcount,
@@ -278,6 +301,7 @@ impl FrameMeta {
 
     /// This block, held by a shared region, is about to be split into `n` blocks that the
     /// region each holds: its one hold becomes `n`.
+    #[inline]
     pub fn split_hold(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         set(&self.refcount, raised(&self.refcount, n.saturating_sub(1))?);
         Ok(())
@@ -313,11 +337,13 @@ impl FrameMeta {
     }
 
     /// Whether the block is a managed (user) block.
+    #[inline]
     pub fn is_managed(&self) -> bool {
         self.owner() & OWNER_MANAGED != 0
     }
 
     /// Whether a move has claimed the block.
+    #[inline]
     pub fn is_claimed(&self) -> bool {
         self.owner() & OWNER_MIGRATING != 0
     }

@@ -138,6 +138,7 @@ impl Default for Rmap {
     }
 }
 
+#[inline]
 fn key_entry(key: &Key, value: &Value) -> RmapEntry {
     RmapEntry {
         space: key.0,
@@ -149,6 +150,7 @@ fn key_entry(key: &Key, value: &Value) -> RmapEntry {
 
 impl Rmap {
     /// The right to change frame counters, held as long as this lock is.
+    #[inline]
     pub fn counts(&self) -> &CountLock {
         &self.counts
     }
@@ -220,6 +222,7 @@ impl Rmap {
     }
 
     /// Every mapping of `head`, in key order (by address space, then address).
+    #[inline]
     pub fn range_of(&self, head: Pfn) -> impl Iterator<Item = RmapEntry> + '_ {
         self.mappings(head, None)
     }
@@ -230,6 +233,7 @@ impl Rmap {
     }
 
     /// The mappings of `head` in `space`, in address order.
+    #[inline]
     pub fn range_in(&self, head: Pfn, space: SpaceId) -> impl Iterator<Item = RmapEntry> + '_ {
         self.mappings(head, Some(space))
     }
@@ -264,6 +268,7 @@ impl Rmap {
     }
 
     /// The holder of `head`.
+    #[inline]
     pub fn holder(&self, head: Pfn) -> Option<&Holder> {
         self.holders.get(&head.0)
     }

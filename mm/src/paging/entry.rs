@@ -30,6 +30,7 @@ const PTE_PAT: u64 = 1 << 7;
 const HUGE_PAT: u64 = 1 << 12;
 
 /// Whether `flags` only holds bits allowed in leaf flags (see [`LEAF_FLAGS_MASK`]).
+#[inline]
 pub const fn valid_leaf_flags(flags: PageTableFlags) -> bool {
     flags.bits() & !LEAF_FLAGS_MASK == 0
 }
@@ -43,11 +44,13 @@ impl Entry {
     pub const UNUSED: Entry = Entry(0);
 
     /// The entry whose raw bits are `raw`.
+    #[inline]
     pub const fn from_raw(raw: u64) -> Entry {
         Entry(raw)
     }
 
     /// The raw 64 bits.
+    #[inline]
     pub const fn raw(self) -> u64 {
         self.0
     }
@@ -79,6 +82,7 @@ impl Entry {
 
     /// A non-leaf entry pointing at the table at `table`: `PRESENT | WRITABLE`, plus
     /// `USER_ACCESSIBLE` when `user`. Permissions are decided by the leaves.
+    #[inline]
     pub const fn table(table: PhysAddr, user: bool) -> Entry {
         let mut raw = (table.as_u64() & ADDR_MASK)
             | PageTableFlags::PRESENT.bits()
@@ -90,23 +94,27 @@ impl Entry {
     }
 
     /// Whether the slot holds nothing at all (all bits zero).
+    #[inline]
     pub const fn is_unused(self) -> bool {
         self.0 == 0
     }
 
     /// Whether the `PRESENT` bit is set.
+    #[inline]
     pub const fn is_present(self) -> bool {
         self.0 & PageTableFlags::PRESENT.bits() != 0
     }
 
     /// Whether the `HUGE_PAGE` bit is set (meaningful at levels 2 and 3 only; at level 1
     /// the same bit is the PTE's PAT bit).
+    #[inline]
     pub const fn is_huge(self) -> bool {
         self.0 & PageTableFlags::HUGE_PAGE.bits() != 0
     }
 
     /// The size of the leaf this entry is at page-table `level`, or `None` when it is not
     /// present or points at a next-level table. Level 4 entries are never leaves.
+    #[inline]
     pub const fn leaf_size(self, level: u8) -> Option<PageSize> {
         if !self.is_present() {
             return None;
@@ -120,17 +128,20 @@ impl Entry {
     }
 
     /// The raw flag bits (everything outside [`ADDR_MASK`]), as stored.
+    #[inline]
     pub const fn raw_flags(self) -> PageTableFlags {
         PageTableFlags::from_bits_retain(self.0 & !ADDR_MASK)
     }
 
     /// The address of the next-level table this non-leaf entry points at.
+    #[inline]
     pub const fn table_addr(self) -> PhysAddr {
         PhysAddr::new_truncate(self.0 & ADDR_MASK)
     }
 
     /// The first byte of the frame this leaf of `size` maps (for huge leaves the bits
     /// below the size, including the PAT bit 12, are not address bits).
+    #[inline]
     pub const fn leaf_addr(self, size: PageSize) -> PhysAddr {
         PhysAddr::new_truncate(self.0 & ADDR_MASK & !(size.bytes() - 1))
     }
@@ -156,6 +167,7 @@ impl Entry {
 }
 
 impl core::fmt::Debug for Entry {
+    #[inline]
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "Entry({:#018x})", self.0)
     }

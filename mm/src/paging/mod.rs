@@ -188,6 +188,7 @@ const fn slot_of(va: u64, level: u8) -> (VirtAddr, PageSize) {
 }
 
 /// The translation of the byte at `offset` into the leaf `entry` of `size`.
+#[inline]
 const fn translation(entry: Entry, size: PageSize, offset: u64) -> Translation {
     let base = entry.leaf_addr(size);
     Translation {
@@ -232,10 +233,12 @@ impl<'m, M: PhysMem> PageTable<'m, M> {
     }
 
     /// The word of entry `idx` of the table at `table`.
+    #[inline]
     fn slot(&self, table: PhysAddr, idx: usize) -> &'m AtomicU64 {
         self.mem.word(table + (idx as u64) * 8)
     }
 
+    #[inline]
     fn load(&self, table: PhysAddr, idx: usize) -> Entry {
         Entry::from_raw(self.slot(table, idx).load(Ordering::Acquire))
     }

@@ -36,6 +36,7 @@ pub enum RawError {
 
 /// Whether `entry` may stand in a leaf-level slot at `level`: a leaf of that level or a
 /// non-present entry.
+#[inline]
 const fn leaf_level_entry(entry: Entry, level: u8) -> bool {
     !entry.is_present() || entry.leaf_size(level).is_some()
 }
@@ -116,6 +117,7 @@ pub struct RawSlots<'p, 'm, M: PhysMem> {
 
 impl<'m, M: PhysMem> RawSlots<'_, 'm, M> {
     /// The slot for `va` at `level` (1, 2 or 3).
+    #[inline]
     fn slot(&mut self, va: u64, level: u8) -> Result<&'m AtomicU64, RawError> {
         if !is_canonical(va) {
             return Err(RawError::NonCanonical);

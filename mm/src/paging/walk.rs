@@ -65,6 +65,7 @@ impl<M: PhysMem> Walk<'_, '_, M> {
 impl<M: PhysMem> Iterator for Walk<'_, '_, M> {
     type Item = (VirtAddr, Translation);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             let va = self.next;

@@ -133,6 +133,7 @@ impl Arena {
 // the index below rather than alias.
 #[cfg(any(test, feature = "std"))]
 unsafe impl PhysMem for Arena {
+    #[inline]
     fn ptr(&self, pa: PhysAddr) -> *mut u8 {
         let offset = pa.as_u64();
         assert!(offset < self.len(), "arena access out of range: {pa:?}");

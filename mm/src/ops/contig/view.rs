@@ -13,6 +13,7 @@ use crate::mapping::claims::ClaimId;
 use crate::ops::contig::anchor::{FrameClass, Painter, PhysView};
 
 /// What an allocated block (its head's metadata) is to the anchor search.
+#[inline]
 pub(crate) fn block_class(meta: &FrameMeta) -> FrameClass {
     let flags = meta.flags();
     if flags.contains(FrameFlags::CACHED) {

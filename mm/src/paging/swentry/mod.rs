@@ -47,6 +47,7 @@ const SOFT_BITS: u64 = 0b111 << 9;
 /// The non-present entry that stands in the slot of `entry` (a leaf or a table pointer)
 /// while it is being replaced: `entry` with the present bit and bits 10-11 cleared and
 /// bit 9 set.
+#[inline]
 pub(crate) const fn replacing(entry: Entry) -> Entry {
     Entry::from_raw((entry.raw() & !(SOFT_BITS | PageTableFlags::PRESENT.bits())) | MIGRATION_BIT)
 }
@@ -84,6 +85,7 @@ impl SoftwareEntry {
     }
 
     /// The raw entry.
+    #[inline]
     pub fn entry(self) -> Entry {
         match self {
             SoftwareEntry::Migration(mig) => mig.entry(),
@@ -92,6 +94,7 @@ impl SoftwareEntry {
     }
 }
 
+#[inline]
 const fn size_code(size: PageSize) -> u64 {
     match size {
         PageSize::Size4K => 1,
@@ -107,6 +110,7 @@ pub struct MigrationEntry(Entry);
 impl MigrationEntry {
     /// The migration entry for the present leaf `leaf` of `size`; `None` if the leaf is
     /// not present or uses the software bits 9-11.
+    #[inline]
     pub fn from_leaf(leaf: Entry, size: PageSize) -> Option<MigrationEntry> {
         if !leaf.is_present() || leaf.raw() & SOFT_BITS != 0 {
             return None;
@@ -118,6 +122,7 @@ impl MigrationEntry {
     }
 
     /// The migration entry `entry` read at page-table `level`, if it is one.
+    #[inline]
     pub fn decode(entry: Entry, level: u8) -> Option<MigrationEntry> {
         let raw = entry.raw();
         if entry.is_present() || raw & MIGRATION_BIT == 0 {
@@ -133,11 +138,13 @@ impl MigrationEntry {
     }
 
     /// The raw entry to store.
+    #[inline]
     pub fn entry(self) -> Entry {
         self.0
     }
 
     /// The size of the leaf it stands for.
+    #[inline]
     pub fn size(self) -> PageSize {
         match (self.0.raw() >> SIZE_SHIFT) & 0b11 {
             1 => PageSize::Size4K,
@@ -147,26 +154,31 @@ impl MigrationEntry {
     }
 
     /// The leaf it replaced, with the accessed/dirty bits it had then.
+    #[inline]
     pub fn original(self) -> Entry {
         Entry::from_raw((self.0.raw() & !SOFT_BITS) | PageTableFlags::PRESENT.bits())
     }
 
     /// The first byte of the frame the leaf mapped.
+    #[inline]
     pub fn source(self) -> PhysAddr {
         self.original().leaf_addr(self.size())
     }
 
     /// The first frame the leaf mapped.
+    #[inline]
     pub fn source_pfn(self) -> Pfn {
         Pfn::containing(self.source())
     }
 
     /// The leaf flags it carries (see [`crate::paging::entry`]).
+    #[inline]
     pub fn flags(self) -> PageTableFlags {
         self.original().leaf_flags(self.size())
     }
 
     /// A leaf of the same size and flags mapping the frame at `pa`.
+    #[inline]
     pub fn retarget(self, pa: PhysAddr) -> Entry {
         Entry::leaf(pa, self.size(), self.flags())
     }

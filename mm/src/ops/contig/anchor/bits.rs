@@ -39,6 +39,7 @@ impl Bits {
     }
 
     /// Set bits before position `i`.
+    #[inline]
     pub(super) fn rank(&self, i: u64) -> u64 {
         let k = (i / 64) as usize;
         match (self.words.get(k), self.before.get(k)) {
@@ -50,16 +51,19 @@ impl Bits {
     }
 
     /// Set bits in `[i, j)` (`i <= j`).
+    #[inline]
     pub(super) fn count(&self, i: u64, j: u64) -> u64 {
         self.rank(j) - self.rank(i)
     }
 
     /// Whether bit `i` is set.
+    #[inline]
     pub(super) fn get(&self, i: u64) -> bool {
         self.word_at(i) & 1 == 1
     }
 
     /// Bits `i..i + 64`, bit `i` lowest.
+    #[inline]
     pub(super) fn word_at(&self, i: u64) -> u64 {
         let k = (i / 64) as usize;
         let word = |k: usize| self.words.get(k).copied().unwrap_or(0);

@@ -81,11 +81,13 @@ impl PhysView {
     }
 
     /// First frame of the view.
+    #[inline]
     pub fn lo(&self) -> Pfn {
         Pfn(self.lo)
     }
 
     /// One past the last frame of the view.
+    #[inline]
     pub fn hi(&self) -> Pfn {
         Pfn(self.hi)
     }
@@ -109,12 +111,14 @@ impl PhysView {
     }
 
     /// Frames of `layer` in `[start, end)`, a range inside the view.
+    #[inline]
     pub(super) fn count(&self, layer: Layer, start: u64, end: u64) -> u64 {
         self.layers[layer as usize].count(start - self.base, end - self.base)
     }
 
     /// Frames `start..start + 64` (`start` inside the view) of `layer` as bits, `start`
     /// lowest; frames past the view read as not in the layer.
+    #[inline]
     pub(super) fn word(&self, layer: Layer, start: u64) -> u64 {
         self.layers[layer as usize].word_at(start - self.base)
     }
