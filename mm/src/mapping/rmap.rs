@@ -148,6 +148,32 @@ fn key_entry(key: &Key, value: &Value) -> RmapEntry {
     }
 }
 
+/// The mappings of one block that [`Rmap::range_of`] and [`Rmap::range_in`] list: the
+/// one mapping of a block mapped once, or a range of the map of a block mapped more.
+pub(crate) struct MappingsOf<'a> {
+    one: Option<RmapEntry>,
+    many: Option<btree_map::Range<'a, Key, Value>>,
+    /// Only this space's, if given.
+    space: Option<SpaceId>,
+}
+
+impl Iterator for MappingsOf<'_> {
+    type Item = RmapEntry;
+
+    #[inline]
+    fn next(&mut self) -> Option<RmapEntry> {
+        if let Some(e) = self.one.take() {
+            return Some(e);
+        }
+        let (k, v) = self.many.as_mut()?.next()?;
+        if self.space.is_some_and(|s| s != k.0) {
+            self.many = None;
+            return None;
+        }
+        Some(key_entry(k, v))
+    }
+}
+
 impl Rmap {
     /// The right to change frame counters, held as long as this lock is.
     #[inline]
@@ -223,7 +249,7 @@ impl Rmap {
 
     /// Every mapping of `head`, in key order (by address space, then address).
     #[inline]
-    pub fn range_of(&self, head: Pfn) -> impl Iterator<Item = RmapEntry> + '_ {
+    pub fn range_of(&self, head: Pfn) -> MappingsOf<'_> {
         self.mappings(head, None)
     }
 
@@ -234,28 +260,33 @@ impl Rmap {
 
     /// The mappings of `head` in `space`, in address order.
     #[inline]
-    pub fn range_in(&self, head: Pfn, space: SpaceId) -> impl Iterator<Item = RmapEntry> + '_ {
+    pub fn range_in(&self, head: Pfn, space: SpaceId) -> MappingsOf<'_> {
         self.mappings(head, Some(space))
     }
 
     /// The mappings of `head`, of `space` only if given, in key order.
-    fn mappings(&self, head: Pfn, space: Option<SpaceId>) -> impl Iterator<Item = RmapEntry> + '_ {
-        let (one, many) = match self.maps.get(&head.0) {
-            Some(Mappings::One(k, v)) => (space.is_none_or(|s| s == k.0).then_some((k, v)), None),
+    #[inline]
+    fn mappings(&self, head: Pfn, space: Option<SpaceId>) -> MappingsOf<'_> {
+        let mut it = MappingsOf {
+            one: None,
+            many: None,
+            space,
+        };
+        match self.maps.get(&head.0) {
+            Some(Mappings::One(k, v)) => {
+                it.one = space.is_none_or(|s| s == k.0).then(|| key_entry(k, v));
+            }
             Some(Mappings::Many(many)) => {
                 let lo = Bound::Included((space.unwrap_or(SpaceId(0)), 0));
                 let hi = match space.map(|s| s.0.checked_add(1)) {
                     Some(Some(next)) => Bound::Excluded((SpaceId(next), 0)),
                     _ => Bound::Unbounded,
                 };
-                let in_space = move |(k, _): &(&Key, &Value)| space.is_none_or(|s| s == k.0);
-                (None, Some(many.range((lo, hi)).take_while(in_space)))
+                it.many = Some(many.range((lo, hi)));
             }
-            None => (None, None),
-        };
-        one.into_iter()
-            .chain(many.into_iter().flatten())
-            .map(|(k, v)| key_entry(k, v))
+            None => {}
+        }
+        it
     }
 
     /// Every (head, mapping) pair, in order of head, address space and address.
