@@ -60,67 +60,76 @@ impl Chunk {
 
 /// The figures of the resident blocks `(vpn, pfn, pages)`, given in any order.
 pub fn chunk_stats(blocks: &[(u64, u64, u64)]) -> ChunkStats {
-    let chunks = chunks(blocks);
-    let resident: u64 = chunks.iter().map(|c| c.pages).sum();
-    let mut sizes: Vec<u64> = chunks.iter().map(|c| c.pages).collect();
-    sizes.sort_unstable_by(|a, b| b.cmp(a));
-    let aligned = |order: u8| chunks.iter().map(|c| c.aligned(1 << order)).sum();
-    ChunkStats {
-        resident_pages: resident,
-        chunks: chunks.len() as u64,
-        chunks_50: covering(&sizes, resident, 50),
-        chunks_90: covering(&sizes, resident, 90),
-        chunks_99: covering(&sizes, resident, 99),
-        aligned_2m: aligned(HUGE_2M_ORDER),
-        aligned_1g: aligned(HUGE_1G_ORDER),
-    }
-}
-
-/// The chunks of `blocks`, in virtual order.
-fn chunks(blocks: &[(u64, u64, u64)]) -> Vec<Chunk> {
     let valid = |&(v, p, n): &(u64, u64, u64)| {
         n > 0 && v.checked_add(n).is_some() && p.checked_add(n).is_some()
     };
     // A walk lists valid blocks in order already: copied and sorted only when they are not.
     if blocks.is_sorted() && blocks.iter().all(valid) {
-        return chunks_of(blocks);
+        return stats_of(blocks);
     }
     let mut sorted: Vec<(u64, u64, u64)> = blocks.iter().copied().filter(valid).collect();
     sorted.sort_unstable();
-    chunks_of(&sorted)
+    stats_of(&sorted)
 }
 
-/// The chunks of `sorted`, valid blocks in (vpn, pfn) order.
-fn chunks_of(sorted: &[(u64, u64, u64)]) -> Vec<Chunk> {
-    let mut out: Vec<Chunk> = Vec::with_capacity(sorted.len().min(CHUNKS_RESERVED));
+/// The figures of `sorted`, valid blocks in (vpn, pfn) order, in one pass that forms each
+/// chunk and counts it as it ends.
+fn stats_of(sorted: &[(u64, u64, u64)]) -> ChunkStats {
+    let mut stats = ChunkStats::default();
+    let mut sizes: Vec<u64> = Vec::with_capacity(sorted.len().min(CHUNKS_RESERVED));
+    let mut end_chunk = |c: Chunk, stats: &mut ChunkStats| {
+        sizes.push(c.pages);
+        stats.resident_pages += c.pages;
+        stats.aligned_2m += c.aligned(1 << HUGE_2M_ORDER);
+        stats.aligned_1g += c.aligned(1 << HUGE_1G_ORDER);
+    };
+    let mut current: Option<Chunk> = None;
     for &(vpn, pfn, pages) in sorted {
-        // Blocks come by start, so the last chunk ends at the highest virtual page taken
-        // so far; the pages of this block below it are listed already.
-        let taken = out.last().map_or(vpn, |c| (c.vpn + c.pages).max(vpn));
+        // Blocks come by start, so the current chunk ends at the highest virtual page
+        // taken so far; the pages of this block below it are listed already.
+        let taken = current.map_or(vpn, |c| (c.vpn + c.pages).max(vpn));
         let end = vpn + pages;
         if taken >= end {
             continue;
         }
         let (vpn, pfn, pages) = (taken, pfn + (taken - vpn), end - taken);
-        match out.last_mut() {
+        match &mut current {
             Some(c) if c.vpn + c.pages == vpn && c.pfn + c.pages == pfn => c.pages += pages,
-            _ => out.push(Chunk { vpn, pfn, pages }),
+            current => {
+                if let Some(done) = current.replace(Chunk { vpn, pfn, pages }) {
+                    end_chunk(done, &mut stats);
+                }
+            }
         }
     }
-    out
+    if let Some(done) = current {
+        end_chunk(done, &mut stats);
+    }
+    stats.chunks = sizes.len() as u64;
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    [stats.chunks_50, stats.chunks_90, stats.chunks_99] =
+        covering(&sizes, stats.resident_pages, [50, 90, 99]);
+    stats
 }
 
-/// Fewest of `sizes` (largest first) whose sum is at least `percent` % of `total`.
-fn covering(sizes: &[u64], total: u64, percent: u64) -> u64 {
-    let need = u128::from(total) * u128::from(percent);
+/// For each of `percents` (ascending), the fewest of `sizes` (largest first) whose sum
+/// is at least that share of `total`, in one pass.
+fn covering(sizes: &[u64], total: u64, percents: [u64; 3]) -> [u64; 3] {
+    let need = percents.map(|p| u128::from(total) * u128::from(p));
+    let mut out = [sizes.len() as u64; 3];
+    let mut next = 0;
     let mut sum = 0u128;
     for (i, &s) in sizes.iter().enumerate() {
-        if sum >= need {
-            return i as u64;
+        while next < 3 && sum >= need[next] {
+            out[next] = i as u64;
+            next += 1;
+        }
+        if next == 3 {
+            break;
         }
         sum += u128::from(s) * 100;
     }
-    sizes.len() as u64
+    out
 }
 
 #[cfg(test)]
