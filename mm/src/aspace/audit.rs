@@ -158,11 +158,7 @@ impl<M: PhysMem> Mm<'_, M> {
                     SlotKind::Absent | SlotKind::Table(_) => {}
                 }
             }
-            let listed: BTreeMap<u64, MigrationEntry> = st
-                .migrating
-                .iter()
-                .map(|(&va, &(_, mig))| (va, mig))
-                .collect();
+            let listed: BTreeMap<u64, MigrationEntry> = st.migrating.iter().collect();
             if listed != migrating {
                 return Err(RmapAuditError::MigratingList { space: id });
             }

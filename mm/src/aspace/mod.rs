@@ -55,6 +55,7 @@
 
 mod audit;
 pub mod inject;
+mod migrating;
 mod partial;
 
 mod sink;
@@ -85,7 +86,6 @@ use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
 use crate::mapping::vma::{
     check_user_addr, check_user_range, HugePolicy, Vma, VmaError, VmaFlags, VmaSet,
 };
-use crate::paging::MigrationEntry;
 use crate::paging::{
     Entry, PageTable, RangeError, SplitError, Translation, UnmappedLeaf, LOWER_HALF_END,
 };
@@ -94,6 +94,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use migrating::Migrating;
 use spin::Mutex;
 use vmstat::{VmStat, VmStatSnapshot};
 use x86_64::structures::paging::PageTableFlags;
@@ -224,8 +225,8 @@ impl core::error::Error for PinError {}
 pub(crate) struct SpaceState<'m, M: PhysMem> {
     pub pt: PageTable<'m, M>,
     pub vmas: VmaSet,
-    /// The migration entries currently in the table: first address → (size, entry).
-    pub migrating: BTreeMap<u64, (PageSize, MigrationEntry)>,
+    /// The migration entries currently in the table.
+    pub migrating: Migrating,
     /// Bumped by every change of the VMA set.
     pub generation: u64,
     pub dead: bool,
@@ -234,10 +235,7 @@ pub(crate) struct SpaceState<'m, M: PhysMem> {
 impl<M: PhysMem> SpaceState<'_, M> {
     /// Whether a migration entry overlaps `[start, end)`.
     pub fn migration_in(&self, start: u64, end: u64) -> bool {
-        let from = start.saturating_sub(PageSize::Size1G.bytes() - 1);
-        self.migrating
-            .range(from..end)
-            .any(|(&va, &(size, _))| va + size.bytes() > start)
+        self.migrating.overlaps(start, end)
     }
 }
 
@@ -456,7 +454,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             state: Mutex::new(SpaceState {
                 pt,
                 vmas: VmaSet::new(),
-                migrating: BTreeMap::new(),
+                migrating: Migrating::default(),
                 generation: 0,
                 dead: false,
             }),
@@ -961,11 +959,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             return Err(PinError::Space(SpaceError::SpaceDestroyed));
         }
         let Some(t) = st.pt.query(va) else {
-            let migrating = st
-                .migrating
-                .range(..=va)
-                .next_back()
-                .is_some_and(|(&start, &(size, _))| va < start + size.bytes());
+            let migrating = st.migrating.covering(va).is_some();
             return Err(if migrating {
                 PinError::Migrating
             } else {
@@ -1056,10 +1050,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The migration entry (decoded) of `space` at `va`, if any: for audits and tests.
     pub fn migration_entry_at(&self, space: &AddressSpace<'m, M>, va: u64) -> Option<(u64, Entry)> {
         let st = space.state.lock();
-        let from = va.saturating_sub(PageSize::Size1G.bytes() - 1);
         st.migrating
-            .range(from..=va)
-            .find(|(&start, &(size, _))| va < start + size.bytes())
-            .map(|(&start, &(_, m))| (start, m.entry()))
+            .covering(va)
+            .map(|(start, m)| (start, m.entry()))
     }
 }

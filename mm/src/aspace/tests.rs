@@ -7,6 +7,7 @@ use super::*;
 use crate::backend::phys::Arena;
 use crate::mapping::vma::{HugePolicy, Mobility, SharedBacking};
 use crate::ops::fault::{FaultError, FaultOutcome};
+use crate::paging::MigrationEntry;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;

@@ -144,6 +144,7 @@ impl<'m, M: PhysMem> RawSlots<'_, 'm, M> {
     }
 
     /// [`PageTable::compare_exchange_leaf`].
+    #[inline]
     pub fn compare_exchange_leaf(
         &mut self,
         va: u64,
@@ -177,6 +178,7 @@ impl<'m, M: PhysMem> RawSlots<'_, 'm, M> {
     }
 
     /// [`PageTable::change_leaf`].
+    #[inline]
     pub fn change_leaf<T>(
         &mut self,
         va: u64,

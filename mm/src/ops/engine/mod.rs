@@ -591,17 +591,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                 }
             }
-            // Listed before the space's lock is let go. In the common case no other batch
-            // has entries in this space, and the list is built at once from the sorted
-            // addresses rather than by one insertion each.
-            let listed = batch.installed[first_installed..]
-                .iter()
-                .map(|i| (i.va, (i.mig.size(), i.mig)));
-            if st.migrating.is_empty() {
-                st.migrating = listed.collect();
-            } else {
-                st.migrating.extend(listed);
-            }
+            // Listed before the space's lock is let go.
+            st.migrating.extend(
+                batch.installed[first_installed..]
+                    .iter()
+                    .map(|i| (i.va, i.mig)),
+            );
             drop(guard);
             if batch.installed.len() > first_installed {
                 batch.spaces.push(space);
@@ -631,7 +626,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let space = &batch.spaces[inst.space];
             let mut st = space.state.lock();
             let level = inst.mig.size().level();
-            st.migrating.remove(&inst.va);
+            st.migrating.remove(inst.va);
             if st
                 .pt
                 .compare_exchange_leaf(inst.va, level, inst.mig.entry(), inst.mig.original())
@@ -769,15 +764,8 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             let mut guard = space.state.lock();
             let st = &mut *guard;
             let mut rmap = self.rmap.lock();
-            // Only the batch that installed an entry removes it: when the space lists as
-            // many as this batch installed there, they are all this batch's.
-            if st.migrating.len() == group.len() {
-                st.migrating.clear();
-            } else {
-                for inst in group {
-                    st.migrating.remove(&inst.va);
-                }
-            }
+            // Only the batch that installed an entry removes it.
+            st.migrating.remove_all(group.iter().map(|inst| inst.va));
             // Take every moved mapping off its old block first, then add them to their
             // new ones: in an exchange the two blocks trade mappings.
             moved.clear();

@@ -156,6 +156,7 @@ impl Painter {
     }
 
     /// Paint `[start, end)` (clipped to the view) as `class`, over what was painted.
+    #[inline]
     pub fn paint(&mut self, start: Pfn, end: Pfn, class: FrameClass) {
         let (start, end) = (start.0.max(self.lo), end.0.min(self.hi));
         if start >= end {
