@@ -13,8 +13,8 @@
 //!    stable (a managed block is freed only after its last reference was dropped under
 //!    that lock): the block is re-read there and refused with [`MigrateError::Changed`]
 //!    if it is no longer what the caller saw before the lock; it must be a managed head,
-//!    movable, unpinned and unclaimed; the claim (the owner word's `MIGRATING` bit,
-//!    taken by compare-exchange) holds one reference; the address spaces mapping the
+//!    movable, unpinned and unclaimed; the claim (the owner word's `MIGRATING` bit, set
+//!    under that lock, which serialises it) holds one reference; the address spaces mapping the
 //!    block are noted there. Then, with no lock held, the exact blocks the claimed units
 //!    want ([`Move::wants_at`], a migration's given destination) are allocated together,
 //!    in one call of the frame source, and each unit is prepared ([`Move::prepare`]: a
@@ -40,7 +40,7 @@
 //! 6. **finish** ([`Move::finish`]): under one hold of the reverse-map lock, each unit
 //!    drops its claims through a [`ClaimDrops`]; the blocks that lost their last
 //!    reference are freed together, in one call of the frame source, once the lock is
-//!    let go. The migration epoch is bumped so that CPUs waiting on a migration entry
+//!    let go, and the events the units counted are added to the counters once. The migration epoch is bumped so that CPUs waiting on a migration entry
 //!    retry.
 //!
 //! A CPU touching a block during steps 2-5 faults on the migration entry, waits without
