@@ -222,7 +222,7 @@ impl<M: PhysMem> Mm<'_, M> {
             }
             held.insert(head.0);
         }
-        let table = self.frames.frame_table();
+        let table = self.table;
         let mut report = RmapAuditReport {
             spaces: spaces.len(),
             mappings: entries.len(),

@@ -79,7 +79,7 @@ use crate::backend::source::FrameSource;
 use crate::backend::tlb::TlbShootdown;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::AtomicCpuSet;
-use crate::frame::meta::{FrameMeta, FrameState};
+use crate::frame::meta::{FrameMeta, FrameState, FrameTable};
 use crate::frame::refs::{CountError, Released};
 use crate::mapping::claims::{ClaimId, ClaimsGuard, LimitError, MarkedClaims};
 use crate::mapping::rmap::{Holder, Rmap, RmapEntry};
@@ -301,6 +301,9 @@ pub struct Mm<'m, M: PhysMem> {
     id: u64,
     pub(crate) mem: &'m M,
     pub(crate) frames: &'m dyn FrameSource,
+    /// The frame source's metadata table, read once: it never changes, and the per-page
+    /// paths would otherwise ask the source for it through a virtual call each time.
+    pub(crate) table: FrameTable<'m>,
     pub(crate) tlb: &'m dyn TlbShootdown,
     kernel_root: Option<PhysAddr>,
     spaces: Mutex<BTreeMap<SpaceId, Arc<AddressSpace<'m, M>>>>,
@@ -355,6 +358,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
             mem,
             frames,
+            table: frames.frame_table(),
             tlb,
             kernel_root,
             spaces: Mutex::new(BTreeMap::new()),
@@ -376,8 +380,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// built over it; a range added later would still be listed, and a snapshot of
     /// memory built from the list would only take it for blocked.
     pub(crate) fn reserved_runs(&self) -> &[(Pfn, Pfn)] {
-        self.reserved
-            .call_once(|| self.frames.frame_table().reserved_runs())
+        self.reserved.call_once(|| self.table.reserved_runs())
     }
 
     /// Cap the leaves new faults map at `size` (default 1 GiB), e.g. 2 MiB on a CPU
@@ -395,7 +398,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The claimed windows, locked; their changes keep the pageblock marks the
     /// allocator reads in step.
     pub(crate) fn claims(&self) -> ClaimsGuard<'_> {
-        self.windows.lock(self.frames.frame_table())
+        self.windows.lock(self.table)
     }
 
     /// A fresh owner id for the windows of a new anchor.
@@ -484,13 +487,13 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The metadata of `pfn`.
     #[inline]
     pub(crate) fn meta(&self, pfn: Pfn) -> Option<&'m FrameMeta> {
-        self.frames.frame_table().get(pfn)
+        self.table.get(pfn)
     }
 
     /// The head of the allocated block containing `pfn`.
     #[inline]
     pub(crate) fn head_of(&self, pfn: Pfn) -> Option<Pfn> {
-        let table = self.frames.frame_table();
+        let table = self.table;
         table.head_of(pfn).filter(|&h| {
             table
                 .get(h)
@@ -984,7 +987,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// Drop one pin of the block headed at `head` (as [`pin`](Self::pin) returned it);
     /// frees it if that was its last use.
     pub fn unpin(&self, head: Pfn) -> Result<(), PinError> {
-        let table = self.frames.frame_table();
+        let table = self.table;
         let meta = table.get(head).ok_or(PinError::OutOfRange)?;
         {
             let rmap = self.rmap.lock();

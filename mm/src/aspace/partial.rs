@@ -53,7 +53,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 if counts.iter().all(|&c| c > 0) {
                     continue;
                 }
-                let table = self.frames.frame_table();
+                let table = self.table;
                 let c = |i: u64| (counts[i as usize], counts[i as usize]);
                 if compound::split(rmap.counts(), &table, head, child_order, c).is_err() {
                     self.count_errors

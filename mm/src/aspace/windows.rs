@@ -84,7 +84,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The reverse-map lock is taken for [`LOOKUPS_PER_HOLD`] blocks at a time, so that
     /// a gigabyte of small pages does not hold it for long.
     fn mappers_in(&self, released: &[(Pfn, Pfn)]) -> Vec<(SpaceId, u64)> {
-        let table = self.frames.frame_table();
+        let table = self.table;
         let mut mappers = BTreeSet::new();
         for &(first, end) in released {
             let mut f = first;

@@ -284,7 +284,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The VMA containing `va`, its present leaves and its resident blocks.
     fn find_resident(&self, space: &AddressSpace<'m, M>, va: u64) -> Result<Found, ContigError> {
         let (vma, leaves) = self.vma_leaves(space, va)?;
-        let table = self.frames.frame_table();
+        let table = self.table;
         let mut units = Vec::with_capacity(leaves.len());
         for &(vpn, pfn, _) in &leaves {
             let Some(head) = table.head_of(Pfn(pfn)) else {
@@ -388,7 +388,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         found: &Found,
         placement: Placement,
     ) -> Result<(Ranges, Option<NodeId>), ContigError> {
-        let whole = alloc::vec![(Pfn(1), Pfn(self.frames.frame_table().len() as u64))];
+        let whole = alloc::vec![(Pfn(1), Pfn(self.table.len() as u64))];
         let node = match placement {
             Placement::Anywhere => return Ok((whole, None)),
             Placement::Node(n) if !self.frames.node_exists(n) => {
@@ -656,7 +656,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// come in order, many inside one big free block), and a target found inside a
     /// free block leaves that block there.
     fn target_state(&self, target: Pfn, order: u8, free: &mut Option<(Pfn, Pfn)>) -> Target {
-        let table = self.frames.frame_table();
+        let table = self.table;
         let end = target.add(1 << order);
         if free.is_some_and(|(a, b)| a <= target && end <= b) {
             return Target::Free;

@@ -46,7 +46,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         own: Option<ClaimId>,
         extra: &[(Pfn, Pfn)],
     ) -> PhysView {
-        let table = self.frames.frame_table();
+        let table = self.table;
         let reserved = self.reserved_runs();
         let mut painter = Painter::new(lo, hi);
         // Consecutive blocks of one class, gathered here: most memory is runs of small

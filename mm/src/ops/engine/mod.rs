@@ -476,7 +476,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// What `head` looks like before any lock: refuses what can be refused without one.
     fn look(&self, head: Pfn) -> Result<Seen, MigrateError> {
-        let table = self.frames.frame_table();
+        let table = self.table;
         let meta = table.get(head).ok_or(MigrateError::OutOfRange)?;
         match table.head_of(head) {
             Some(h) if h == head => {}
@@ -503,7 +503,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if !meta.is_managed() {
             return Err(MigrateError::NotInUse);
         }
-        let table = self.frames.frame_table();
+        let table = self.table;
         if table.head_of(head) != Some(head) || meta.state() != FrameState::Allocated {
             return Err(MigrateError::Changed);
         }

@@ -92,7 +92,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 pinned: false,
             })
             .collect();
-        let table_len = self.frames.frame_table().len() as u64;
+        let table_len = self.table.len() as u64;
         let view = self.phys_view(Pfn(0), Pfn(table_len), None);
         let choice =
             anchor::choose(&view, &units, 0, pages, pages).ok_or(CompactError::NoWindow)?;
@@ -111,7 +111,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 .iter()
                 .any(|u| u.pfn == head.0 && head == window.add(u.vpn))
         };
-        let table = self.frames.frame_table();
+        let table = self.table;
         let mut blocks: Vec<(Pfn, u8)> = Vec::new();
         let mut pfn = window;
         while in_window(pfn) {

@@ -259,7 +259,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             for (i, &h) in heads.iter().enumerate() {
                 rmap.remove(h, id, va + i as u64 * child.bytes());
             }
-            let table = self.frames.frame_table();
+            let table = self.table;
             let fused = compound::fuse(rmap.counts(), &table, pfn0, order)
                 .map_err(HugeError::Compound)
                 .and_then(|()| {
@@ -369,7 +369,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let step = child.bytes() / PAGE_SIZE;
         let result = {
             let mut rmap = self.rmap.lock();
-            let table = self.frames.frame_table();
+            let table = self.table;
             let split = compound::split(rmap.counts(), &table, head, child.order(), |_| (1, 1))
                 .map_err(HugeError::Compound);
             if split.is_ok() {

@@ -203,7 +203,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             }
             claimed.push(h);
         }
-        let table = self.frames.frame_table();
+        let table = self.table;
         if let Err(e) = compound::fuse(rmap.counts(), &table, pfn0, child.order()) {
             unclaim(rmap.counts(), &claimed);
             return Err(HugeError::Compound(e));
@@ -429,7 +429,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         meta.split_hold(rmap.counts(), 512)
             .map_err(HugeError::Count)?;
-        let table = self.frames.frame_table();
+        let table = self.table;
         let counts = |i: u64| {
             let n = maps.get(&i).copied().unwrap_or(0);
             (n, n + 1)

@@ -70,7 +70,7 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         match self.dst {
             Destination::Frame(d) => {
                 let n = 1u64 << order;
-                let len = mm.frames.frame_table().len() as u64;
+                let len = mm.table.len() as u64;
                 if d.0.checked_add(n).is_none_or(|end| end > len) {
                     return Err(MigrateError::DestinationOutOfRange);
                 }
