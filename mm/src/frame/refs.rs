@@ -58,7 +58,6 @@ pub enum CountError {
 }
 
 impl fmt::Display for CountError {
-    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CountError::Overflow => "frame counter would overflow",

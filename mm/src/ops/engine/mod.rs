@@ -290,24 +290,27 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         }
         // (space, block): the address spaces that map each claimed block.
         let mut mapped: Vec<(SpaceId, usize)> = Vec::with_capacity(blocks.len());
-        let mut claimed = Vec::with_capacity(looked.len());
+        // The units stay in one vector from here on: one that fails is taken out of it
+        // (no unit moves while none fails).
+        let mut units = looked;
         {
             let mut drops = ClaimDrops::new(self);
-            for unit in looked {
+            units.retain(|unit| {
                 let noted = mapped.len();
-                match self.claim_unit(&mut drops, &unit, &blocks, &mut mapped) {
-                    Ok(()) => claimed.push(unit),
+                match self.claim_unit(&mut drops, unit, &blocks, &mut mapped) {
+                    Ok(()) => true,
                     Err(e) => {
                         mapped.truncate(noted);
                         results[unit.slot] = Some(Err(e));
+                        false
                     }
                 }
-            }
+            });
         }
-        let prepared = self.prepare_units(claimed, &blocks, &mut mapped, &mut results);
+        self.prepare_units(&mut units, &blocks, &mut mapped, &mut results);
         let mut batch = Batch {
             results,
-            units: prepared,
+            units,
             blocks,
             spaces: Vec::new(),
             installed: Vec::with_capacity(mapped.len()),
@@ -424,54 +427,58 @@ impl<'m, M: PhysMem> Mm<'m, M> {
 
     /// Step 1, second half, with no lock held: allocate what the claimed units want, in
     /// one call of the frame source, and prepare each. The units that fail get their
-    /// result, drop their claims and leave `mapped`; the others are returned.
+    /// result, drop their claims, leave `mapped` and are taken out of `units`.
     fn prepare_units<T: Move<'m, M>>(
         &self,
-        units: Vec<Unit<T>>,
+        units: &mut Vec<Unit<T>>,
         blocks: &[Claimed],
         mapped: &mut Vec<(SpaceId, usize)>,
         results: &mut [Option<Result<T::Output, MigrateError>>],
-    ) -> Vec<Unit<T>> {
-        let wants: Vec<Option<(Pfn, u8)>> = units
+    ) {
+        let mut asked: Vec<(Pfn, u8)> = Vec::with_capacity(units.len());
+        let wants: Vec<bool> = units
             .iter()
-            .map(|u| u.mv.as_ref().and_then(|mv| mv.wants_at(u.claimed(blocks))))
+            .map(|u| {
+                let want = u.mv.as_ref().and_then(|mv| mv.wants_at(u.claimed(blocks)));
+                asked.extend(want);
+                want.is_some()
+            })
             .collect();
-        let asked: Vec<(Pfn, u8)> = wants.iter().flatten().copied().collect();
         let mut got = Vec::with_capacity(asked.len());
         if !asked.is_empty() {
             self.frames
                 .alloc_at_batch(&asked, MigrateType::Movable, &mut got);
         }
         let mut got = got.into_iter();
-        let mut prepared = Vec::with_capacity(units.len());
-        let mut failed = Vec::new();
-        for (mut unit, want) in units.into_iter().zip(wants) {
-            let at = want.and_then(|_| got.next());
+        let mut wants = wants.into_iter();
+        let mut failed: Vec<(usize, usize)> = Vec::new();
+        units.retain_mut(|unit| {
+            let at = wants.next().unwrap_or(false).then(|| got.next()).flatten();
             let claimed = unit.claimed(blocks);
             let result = match unit.mv.as_mut() {
                 Some(mv) => mv.prepare(self, claimed, at),
                 None => Err(MigrateError::NotInUse),
             };
             match result {
-                Ok(()) => prepared.push(unit),
+                Ok(()) => true,
                 Err(e) => {
                     results[unit.slot] = Some(Err(e));
-                    failed.push(unit);
+                    failed.push((unit.first, unit.len));
+                    false
                 }
             }
-        }
+        });
         if !failed.is_empty() {
             let mut gone = alloc::vec![false; blocks.len()];
             let mut drops = ClaimDrops::new(self);
-            for unit in &failed {
-                for c in unit.claimed(blocks) {
+            for &(first, len) in &failed {
+                for c in &blocks[first..first + len] {
                     drops.drop_claim(c.head, c.order);
                 }
-                gone[unit.first..unit.first + unit.len].fill(true);
+                gone[first..first + len].fill(true);
             }
             mapped.retain(|&(_, b)| !gone[b]);
         }
-        prepared
     }
 
     /// What `head` looks like before any lock: refuses what can be refused without one.
