@@ -81,7 +81,16 @@ pub enum Released {
 
 /// The right to change the counters and owner words of blocks in use (see the module
 /// doc): one per memory manager, kept inside its reverse-map lock, so that only code
-/// holding that lock can lend it. Neither `Clone` nor `Default`.
+/// holding that lock can lend it. Neither `Clone` nor `Default`, and code outside this
+/// crate cannot make one:
+///
+/// ```compile_fail
+/// let forged = mm::frame::refs::CountLock::new();
+/// ```
+///
+/// ```compile_fail
+/// let forged = mm::frame::refs::CountLock(());
+/// ```
 #[derive(Debug)]
 pub struct CountLock(());
 
