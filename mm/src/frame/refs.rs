@@ -122,6 +122,20 @@ fn lowered(counter: &AtomicU32, n: u32) -> Result<u32, CountError> {
         .ok_or(CountError::Underflow)
 }
 
+/// Change `a` by `na` and `b` by `nb` with `step` ([`raised`] or [`lowered`]), both or
+/// neither.
+#[inline]
+fn change_both(
+    step: fn(&AtomicU32, u32) -> Result<u32, CountError>,
+    (a, na): (&AtomicU32, u32),
+    (b, nb): (&AtomicU32, u32),
+) -> Result<(), CountError> {
+    let (va, vb) = (step(a, na)?, step(b, nb)?);
+    set(a, va);
+    set(b, vb);
+    Ok(())
+}
+
 /// Store a value checked by [`raised`] or [`lowered`].
 #[inline]
 fn set(counter: &AtomicU32, value: u32) {
@@ -174,10 +188,7 @@ impl FrameMeta {
     /// `n` more mappings of the block (a new leaf, or a huge leaf split into `n + 1`).
     #[inline]
     pub fn add_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
-        let (maps, refs) = (raised(&self.mapcount, n)?, raised(&self.refcount, n)?);
-        set(&self.mapcount, maps);
-        set(&self.refcount, refs);
-        Ok(())
+        change_both(raised, (&self.mapcount, n), (&self.refcount, n))
     }
 
     /// A mapping was taken off the reverse map. Its reference stays until the TLB
@@ -234,10 +245,7 @@ impl FrameMeta {
     /// One more pin (and its reference).
     #[inline]
     pub fn pin(&self, _: &CountLock) -> Result<(), CountError> {
-        let (pins, refs) = (raised(&self.pincount, 1)?, raised(&self.refcount, 1)?);
-        set(&self.pincount, pins);
-        set(&self.refcount, refs);
-        Ok(())
+        change_both(raised, (&self.pincount, 1), (&self.refcount, 1))
     }
 
     /// One pin fewer; its reference is dropped with [`put_ref`](Self::put_ref).
@@ -272,12 +280,11 @@ impl FrameMeta {
     /// Refused, changing nothing, on overflow.
     #[inline]
     pub fn absorb(&self, _: &CountLock, child: &FrameMeta) -> Result<(), CountError> {
-        let (maps, refs) = (
-            raised(&self.mapcount, child.mapcount())?,
-            raised(&self.refcount, child.refcount())?,
-        );
-        set(&self.mapcount, maps);
-        set(&self.refcount, refs);
+        change_both(
+            raised,
+            (&self.mapcount, child.mapcount()),
+            (&self.refcount, child.refcount()),
+        )?;
         child.reset_free();
         Ok(())
     }
@@ -287,13 +294,7 @@ impl FrameMeta {
     #[inline]
     pub fn merge_mappings(&self, _: &CountLock, n: u32) -> Result<(), CountError> {
         let gone = n.saturating_sub(1);
-        let (maps, refs) = (
-            lowered(&self.mapcount, gone)?,
-            lowered(&self.refcount, gone)?,
-        );
-        set(&self.mapcount, maps);
-        set(&self.refcount, refs);
-        Ok(())
+        change_both(lowered, (&self.mapcount, gone), (&self.refcount, gone))
     }
 
     /// `n` blocks, each held by one shared region, were fused into this one (which took
@@ -329,12 +330,7 @@ impl FrameMeta {
         if maps > refs {
             return Err(CountError::Underflow);
         }
-        let (left_maps, left_refs) = (
-            lowered(&self.mapcount, maps)?,
-            lowered(&self.refcount, refs)?,
-        );
-        set(&self.mapcount, left_maps);
-        set(&self.refcount, left_refs);
+        change_both(lowered, (&self.mapcount, maps), (&self.refcount, refs))?;
         child.refcount.store(refs, Ordering::Release);
         child.mapcount.store(maps, Ordering::Release);
         child.pincount.store(0, Ordering::Release);
