@@ -23,9 +23,11 @@
 //!    [`BLOCK`] if pinned; the pages in place come from a histogram of `pfn - (vpn -
 //!    vpn_start)` over the units, so only the candidates where some unit is in place
 //!    (at most `u`) have a bound below the common one. O(u log u).
-//! 2. A window holding only free frames costs exactly its `lb`: every candidate is
-//!    checked for that in O(1) (rank tables), which seeds the best with the cheapest
-//!    free window. O(k).
+//! 2. A window holding only free frames costs exactly its `lb`, which seeds the best
+//!    with the cheapest free window: one with units in place if there is one (each
+//!    checked in O(1) with the rank tables), else the lowest free one, looked for from
+//!    the bottom up. O(u + k), and only up to the lowest free window when units are in
+//!    place in none.
 //! 3. The candidates are then taken by increasing (`lb`, `pfn_start`), stopping as soon
 //!    as the next `lb` cannot beat the best. Each is checked in O(1) against a second
 //!    bound (pigeonhole: at least `covered - free` of the covered pages land on non-free
@@ -302,18 +304,22 @@ impl Search<'_> {
         )
     }
 
-    /// Take every all-free window at its exact cost, its lower bound.
+    /// Take the cheapest all-free window, at its exact cost: its lower bound, `base -
+    /// saving` where units are in place and `base` elsewhere. A saving is never zero, so
+    /// a free window with units in place beats every free window without; only when
+    /// there is none is the lowest free window looked for, from the bottom up.
     fn seed_with_free_windows(&mut self, placed: &[Placed]) {
-        let mut placed = placed.iter().peekable();
-        for k in 0..self.candidates.count {
-            let p = placed.next_if(|p| p.k == k);
-            if self.window(k) == (0, 0, 0) {
-                let (saving, in_place) = p.map_or((0, 0), |p| (p.saving, p.in_place));
-                let cost = self.base - saving;
-                if self.beats(cost, k) {
-                    self.best = Some((cost, k, in_place));
-                }
+        for p in placed {
+            let cost = self.base - p.saving;
+            if self.window(p.k) == (0, 0, 0) && self.beats(cost, p.k) {
+                self.best = Some((cost, p.k, p.in_place));
             }
+        }
+        if self.best.is_none() {
+            let base = self.base;
+            self.best = (0..self.candidates.count)
+                .find(|&k| self.window(k) == (0, 0, 0))
+                .map(|k| (base, k, 0));
         }
     }
 

@@ -1,13 +1,14 @@
 //! A snapshot of the class of every frame of `[lo, hi)` ([`FrameClass`]) for the choice
 //! of an anchor window: one rank bitmap per class other than free (a free frame is in
 //! none), so that the frames of a class in any range are counted in O(1) and 64
-//! consecutive frames are read in two word loads. Memory: 6 bits per frame (3 bitmaps
-//! and their rank tables), 3 MiB for a 16 GiB view.
+//! consecutive frames are read in two word loads. A bitmap keeps bits only for the
+//! 16 MiB groups of frames where its class is mixed with others (see [`super::bits`]):
+//! building a view of mostly free memory, or of memory in long runs of one class, costs
+//! one step per group and per run, not one per 64 frames. Memory: at most 6 bits per
+//! frame (3 bitmaps and their rank tables), 3 MiB for a 16 GiB view.
 
-use super::bits::Bits;
+use super::bits::{Bits, BitsBuilder};
 use crate::base::addr::Pfn;
-use alloc::vec;
-use alloc::vec::Vec;
 
 /// What a frame is to a window that would contain it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,7 +132,7 @@ pub struct Painter {
     lo: u64,
     hi: u64,
     base: u64,
-    layers: [Vec<u64>; 3],
+    layers: [BitsBuilder; 3],
     /// Past `painted` no run has set a bit yet: a run there only sets its own layer (a
     /// free run costs nothing); before it, the other layers are cleared first.
     painted: u64,
@@ -144,12 +145,12 @@ impl Painter {
     pub fn new(lo: Pfn, hi: Pfn) -> Painter {
         let (lo, hi) = (lo.0, hi.0.max(lo.0));
         let base = lo & !63;
-        let words = (hi - base).div_ceil(64) as usize;
+        let layer = || BitsBuilder::new(hi - base);
         Painter {
             lo,
             hi,
             base,
-            layers: [vec![0u64; words], vec![0u64; words], vec![0u64; words]],
+            layers: [layer(), layer(), layer()],
             painted: lo,
             pending: None,
         }
@@ -181,7 +182,7 @@ impl Painter {
             lo: self.lo,
             hi: self.hi,
             base: self.base,
-            layers: self.layers.map(Bits::new),
+            layers: self.layers.map(BitsBuilder::finish),
         }
     }
 
@@ -196,38 +197,18 @@ impl Painter {
         let (i, j) = (start - self.base, end - self.base);
         if start >= self.painted {
             if let Some(l) = layer {
-                fill(&mut self.layers[l as usize], i, j, true);
+                self.layers[l as usize].fill(i, j, true);
             }
         } else {
             let cleared = end.min(self.painted) - self.base;
-            for (l, words) in self.layers.iter_mut().enumerate() {
+            for (l, bits) in self.layers.iter_mut().enumerate() {
                 if layer.is_some_and(|x| x as usize == l) {
-                    fill(words, i, j, true);
+                    bits.fill(i, j, true);
                 } else {
-                    fill(words, i, cleared, false);
+                    bits.fill(i, cleared, false);
                 }
             }
         }
         self.painted = self.painted.max(end);
-    }
-}
-
-/// Set (`on`) or clear bits `[i, j)` of `words`, a word at a time.
-fn fill(words: &mut [u64], i: u64, j: u64, on: bool) {
-    let mut at = i;
-    while at < j {
-        let (k, bit) = ((at / 64) as usize, at % 64);
-        let n = (64 - bit).min(j - at);
-        let mask = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << bit
-        };
-        if on {
-            words[k] |= mask;
-        } else {
-            words[k] &= !mask;
-        }
-        at += n;
     }
 }
