@@ -186,7 +186,7 @@ pub fn run(seed: u64, quick: bool, filter: Option<&str>) {
         &|| crate::tlb::bench::run(quick),
         &|| crate::vm::bench::run(quick),
         &|| crate::vm::bench_exchange::run(quick),
-        &|| crate::vm::bench_contig::run(),
+        &|| crate::vm::bench_contig::run(quick),
         &|| crate::vm::bench_huge::run(quick),
     ];
     if GROUPS.iter().any(|g| g.starts_with("vm") && wanted(g)) {

@@ -19,8 +19,10 @@
 //! the same number of bytes 4 KiB at a time from the VMAs' frames with `rep movsb` /
 //! `rep movsq` into as many frames of its own (the same working set as the moves', up to
 //! [`MAX_COPY_TARGETS`]; each written once first, untimed), `baseline` names the faster
-//! and `ratio` is against it (see [`super::bench`] on why both). A VMA whose report is not one chunk
-//! yet is made contiguous again (at most [`MAX_CALLS`] calls; `calls` says how many).
+//! and `ratio` is against it (see [`super::bench`] on why both). Every figure is the
+//! median round's of `rounds` (by ratio), each set up afresh; `ratio_min` and
+//! `ratio_max` are the extremes, as wide apart as emulation makes them. A VMA whose
+//! report is not one chunk yet is made contiguous again (at most [`MAX_CALLS`] calls; `calls` says how many).
 //! An exchange reads and writes each byte once, as a copy does, but through registers,
 //! and under QEMU's TCG that loop moves bytes faster than one `rep movsq` (which TCG
 //! runs an iteration at a time): where nearly every page is exchanged
@@ -39,7 +41,7 @@
 //! `plan_cycles_one_page` (planning a VMA of one page) shows how much of planning does
 //! not depend on the VMA at all.
 
-use super::bench::{copy, fastest, Copy, BENCH_BASE};
+use super::bench::{copy, fastest, Copy, BENCH_BASE, ROUNDS};
 use super::squeeze::{self, Squeeze};
 use super::{activate, deactivate, profile, KernelMm, Space};
 use crate::arch::timer;
@@ -296,14 +298,34 @@ fn copy_rate(heads: &[Pfn], size: PageSize, pages: u64, how: Copy) -> Option<f64
     Some(pages as f64 * PAGE_SIZE as f64 * 1e3 / ns.max(1) as f64)
 }
 
-/// Set the scenario up, measure it and tear it down; print its line if `report`.
-fn figure(mm: &KernelMm, sc: Scenario, report: bool) -> Result<(), &'static str> {
+/// One timed round of a scenario: what its calls did and cost, and the baselines
+/// measured right after them.
+struct Round {
+    t: Tally,
+    /// MB/s of the moves.
+    rate: f64,
+    movsb: f64,
+    movsq: f64,
+    copy_cycles: u64,
+    swap_cycles: u64,
+    one_page: u64,
+}
+
+impl Round {
+    /// The moves' rate over the faster copy's.
+    fn ratio(&self) -> f64 {
+        self.rate / self.movsb.max(self.movsq)
+    }
+}
+
+/// Set the scenario up, measure it and tear it down; with `timed`, the round's figures.
+fn figure(mm: &KernelMm, sc: Scenario, timed: bool) -> Result<Option<Round>, &'static str> {
     squeeze::reserve_heap().map_err(|_| "reserving heap failed")?;
     let spaces = [
         mm.new_space().map_err(|_| "no address space")?,
         mm.new_space().map_err(|_| "no address space")?,
     ];
-    let result = measure(mm, sc, &spaces, report);
+    let result = measure(mm, sc, &spaces, timed);
     deactivate();
     for s in &spaces {
         if mm.destroy_space(s).is_err() {
@@ -317,8 +339,8 @@ fn measure(
     mm: &KernelMm,
     sc: Scenario,
     spaces: &[Arc<Space>; 2],
-    report: bool,
-) -> Result<(), &'static str> {
+    timed: bool,
+) -> Result<Option<Round>, &'static str> {
     let squeezed = setup(mm, sc, spaces)?;
     activate(&spaces[0]).map_err(|_| "activation failed")?;
     let mut t = Tally {
@@ -331,21 +353,51 @@ fn measure(
     if let Some(sq) = squeezed {
         sq.release().map_err(|_| "releasing the squeeze failed")?;
     }
-    if !report {
-        return Ok(());
+    if !timed {
+        return Ok(None);
     }
     let sources = super::bench::heads(&spaces[0], BENCH_BASE, sc.len(), sc.size);
-    let pages_per_block = sc.size.bytes() / PAGE_SIZE;
     let moved_pages = t.moved();
     let copied =
         |how| copy_rate(&sources, sc.size, moved_pages, how).ok_or("no frames to copy into");
     let (movsb, movsq) = (copied(Copy::Movsb)?, copied(Copy::Movsq)?);
-    let (baseline, copy_rate) = fastest(movsb, movsq);
     let (copy_cycles, swap_cycles) = frame_costs().ok_or("no frames to measure copies on")?;
     let one_page = plan_one_page(mm, &spaces[0]).ok_or("planning a 1-page VMA failed")?;
     let hz = timer::tsc_hz().max(1) as f64;
-    let bytes = moved_pages * PAGE_SIZE;
-    let rate = bytes as f64 / (t.cycles.max(1) as f64 / hz) / 1e6;
+    let rate = (moved_pages * PAGE_SIZE) as f64 / (t.cycles.max(1) as f64 / hz) / 1e6;
+    Ok(Some(Round {
+        t,
+        rate,
+        movsb,
+        movsq,
+        copy_cycles,
+        swap_cycles,
+        one_page,
+    }))
+}
+
+/// Print the scenario's line: the figures of the median of `rounds` (by ratio), with
+/// the lowest and highest ratio of all.
+fn report(sc: Scenario, rounds: &mut [Round]) {
+    rounds.sort_unstable_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let (Some(low), Some(high)) = (rounds.first(), rounds.last()) else {
+        return;
+    };
+    let (ratio_min, ratio_max, n) = (low.ratio(), high.ratio(), rounds.len());
+    let Round {
+        t,
+        rate,
+        movsb,
+        movsq,
+        copy_cycles,
+        swap_cycles,
+        one_page,
+    } = &rounds[n / 2];
+    let (rate, movsb, movsq) = (*rate, *movsb, *movsq);
+    let (copy_cycles, swap_cycles) = (*copy_cycles, *swap_cycles);
+    let (baseline, copy_rate) = fastest(movsb, movsq);
+    let bytes = t.moved() * PAGE_SIZE;
+    let pages_per_block = sc.size.bytes() / PAGE_SIZE;
     let total = t.cycles.max(1) as f64;
     // Exchanged and displaced pages moved by swaps (half a swap each), migrated ones by
     // copies; a displaced page migrated away counts as a swap too (rare here).
@@ -354,7 +406,7 @@ fn measure(
     let frames_cycles = (alloc.1 + free.1) as f64;
     let rest = total - t.plan as f64 - shoot.1 as f64 - frames_cycles - data;
     sprintln!(
-        "BENCH {{\"name\":\"{}\",\"value\":{rate:.1},\"unit\":\"MB/s\",\"baseline\":\"{baseline}\",\"baseline_value\":{copy_rate:.1},\"ratio\":{:.3},\"rep_movsb_value\":{movsb:.1},\"rep_movsq_value\":{movsq:.1},\"rep_movsq_ratio\":{:.3},\"bytes\":{bytes},\"pages_per_vma\":{},\"misplaced\":{},\"moved\":{},\"pages_moved_per_misplaced\":{:.3},\"migrated\":{},\"exchanged\":{},\"displaced\":{},\"frames_allocated_by_exchange\":{},\"calls\":{},\"contiguous\":{},\"cycles\":{},\"plan_share\":{:.3},\"copy_share\":{:.3},\"shootdown_share\":{:.3},\"frames_share\":{:.3},\"rest_share\":{:.3},\"plan_cycles_per_call\":{},\"plan_cycles_one_page\":{one_page},\"shootdowns\":{},\"allocations\":{},\"frees\":{},\"copy_frame_cycles\":{copy_cycles},\"swap_frame_cycles\":{swap_cycles}}}",
+        "BENCH {{\"name\":\"{}\",\"value\":{rate:.1},\"unit\":\"MB/s\",\"baseline\":\"{baseline}\",\"baseline_value\":{copy_rate:.1},\"ratio\":{:.3},\"ratio_min\":{ratio_min:.3},\"ratio_max\":{ratio_max:.3},\"rounds\":{n},\"rep_movsb_value\":{movsb:.1},\"rep_movsq_value\":{movsq:.1},\"rep_movsq_ratio\":{:.3},\"bytes\":{bytes},\"pages_per_vma\":{},\"misplaced\":{},\"moved\":{},\"pages_moved_per_misplaced\":{:.3},\"migrated\":{},\"exchanged\":{},\"displaced\":{},\"frames_allocated_by_exchange\":{},\"calls\":{},\"contiguous\":{},\"cycles\":{},\"plan_share\":{:.3},\"copy_share\":{:.3},\"shootdown_share\":{:.3},\"frames_share\":{:.3},\"rest_share\":{:.3},\"plan_cycles_per_call\":{},\"plan_cycles_one_page\":{one_page},\"shootdowns\":{},\"allocations\":{},\"frees\":{},\"copy_frame_cycles\":{copy_cycles},\"swap_frame_cycles\":{swap_cycles}}}",
         sc.name,
         rate / copy_rate,
         rate / movsq,
@@ -379,14 +431,14 @@ fn measure(
         alloc.0,
         free.0,
     );
-    Ok(())
 }
 
-/// Every contiguity figure. Each scenario runs twice, set up afresh each time, and the
-/// second run is the figure: the first runs the code paths once, as the migration
-/// benchmark's untimed round does (under emulation the first run of a code path also
-/// translates it).
-pub fn run() {
+/// Every contiguity figure. Each scenario runs once untimed and then [`ROUNDS`] times
+/// (once with `quick`), set up afresh each time, and the median round is the figure: the
+/// untimed run runs the code paths once, as the migration benchmark's untimed round does
+/// (under emulation the first run of a code path also translates it), and under
+/// emulation the rounds' ratios spread widely (`ratio_min`, `ratio_max`).
+pub fn run(quick: bool) {
     let Some(mm) = super::mm() else {
         sprintln!("# vm: address spaces are not set up");
         return;
@@ -411,8 +463,15 @@ pub fn run() {
             tight: true,
         },
     ] {
-        if let Err(why) = figure(mm, sc, false).and_then(|()| figure(mm, sc, true)) {
-            sprintln!("# {}: skipped ({why})", sc.name);
+        let n = if quick { 1 } else { ROUNDS };
+        let rounds: Result<Vec<Round>, _> = figure(mm, sc, false).and_then(|_| {
+            (0..n)
+                .filter_map(|_| figure(mm, sc, true).transpose())
+                .collect()
+        });
+        match rounds {
+            Ok(mut rounds) => report(sc, &mut rounds),
+            Err(why) => sprintln!("# {}: skipped ({why})", sc.name),
         }
     }
 }
