@@ -384,17 +384,11 @@ fn report(sc: Scenario, rounds: &mut [Round]) {
         return;
     };
     let (ratio_min, ratio_max, n) = (low.ratio(), high.ratio(), rounds.len());
-    let Round {
-        t,
-        rate,
-        movsb,
-        movsq,
-        copy_cycles,
-        swap_cycles,
-        one_page,
-    } = &rounds[n / 2];
-    let (rate, movsb, movsq) = (*rate, *movsb, *movsq);
-    let (copy_cycles, swap_cycles) = (*copy_cycles, *swap_cycles);
+    let median = &rounds[n / 2];
+    let t = &median.t;
+    let (rate, movsb, movsq) = (median.rate, median.movsb, median.movsq);
+    let (copy_cycles, swap_cycles, one_page) =
+        (median.copy_cycles, median.swap_cycles, median.one_page);
     let (baseline, copy_rate) = fastest(movsb, movsq);
     let bytes = t.moved() * PAGE_SIZE;
     let pages_per_block = sc.size.bytes() / PAGE_SIZE;
