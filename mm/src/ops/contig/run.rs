@@ -308,10 +308,14 @@ impl<'m, M: PhysMem> Mm<'m, M> {
             });
         }
         // One unit per block, as its first leaf in address order places it (the sorts
-        // are stable).
-        units.sort_by_key(|u| u.head);
-        units.dedup_by_key(|u| u.head);
-        units.sort_by_key(|u| u.vpn);
+        // are stable). A single frame is mapped at one page of a VMA at most (a private
+        // page by one entry, a shared region's page at its offset's), so when every
+        // block is one frame the units are distinct already, and in order.
+        if units.iter().any(|u| u.order > 0) {
+            units.sort_by_key(|u| u.head);
+            units.dedup_by_key(|u| u.head);
+            units.sort_by_key(|u| u.vpn);
+        }
         Ok(Found { vma, leaves, units })
     }
 
@@ -723,15 +727,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 report.complete = false;
                 break;
             }
-            // Our blocks' heads (distinct), sorted, with their index in `todo`.
-            let mut ours: Vec<(Pfn, usize)> =
-                todo.iter().enumerate().map(|(i, w)| (w.head, i)).collect();
-            ours.sort_unstable();
-            let ours_at = |h: Pfn| {
-                ours.binary_search_by_key(&h, |&(p, _)| p)
-                    .ok()
-                    .map(|k| ours[k].1)
-            };
+            let mut ours = Ours::new(&todo);
             let mut migrations: Vec<usize> = Vec::new();
             let mut exchanges: Vec<(usize, Pfn)> = Vec::new();
             let mut displace: Vec<(Pfn, u8)> = Vec::new();
@@ -750,7 +746,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                     }
                     Target::Exact(h) if h == w.head => {}
                     Target::Exact(h) => {
-                        let theirs = ours_at(h);
+                        let theirs = ours.at(h);
                         if (theirs.is_none() || cycle_break)
                             && !theirs.is_some_and(|k| used[k])
                             && !used[i]
@@ -763,7 +759,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                         }
                     }
                     Target::Occupied(blocks) => {
-                        if blocks.iter().all(|&(h, _)| ours_at(h).is_none()) {
+                        if blocks.iter().all(|&(h, _)| ours.at(h).is_none()) {
                             displace.extend(blocks);
                         }
                     }
@@ -851,7 +847,7 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                             // ours, it is still to be placed from there (no other move
                             // of this pass changed its head: it was used once).
                             let old = todo[i].head;
-                            if let Some(k) = ours_at(occupant) {
+                            if let Some(k) = ours.at(occupant) {
                                 todo[k].head = old;
                                 report.exchanged += pages;
                             } else {
@@ -934,6 +930,33 @@ impl<'m, M: PhysMem> Mm<'m, M> {
                 .vmas
                 .find(vma.start)
                 .is_some_and(|v| v.start == vma.start && v.end == vma.end)
+    }
+}
+
+/// Our blocks' heads (distinct) with their index in `todo`, as they were when a pass
+/// began. Sorted at the first look-up: a pass whose targets are all free, the common
+/// case in memory with room, never looks one up.
+struct Ours {
+    heads: Vec<(Pfn, usize)>,
+    sorted: bool,
+}
+
+impl Ours {
+    fn new(todo: &[Work]) -> Ours {
+        Ours {
+            heads: todo.iter().enumerate().map(|(i, w)| (w.head, i)).collect(),
+            sorted: false,
+        }
+    }
+
+    /// The index in `todo` of our block headed at `h`, if it is one.
+    fn at(&mut self, h: Pfn) -> Option<usize> {
+        if !self.sorted {
+            self.heads.sort_unstable();
+            self.sorted = true;
+        }
+        let k = self.heads.binary_search_by_key(&h, |&(p, _)| p).ok()?;
+        Some(self.heads[k].1)
     }
 }
 
