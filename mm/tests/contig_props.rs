@@ -1,6 +1,7 @@
 //! Contiguity generation through the public API: VMAs whose pages were faulted in
 //! interleaved end in one chunk aligned for huge mappings, with their data; pinned pages
-//! stay put and cost at most two chunks each; a region shared by two spaces is placed once;
+//! stay put and cost at most two chunks each; pages on each other's targets are exchanged
+//! with each other; a region shared by two spaces is placed once;
 //! huge blocks (whole or partly mapped) move
 //! whole; later faults land at their target; windows are released with their VMA; bad
 //! input gets typed errors, a full range tree of windows among them; and writers on three emulated CPUs lose nothing while a
@@ -143,6 +144,48 @@ fn with_no_free_window_pages_are_exchanged_into_place_and_nothing_is_lost() {
         check_tags(env, &a, va, 1024);
         check_tags(env, &b, vb, 1024);
         check_tags(env, &b, vc, filler);
+        env.audit();
+    });
+}
+
+/// Pages of one VMA that sit on each other's targets (swapped in pairs, and three
+/// rotated in a cycle) are exchanged with each other: a pair's exchange puts both in
+/// place, the cycle's first puts one in place and moves another on (four pages moved for
+/// three); nothing else is moved out of the way and no frame is allocated.
+#[test]
+fn pages_on_each_other_s_targets_are_exchanged_with_each_other() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let va = 0x4000_0000u64;
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        interleave(env, &[(&a, va, 1024)]);
+        let first = report(env, &a, va);
+        assert_eq!(first.after.chunks, 1, "{first:?}");
+        let pfn = |i: u64| Pfn::containing(a.translate(va + i * K4).unwrap().pa);
+        // 150 pairs swapped, then pages 700, 701, 702 rotated: 700 holds 702's frame,
+        // 701 holds 700's and 702 holds 701's.
+        for j in 0..150u64 {
+            env.mm.exchange(pfn(4 * j + 1), pfn(4 * j + 2)).unwrap();
+        }
+        env.mm.exchange(pfn(700), pfn(701)).unwrap();
+        env.mm.exchange(pfn(700), pfn(702)).unwrap();
+        let scrambled = 2 * 150 + 3;
+        let allocations = env.frames.allocations();
+        let r = report(env, &a, va);
+        assert_eq!(r.misplaced, scrambled, "{r:?}");
+        assert_eq!(
+            (r.migrated, r.exchanged, r.displaced, r.failed),
+            (0, scrambled + 1, 0, 0),
+            "{r:?}"
+        );
+        assert_eq!(r.after.chunks, 1, "{r:?}");
+        assert!(r.complete, "{r:?}");
+        assert_eq!(env.frames.allocations(), allocations);
+        let anchor = a.vmas()[0].anchor.clone().expect("anchored");
+        for i in 0..1024 {
+            assert_eq!(Some(pfn(i)), anchor.target(va + i * K4), "page {i}");
+        }
+        check_tags(env, &a, va, 1024);
         env.audit();
     });
 }
