@@ -72,13 +72,7 @@ pub fn alloc_at_batch(
     out: &mut alloc::vec::Vec<Result<Pfn, MemError>>,
 ) {
     let first = out.len();
-    with_buddy(|b| {
-        out.extend(
-            blocks
-                .iter()
-                .map(|&(pfn, order)| b.alloc_at(pfn, order, mt).map_err(MemError::Alloc)),
-        )
-    });
+    with_buddy(|b| b.alloc_at_batch(blocks, mt, out));
     let cached = |r: &Result<Pfn, MemError>| {
         matches!(
             r,

@@ -134,33 +134,7 @@ impl FrameSource for BuddyFrames<'_> {
         out: &mut Vec<Result<Pfn, AllocError>>,
     ) {
         let first = out.len();
-        {
-            let mut buddy = self.buddy.lock();
-            let mut rest = blocks;
-            while let Some(&(start, order)) = rest.first() {
-                // A run of single frames one after the other is allocated in one go.
-                let run = if order == 0 {
-                    rest.iter()
-                        .enumerate()
-                        .take_while(|&(k, &(p, o))| {
-                            o == 0 && p.0.checked_sub(start.0) == Some(k as u64)
-                        })
-                        .count()
-                } else {
-                    1
-                };
-                if run > 1 && buddy.alloc_frames_at(start, run, mt).is_ok() {
-                    out.extend((0..run as u64).map(|k| Ok(start.add(k))));
-                } else {
-                    out.extend(
-                        rest[..run]
-                            .iter()
-                            .map(|&(pfn, order)| buddy.alloc_at(pfn, order, mt)),
-                    );
-                }
-                rest = &rest[run..];
-            }
-        }
+        self.buddy.lock().alloc_at_batch(blocks, mt, out);
         let served = out[first..].iter().filter(|r| r.is_ok()).count();
         self.allocations.fetch_add(served as u64, Ordering::Relaxed);
     }

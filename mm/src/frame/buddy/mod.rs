@@ -37,6 +37,7 @@ pub use audit::{AuditError, AuditReport};
 
 use crate::base::addr::{Pfn, MAX_ORDER, PAGEBLOCK_ORDER};
 use crate::frame::meta::{FrameFlags, FrameState, FrameTable, NO_LINK, PAGEBLOCK_FLAGS};
+use alloc::vec::Vec;
 
 /// Number of buddy orders, `0..=MAX_ORDER`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
@@ -304,6 +305,44 @@ impl<'a> BuddyAllocator<'a> {
         self.split(head, from, i, order, mt);
         self.mark_allocated(i, order, mt);
         Ok(pfn)
+    }
+
+    /// Allocate exactly each block of `blocks` (head and order), as [`alloc_at`] of each
+    /// in turn would, appending one result per block, in order, to `out`; a run of single
+    /// frames one after the other goes through [`alloc_frames_at`] in one go (and one at
+    /// a time only when some frame of it is not free).
+    ///
+    /// [`alloc_at`]: Self::alloc_at
+    /// [`alloc_frames_at`]: Self::alloc_frames_at
+    pub fn alloc_at_batch<E: From<AllocError>>(
+        &mut self,
+        blocks: &[(Pfn, u8)],
+        mt: MigrateType,
+        out: &mut Vec<Result<Pfn, E>>,
+    ) {
+        let mut rest = blocks;
+        while let Some(&(start, order)) = rest.first() {
+            let run = if order == 0 {
+                rest.iter()
+                    .enumerate()
+                    .take_while(|&(k, &(p, o))| {
+                        o == 0 && p.0.checked_sub(start.0) == Some(k as u64)
+                    })
+                    .count()
+            } else {
+                1
+            };
+            if run > 1 && self.alloc_frames_at(start, run, mt).is_ok() {
+                out.extend((0..run as u64).map(|k| Ok(start.add(k))));
+            } else {
+                out.extend(
+                    rest[..run]
+                        .iter()
+                        .map(|&(pfn, order)| self.alloc_at(pfn, order, mt).map_err(E::from)),
+                );
+            }
+            rest = &rest[run..];
+        }
     }
 
     /// Allocate each of the `count` frames from `start` as a block of its own (order 0),
