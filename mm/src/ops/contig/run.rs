@@ -665,6 +665,16 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         if free.is_some_and(|(a, b)| a <= target && end <= b) {
             return Target::Free;
         }
+        // The target one movable block of its own size (another VMA's page in the way
+        // of an exchange): said without building the list below.
+        if let Some(meta) = table.get(target) {
+            if meta.state() == FrameState::Allocated
+                && meta.order() == order
+                && block_class(meta) == FrameClass::Movable
+            {
+                return Target::Exact(target);
+            }
+        }
         let mut blocks = Vec::new();
         let mut f = target;
         if let Some(h) = table.head_of(target).filter(|&h| h != target) {

@@ -1,8 +1,9 @@
 //! Host tests of the anchor plan on memory that other VMAs' windows have cut into pieces
 //! shorter than the VMA: the window of the VMA's resident pages must still land on
 //! frames its pages can be moved to; and of the claimed windows keeping unmovable
-//! allocations out; of `covered`, against asking every frame; and of `target_state`'s
-//! free-block memo, against a fresh look at every target.
+//! allocations out; of `covered`, against asking every frame; and of `target_state`,
+//! against asking every frame of the target, and its free-block memo, against a fresh
+//! look at every target.
 
 use super::*;
 use crate::aspace::testing::{read_user, with_env, write_user, Env, SparseMem};
@@ -269,12 +270,43 @@ proptest::proptest! {
 /// kernel blocks of random orders, some of those freed again.
 const MEMO_FRAMES: u64 = 4096;
 
+/// What `target_state` must say, asking each frame of the target `[t, t + 2^o)` which
+/// block holds it: blocked if any is held by a block that cannot move, else free if none
+/// is held by a movable one, exact if one movable block of order `o` headed at `t` holds
+/// all, else the movable blocks in frame order.
+fn frame_by_frame(env: &Env<'_, Arena>, t: Pfn, o: u8) -> Target {
+    let table = env.frames.frame_table();
+    let mut blocks: Vec<(Pfn, u8)> = Vec::new();
+    for f in t.0..t.0 + (1 << o) {
+        let Some(meta) = table.head_of(Pfn(f)).and_then(|h| Some((h, table.get(h)?))) else {
+            return Target::Blocked;
+        };
+        let (h, meta) = meta;
+        match (meta.state(), block_class(meta)) {
+            (FrameState::Free, _) | (FrameState::Allocated, FrameClass::Free) => {}
+            (FrameState::Allocated, FrameClass::Movable) => {
+                if blocks.last().map(|b| b.0) != Some(h) {
+                    blocks.push((h, meta.order()));
+                }
+            }
+            _ => return Target::Blocked,
+        }
+    }
+    match blocks[..] {
+        [] => Target::Free,
+        [(h, k)] if h == t && k == o => Target::Exact(h),
+        _ => Target::Occupied(blocks),
+    }
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
-    /// The targets of one pass, in the order `place` takes them (largest first, then by
-    /// frame), get the same state with the free-block memo as with a fresh look each.
+    /// Every target, random ones and the heads of blocks in use at their own order and
+    /// another, gets the state asking each of its frames gives; and the targets of one
+    /// pass, in the order `place` takes them (largest first, then by frame), get the
+    /// same state with the free-block memo as with a fresh look each.
     #[test]
-    fn target_state_with_the_free_block_memo_agrees_with_a_fresh_look(
+    fn target_state_agrees_with_every_frame_and_with_its_free_block_memo(
         steps in proptest::collection::vec((0..10u8, 0..4u8, proptest::bool::ANY), 1..48),
         targets in proptest::collection::vec((1..MEMO_FRAMES, proptest::bool::ANY), 1..256),
     ) {
@@ -305,12 +337,20 @@ proptest::proptest! {
             let mut targets: Vec<(Pfn, u8)> = targets
                 .iter()
                 .map(|&(f, huge)| if huge { (Pfn(f & !511), 9) } else { (Pfn(f), 0) })
-                .filter(|&(t, o)| t.0 > 0 && t.0 + (1 << o) <= MEMO_FRAMES)
                 .collect();
+            // Heads of blocks in use as targets of their own order and of another: the
+            // user pages (movable) and the kernel blocks still allocated (blocked).
+            let pages = (0..1024).filter_map(|p| space.translate(VA + p * K4));
+            targets.extend(pages.flat_map(|t| [(Pfn::containing(t.pa), 0), (Pfn::containing(t.pa), 9)]));
+            for &(p, order, _) in kernel.iter().filter(|k| !k.2) {
+                targets.extend([(p, order), (p, if order == 0 { 1 } else { 0 })]);
+            }
+            targets.retain(|&(t, o)| t.0 > 0 && t.0 + (1 << o) <= MEMO_FRAMES);
             targets.sort_by_key(|&(t, o)| (core::cmp::Reverse(o), t));
             let mut memo = None;
             for (t, o) in targets {
                 let fresh = env.mm.target_state(t, o, &mut None);
+                proptest::prop_assert_eq!(&fresh, &frame_by_frame(env, t, o), "target {:?} of order {}", t, o);
                 let memoed = env.mm.target_state(t, o, &mut memo);
                 proptest::prop_assert_eq!(memoed, fresh, "target {:?} of order {}", t, o);
             }
