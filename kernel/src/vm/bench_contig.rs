@@ -263,7 +263,10 @@ fn frame_costs() -> Option<(u64, u64)> {
 
 /// MB/s of copying `pages` pages of 4 KiB from the frames of the blocks `heads` (of
 /// `size`; cycled) into as many frames of its own (at least [`SAMPLE_FRAMES`], at most
-/// [`MAX_COPY_TARGETS`] or what memory has; cycled), with `how`.
+/// [`MAX_COPY_TARGETS`] or what memory has; cycled), with `how`: the faster of two timed
+/// passes (under emulation the host's bursts of slowness can halve one pass, and the copy
+/// bandwidth the moves are held to is what the copy reaches, not what a slow pass
+/// shows).
 fn copy_rate(heads: &[Pfn], size: PageSize, pages: u64, how: Copy) -> Option<f64> {
     let want = (pages as usize).clamp(SAMPLE_FRAMES, MAX_COPY_TARGETS);
     let mut targets = Vec::with_capacity(want);
@@ -286,12 +289,15 @@ fn copy_rate(heads: &[Pfn], size: PageSize, pages: u64, how: Copy) -> Option<f64
     for (i, &t) in targets.iter().enumerate() {
         copy(how, t.addr(), sources[i % sources.len()].addr(), PAGE_SIZE);
     }
-    let start = timer::now_ns();
-    for i in 0..pages as usize {
-        let (src, dst) = (sources[i % sources.len()], targets[i % targets.len()]);
-        copy(how, dst.addr(), src.addr(), PAGE_SIZE);
-    }
-    let ns = timer::now_ns() - start;
+    let timed = || {
+        let start = timer::now_ns();
+        for i in 0..pages as usize {
+            let (src, dst) = (sources[i % sources.len()], targets[i % targets.len()]);
+            copy(how, dst.addr(), src.addr(), PAGE_SIZE);
+        }
+        timer::now_ns() - start
+    };
+    let ns = timed().min(timed());
     for t in targets {
         frames::free(t.addr(), 0).ok()?;
     }
