@@ -3,7 +3,8 @@
 //! stay put and cost at most two chunks each; pages on each other's targets are exchanged
 //! with each other; a region shared by two spaces is placed once;
 //! huge blocks (whole or partly mapped) move
-//! whole; later faults land at their target; windows are released with their VMA; bad
+//! whole; blocks of another size on the targets (another VMA's 2 MiB block under 4 KiB
+//! targets, its 4 KiB pages under a 2 MiB target) are moved out whole; later faults land at their target; windows are released with their VMA; bad
 //! input gets typed errors, a full range tree of windows among them; and writers on three emulated CPUs lose nothing while a
 //! fourth makes their VMAs contiguous and another unmaps and protects parts of them.
 #![cfg(feature = "std")]
@@ -664,4 +665,117 @@ fn writers_never_lose_data_while_their_vmas_are_made_contiguous() {
     mm.rmap_audit().unwrap();
     assert_eq!(mm.claimed_windows(), (0, 0));
     assert_eq!(frames.lock().free_frames(), FRAMES as usize - 1);
+}
+
+/// The physical address each page of the `pages` pages from `va` is mapped at.
+fn frames_of<'a>(s: &AddressSpace<'a, Arena>, va: u64, pages: u64) -> Vec<Pfn> {
+    (0..pages)
+        .map(|i| Pfn::containing(s.translate(va + i * K4).unwrap().pa))
+        .collect()
+}
+
+/// Targets held by blocks of another size: a 4 KiB VMA whose target window holds another
+/// VMA's 2 MiB block moves that block out whole (still one 2 MiB leaf, its data with it),
+/// and a 2 MiB VMA whose target holds another VMA's 4 KiB pages moves those out and its
+/// own block in whole; each with its window chosen over a free one because most of its
+/// pages are already in place there.
+#[test]
+fn blocks_of_another_size_on_the_targets_are_moved_out_whole() {
+    arena(|env| {
+        let a = env.mm.new_space().unwrap();
+        let b = env.mm.new_space().unwrap();
+        let (va, vb, vc, vd) = (
+            0x4000_0000u64,
+            0x8000_0000u64,
+            0xc000_0000u64,
+            0x1_0000_0000u64,
+        );
+        let huge = VmaFlags::private(HugePolicy::Always, true);
+        // A: three 2 MiB ranges of 4 KiB pages, made contiguous.
+        env.mm.map_anon(&a, va, 3 * M2, small()).unwrap();
+        interleave(env, &[(&a, va, 1536)]);
+        assert_eq!(report(env, &a, va).after.chunks, 1);
+        // B: one 2 MiB block; C: a few 4 KiB pages; D: three 2 MiB blocks, contiguous.
+        env.mm.map_anon(&b, vb, M2, huge.clone()).unwrap();
+        env.mm.populate(&b, vb, M2).unwrap();
+        env.mm.map_anon(&b, vc, 16 * K4, small()).unwrap();
+        interleave(env, &[(&b, vc, 16)]);
+        env.mm.map_anon(&b, vd, 3 * M2, huge).unwrap();
+        env.mm.populate(&b, vd, 3 * M2).unwrap();
+        for (v, pages) in [(vb, 512), (vd, 1536)] {
+            for i in 0..pages {
+                assert!(write_user(
+                    env.mem,
+                    &b,
+                    v + i * K4 + 8,
+                    tag(b.id().0, v + i * K4)
+                ));
+            }
+        }
+        assert_eq!(report(env, &b, vd).after.chunks, 1);
+
+        // A's first 512 pages go elsewhere and B's block takes their targets.
+        let a_targets = frames_of(&a, va, 1536);
+        let away: Vec<(Pfn, Destination)> = a_targets[..512]
+            .iter()
+            .map(|&p| (p, Destination::Any))
+            .collect();
+        assert!(env.mm.migrate_batch(&away).iter().all(|r| r.is_ok()));
+        let b_head = Pfn::containing(b.translate(vb).unwrap().leaf_base_pa);
+        env.mm
+            .migrate_batch(&[(b_head, Destination::Frame(a_targets[0]))])[0]
+            .unwrap();
+        // D's first block goes elsewhere and C's pages take frames of its target.
+        let d_targets = frames_of(&b, vd, 1536);
+        env.mm.migrate_batch(&[(d_targets[0], Destination::Any)])[0].unwrap();
+        let c_pages = frames_of(&b, vc, 16);
+        let into: Vec<(Pfn, Destination)> = c_pages
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (p, Destination::Frame(d_targets[31 * i + 7])))
+            .collect();
+        assert!(env.mm.migrate_batch(&into).iter().all(|r| r.is_ok()));
+
+        let allocations = env.frames.allocations();
+        let r = report(env, &a, va);
+        assert_eq!(
+            (r.misplaced, r.migrated, r.exchanged, r.displaced, r.failed),
+            (512, 512, 0, 512, 0),
+            "B's block moved out whole, A's pages in: {r:?}"
+        );
+        assert_eq!((r.after.chunks, r.after.aligned_2m), (1, 3), "{r:?}");
+        assert_eq!(frames_of(&a, va, 1536), a_targets, "A on its old line");
+        let t = b.translate(vb).unwrap();
+        assert_eq!(
+            t.size,
+            mm::base::addr::PageSize::Size2M,
+            "B is still one 2 MiB leaf"
+        );
+        assert_ne!(Pfn::containing(t.leaf_base_pa), a_targets[0]);
+        assert_eq!(r.frames_allocated_by_exchange, 0);
+        // A page migrated in allocates its target; B's new block is looked for outside
+        // every window (a block found inside one is held while looking on, then given
+        // back).
+        assert!(env.frames.allocations() - allocations <= 512 + 2, "{r:?}");
+
+        let r = report(env, &b, vd);
+        assert_eq!(
+            (r.misplaced, r.migrated, r.exchanged, r.displaced, r.failed),
+            (512, 512, 0, 16, 0),
+            "C's pages moved out, D's block in whole: {r:?}"
+        );
+        assert_eq!((r.after.chunks, r.after.aligned_2m), (1, 3), "{r:?}");
+        assert_eq!(frames_of(&b, vd, 1536), d_targets, "D on its old line");
+        for i in 0..3 {
+            let t = b.translate(vd + i * M2).unwrap();
+            assert_eq!(t.size, mm::base::addr::PageSize::Size2M, "D's block {i}");
+        }
+        assert!(frames_of(&b, vc, 16).iter().all(|p| !d_targets.contains(p)));
+
+        check_tags(env, &a, va, 1536);
+        check_tags(env, &b, vb, 512);
+        check_tags(env, &b, vc, 16);
+        check_tags(env, &b, vd, 1536);
+        env.audit();
+    });
 }
