@@ -9,6 +9,9 @@
 //! size of the leaf and the index (in 4 KiB frames) of the first frame it maps inside the
 //! block. It is stored as a hash table from the head to the block's mappings: a block
 //! mapped once (nearly every private page) keeps its one mapping inline, a block mapped
+//! twice (a page of a region shared by two address spaces; the target of an exchange
+//! between two spaces, while its remap has moved one space's mapping to it and not yet
+//! the other's away) keeps both inline, packed into two words each, and a block mapped
 //! more often keeps them in a `BTreeMap` keyed by `(address space, address)`. A block is
 //! usually mapped by leaves of its own size, but a huge block whose mapping was split (a
 //! partial unmap or protect) is mapped by several smaller leaves; keeping all of them
@@ -17,7 +20,8 @@
 //! by 262144 PTEs. The moves of the move engine look a block's mappings up three times
 //! and re-key each one, so the cost per 4 KiB page is a few hash lookups rather than
 //! tree descents through every mapping of the machine. Nothing is allocated per frame:
-//! about 48 bytes per block mapped once, plus about 40 per further mapping. The table
+//! about 48 bytes per block mapped once or twice, plus about 40 per mapping of a block
+//! mapped three times or more. The table
 //! grows by doubling, moving every entry once per doubling under the lock: an insert
 //! that grows it costs O(n), amortised O(1).
 //!
@@ -93,8 +97,62 @@ type Value = (PageSize, u64);
 enum Mappings {
     /// Mapped once.
     One(Key, Value),
-    /// Mapped at least twice, in key order.
+    /// Mapped twice, in key order.
+    Two([Packed; 2]),
+    /// Mapped at least three times (or twice by mappings that do not pack), in key order.
     Many(BTreeMap<Key, Value>),
+}
+
+/// Bits of a [`Packed`] mapping's offset: a 1 GiB block has `2^18` frames.
+const OFFSET_BITS: u32 = 18;
+/// Bits of a [`Packed`] mapping's address kept (12 to 47: a canonical address is the
+/// sign extension of its bit 47).
+const VA_BITS: u32 = 36;
+
+/// One mapping in two words, so that a block mapped twice keeps both inline in the room
+/// of one: the address space, and one word holding the leaf's address (its bits 12 to
+/// 47, at the top, so that packed mappings order as their keys do), the offset of its
+/// first frame and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Packed(SpaceId, u64);
+
+impl Packed {
+    /// `None` when the mapping does not fit: an offset past a 1 GiB block or an
+    /// address that is not page aligned.
+    fn new(key: Key, value: Value) -> Option<Packed> {
+        let (va, offset) = (key.1, value.1);
+        if va % 4096 != 0 || offset >> OFFSET_BITS != 0 {
+            return None;
+        }
+        let size = match value.0 {
+            PageSize::Size4K => 0,
+            PageSize::Size2M => 1,
+            PageSize::Size1G => 2,
+        };
+        let page = (va >> 12) & ((1 << VA_BITS) - 1);
+        Some(Packed(
+            key.0,
+            page << (OFFSET_BITS + 2) | offset << 2 | size,
+        ))
+    }
+
+    fn key(self) -> Key {
+        let va = VirtAddr::new_truncate((self.1 >> (OFFSET_BITS + 2)) << 12);
+        (self.0, va.as_u64())
+    }
+
+    fn value(self) -> Value {
+        let size = match self.1 & 3 {
+            0 => PageSize::Size4K,
+            1 => PageSize::Size2M,
+            _ => PageSize::Size1G,
+        };
+        (size, (self.1 >> 2) & ((1 << OFFSET_BITS) - 1))
+    }
+
+    fn entry(self) -> RmapEntry {
+        key_entry(&self.key(), &self.value())
+    }
 }
 
 /// Hashes a head PFN with one multiplication by an odd constant: a bijection on the low
@@ -148,10 +206,10 @@ fn key_entry(key: &Key, value: &Value) -> RmapEntry {
     }
 }
 
-/// The mappings of one block that [`Rmap::range_of`] and [`Rmap::range_in`] list: the
-/// one mapping of a block mapped once, or a range of the map of a block mapped more.
+/// The mappings of one block that [`Rmap::range_of`] and [`Rmap::range_in`] list: those
+/// of a block mapped once or twice, or a range of the map of a block mapped more.
 pub(crate) struct MappingsOf<'a> {
-    one: Option<RmapEntry>,
+    inline: [Option<RmapEntry>; 2],
     many: Option<btree_map::Range<'a, Key, Value>>,
     /// Only this space's, if given.
     space: Option<SpaceId>,
@@ -162,7 +220,7 @@ impl Iterator for MappingsOf<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<RmapEntry> {
-        if let Some(e) = self.one.take() {
+        if let Some(e) = self.inline.iter_mut().find_map(Option::take) {
             return Some(e);
         }
         let (k, v) = self.many.as_mut()?.next()?;
@@ -193,7 +251,18 @@ impl Rmap {
             Entry::Occupied(mut slot) => match slot.get_mut() {
                 Mappings::One(k, _) if *k == key => false,
                 Mappings::One(k, v) => {
-                    let many = BTreeMap::from([(*k, *v), (key, value)]);
+                    let two = match (Packed::new(*k, *v), Packed::new(key, value)) {
+                        (Some(a), Some(b)) => Mappings::Two(if a < b { [a, b] } else { [b, a] }),
+                        _ => Mappings::Many(BTreeMap::from([(*k, *v), (key, value)])),
+                    };
+                    slot.insert(two);
+                    true
+                }
+                Mappings::Two(two) if two.iter().any(|p| p.key() == key) => false,
+                Mappings::Two(two) => {
+                    let mut many: BTreeMap<Key, Value> =
+                        two.iter().map(|p| (p.key(), p.value())).collect();
+                    many.insert(key, value);
                     slot.insert(Mappings::Many(many));
                     true
                 }
@@ -214,27 +283,45 @@ impl Rmap {
         let Entry::Occupied(mut slot) = self.maps.entry(head.0) else {
             return None;
         };
-        let (value, left) = match slot.get_mut() {
-            Mappings::One(k, v) if *k == key => (*v, None),
+        let value = match slot.get_mut() {
+            Mappings::One(k, v) if *k == key => {
+                let v = *v;
+                slot.remove();
+                v
+            }
             Mappings::One(..) => return None,
+            Mappings::Two(two) => {
+                let i = two.iter().position(|p| p.key() == key)?;
+                let (gone, kept) = (two[i], two[1 - i]);
+                slot.insert(Mappings::One(kept.key(), kept.value()));
+                gone.value()
+            }
             Mappings::Many(many) => {
                 let value = many.remove(&key)?;
-                (value, Some(many.len()))
-            }
-        };
-        match left {
-            None | Some(0) => {
-                slot.remove();
-            }
-            Some(1) => {
-                if let Mappings::Many(many) = slot.get_mut() {
-                    if let Some((k, v)) = many.pop_first() {
-                        slot.insert(Mappings::One(k, v));
+                if many.len() <= 2 {
+                    match (many.pop_first(), many.pop_first()) {
+                        (None, _) => {
+                            slot.remove();
+                        }
+                        (Some((k, v)), None) => {
+                            slot.insert(Mappings::One(k, v));
+                        }
+                        (Some((k0, v0)), Some((k1, v1))) => {
+                            match (Packed::new(k0, v0), Packed::new(k1, v1)) {
+                                (Some(a), Some(b)) => {
+                                    slot.insert(Mappings::Two([a, b]));
+                                }
+                                _ => {
+                                    many.insert(k0, v0);
+                                    many.insert(k1, v1);
+                                }
+                            }
+                        }
                     }
                 }
+                value
             }
-            Some(_) => {}
-        }
+        };
         Some(key_entry(&key, &value))
     }
 
@@ -243,6 +330,7 @@ impl Rmap {
         let key = (space, va);
         match self.maps.get(&head.0)? {
             Mappings::One(k, v) => (*k == key).then(|| key_entry(k, v)),
+            Mappings::Two(two) => two.iter().find(|p| p.key() == key).map(|p| p.entry()),
             Mappings::Many(many) => many.get(&key).map(|v| key_entry(&key, v)),
         }
     }
@@ -268,13 +356,18 @@ impl Rmap {
     #[inline]
     fn mappings(&self, head: Pfn, space: Option<SpaceId>) -> MappingsOf<'_> {
         let mut it = MappingsOf {
-            one: None,
+            inline: [None; 2],
             many: None,
             space,
         };
         match self.maps.get(&head.0) {
             Some(Mappings::One(k, v)) => {
-                it.one = space.is_none_or(|s| s == k.0).then(|| key_entry(k, v));
+                it.inline[0] = space.is_none_or(|s| s == k.0).then(|| key_entry(k, v));
+            }
+            Some(Mappings::Two(two)) => {
+                for (slot, p) in it.inline.iter_mut().zip(two) {
+                    *slot = space.is_none_or(|s| s == p.0).then(|| p.entry());
+                }
             }
             Some(Mappings::Many(many)) => {
                 let lo = Bound::Included((space.unwrap_or(SpaceId(0)), 0));
