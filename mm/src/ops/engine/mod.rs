@@ -453,7 +453,12 @@ impl<'m, M: PhysMem> Mm<'m, M> {
         let mut wants = wants.into_iter();
         let mut failed: Vec<(usize, usize)> = Vec::new();
         units.retain_mut(|unit| {
-            let at = wants.next().unwrap_or(false).then(|| got.next()).flatten();
+            // A frame source that answered for fewer blocks than asked allocated none of
+            // the rest.
+            let at = wants
+                .next()
+                .unwrap_or(false)
+                .then(|| got.next().unwrap_or(Err(AllocError::OutOfMemory)));
             let claimed = unit.claimed(blocks);
             let result = match unit.mv.as_mut() {
                 Some(mv) => mv.prepare(self, claimed, at),

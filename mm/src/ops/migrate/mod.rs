@@ -107,7 +107,9 @@ impl<'m, M: PhysMem> Move<'m, M> for Migration {
         let mt = MigrateType::Movable;
         let allocated = match (at, self.dst) {
             (Some(at), _) => at,
-            (None, Destination::Frame(d)) => mm.frames.alloc_at(d, order, mt),
+            // The engine allocates the exact destinations of a batch together and hands
+            // each its result: one missing is an allocation that did not happen.
+            (None, Destination::Frame(_)) => Err(AllocError::OutOfMemory),
             (None, Destination::Node(node)) => mm.frames.alloc(order, mt, Some(node)),
             (None, Destination::Any) => mm.frames.alloc(order, mt, None),
         };
