@@ -353,7 +353,7 @@ impl Rmap {
     }
 
     /// The mappings of `head`, of `space` only if given, in key order.
-    #[inline]
+    #[inline(always)]
     fn mappings(&self, head: Pfn, space: Option<SpaceId>) -> MappingsOf<'_> {
         let mut it = MappingsOf {
             inline: [None; 2],
