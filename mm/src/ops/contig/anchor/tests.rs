@@ -98,6 +98,30 @@ fn all_free_gives_the_lowest_window() {
     assert_eq!(got, brute(&view, &units, 40, 56, 8, false));
 }
 
+/// The lowest free window is free to its last frame: with frames 10 and 22 claimed (no
+/// page's target), the windows from 0 to 10 hold frame 10, and the one from 11 fits
+/// between the two exactly.
+#[test]
+fn the_lowest_free_window_holds_no_claimed_frame_at_either_end() {
+    let mut classes = [Free; 40];
+    classes[10] = Claimed;
+    classes[22] = Claimed;
+    let view = view_of(0, &classes);
+    // A VMA of 11 pages, 2 of them resident far away (in place nowhere): a window from 0
+    // holds frame 10 as its last, one from 22 frame 22 as its first.
+    let units = [unit(0, 1000, 1), unit(1, 2000, 1)];
+    let got = choose(&view, &units, 0, 11, 1);
+    assert_eq!(
+        got,
+        Some(Choice {
+            pfn_start: 11,
+            cost: 2,
+            in_place: 0
+        })
+    );
+    assert_eq!(got, brute(&view, &units, 0, 11, 1, false));
+}
+
 #[test]
 fn the_window_holding_most_pages_in_place_wins() {
     let mut classes = vec![Movable; 512];
