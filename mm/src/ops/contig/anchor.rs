@@ -304,6 +304,17 @@ impl Search<'_> {
         )
     }
 
+    /// Whether the window of candidate `k` is all free: the layers asked one at a time,
+    /// movable first (the one that most often is not empty), so that a window that is
+    /// not free mostly costs two rank reads instead of six.
+    fn is_free(&self, k: u64) -> bool {
+        let s = self.candidates.start(k);
+        let e = s + self.candidates.len;
+        [Layer::Movable, Layer::Blocked, Layer::Claimed]
+            .into_iter()
+            .all(|layer| self.view.count(layer, s, e) == 0)
+    }
+
     /// Take the cheapest all-free window, at its exact cost: its lower bound, `base -
     /// saving` where units are in place and `base` elsewhere. A saving is never zero, so
     /// a free window with units in place beats every free window without; only when
@@ -311,14 +322,14 @@ impl Search<'_> {
     fn seed_with_free_windows(&mut self, placed: &[Placed]) {
         for p in placed {
             let cost = self.base - p.saving;
-            if self.window(p.k) == (0, 0, 0) && self.beats(cost, p.k) {
+            if self.beats(cost, p.k) && self.is_free(p.k) {
                 self.best = Some((cost, p.k, p.in_place));
             }
         }
         if self.best.is_none() {
             let base = self.base;
             self.best = (0..self.candidates.count)
-                .find(|&k| self.window(k) == (0, 0, 0))
+                .find(|&k| self.is_free(k))
                 .map(|k| (base, k, 0));
         }
     }
