@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The names of every `BENCH` line a benchmark run on `cpus` CPUs must print: the host
-/// buddy benchmark, the in-kernel buddy comparison, the host contiguity benchmark, the TLB flush threshold, our batching
+/// buddy benchmark, the in-kernel buddy comparison, the host contiguity benchmarks (into free memory and tight), the TLB flush threshold, our batching
 /// policy against Linux's, shootdown latency of user- and kernel-half batches to as many
 /// remote CPUs as the machine has (1, 3 and 7), migration throughput, exchange against
 /// three migrations and the exchange's swap buffers, contiguity generation, and huge pages
@@ -24,7 +24,9 @@ pub fn expected_names(cpus: u32) -> Vec<String> {
         names.push(format!("host.buddy.alloc_free.order{order}"));
         names.push(format!("kernel.buddy.alloc_free.order{order}"));
     }
-    names.push("host.contig.4k".to_owned());
+    for scenario in ["4k", "4k.tight"] {
+        names.push(format!("host.contig.{scenario}"));
+    }
     for n in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] {
         names.push(format!("tlb.threshold.n{n}"));
     }
