@@ -4,7 +4,9 @@
 //! with each other; a region shared by two spaces is placed once;
 //! huge blocks (whole or partly mapped) move
 //! whole; blocks of another size on the targets (another VMA's 2 MiB block under 4 KiB
-//! targets, its 4 KiB pages under a 2 MiB target) are moved out whole; later faults land at their target; windows are released with their VMA; bad
+//! targets, its 4 KiB pages under a 2 MiB target) are moved out whole; the window lies on
+//! the node holding most of the VMA's pages, or on the VMA's own node, or on the one asked
+//! for; later faults land at their target; windows are released with their VMA; bad
 //! input gets typed errors, a full range tree of windows among them; and writers on three emulated CPUs lose nothing while a
 //! fourth makes their VMAs contiguous and another unmaps and protects parts of them.
 #![cfg(feature = "std")]
@@ -414,6 +416,77 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
                 env.mm.make_vma_contiguous(&a, va, &opts).unwrap_err(),
                 ContigError::Space(SpaceError::SpaceDestroyed)
             );
+            env.audit();
+        },
+    );
+}
+
+/// The nodes of the frames of `s`'s pages `[va, va + pages * 4 KiB)`, each page's.
+fn nodes_of<'a>(
+    env: &Env<'a, Arena>,
+    s: &AddressSpace<'a, Arena>,
+    va: u64,
+    pages: u64,
+) -> Vec<u32> {
+    frames_of(s, va, pages)
+        .into_iter()
+        .map(|p| env.frames.node_of(p).map_or(u32::MAX, |n| n.0))
+        .collect()
+}
+
+#[test]
+fn the_window_lies_on_the_node_of_most_of_the_vma_s_pages_unless_told_otherwise() {
+    with_env(
+        Arena::new(FRAMES),
+        FRAMES,
+        &[(0, FRAMES / 2, 0), (FRAMES / 2, FRAMES, 1)],
+        |env| {
+            let va = 0x4000_0000u64;
+            let pages = 64u64;
+            // (flags, which pages move to node 1 first, where the VMA must end): 40 of
+            // 64 on node 1; 20 of 64 on node 1, the first page among them; 40 of 64 on
+            // node 1 in a VMA bound to node 0.
+            let on0 = VmaFlags {
+                node: Some(NodeId(0)),
+                ..small()
+            };
+            type Case = (VmaFlags, fn(u64) -> bool, u32);
+            let cases: [Case; 3] = [
+                (small(), |i| i % 8 < 5, 1),
+                (small(), |i| i % 16 < 5, 0),
+                (on0, |i| i % 8 < 5, 0),
+            ];
+            for (flags, moved, node) in cases {
+                let s = env.mm.new_space().unwrap();
+                env.mm.map_anon(&s, va, pages * K4, flags).unwrap();
+                interleave(env, &[(&s, va, pages)]);
+                for i in (0..pages).filter(|&i| moved(i)) {
+                    let r = env
+                        .mm
+                        .move_range_to_node(&s, va + i * K4, K4, NodeId(1))
+                        .unwrap();
+                    assert!(r.failed.is_empty(), "{r:?}");
+                }
+                let ones = nodes_of(env, &s, va, pages)
+                    .iter()
+                    .filter(|&&n| n == 1)
+                    .count();
+                assert_eq!(ones as u64, (0..pages).filter(|&i| moved(i)).count() as u64);
+                let r = report(env, &s, va);
+                assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
+                assert_eq!(nodes_of(env, &s, va, pages), vec![node; pages as usize]);
+                check_tags(env, &s, va, pages);
+                // Told otherwise: the other node.
+                let other = ContigOptions {
+                    placement: Placement::Node(NodeId(1 - node)),
+                    ..ContigOptions::default()
+                };
+                let r = env.mm.make_vma_contiguous(&s, va, &other).unwrap();
+                assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
+                assert_eq!(nodes_of(env, &s, va, pages), vec![1 - node; pages as usize]);
+                check_tags(env, &s, va, pages);
+                env.mm.destroy_space(&s).unwrap();
+            }
             env.audit();
         },
     );

@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use mm::base::addr::{Pfn, MAX_ORDER, PAGE_SIZE};
 use mm::frame::buddy::{AllocError, MigrateType};
-use mm::frame::node::{NodeId, NodeMap, NodeUsage};
+use mm::frame::node::{NodeId, NodeMap, NodeRange, NodeUsage};
 use spin::Once;
 use x86_64::PhysAddr;
 
@@ -104,7 +104,12 @@ fn build(rsdp: Option<u64>, frames_total: u64) -> Topology {
 
 /// The node of `pfn`.
 pub fn node_of(pfn: Pfn) -> Option<NodeId> {
-    TOPOLOGY.get()?.map.node_of(pfn)
+    range_of(pfn).map(|r| r.node)
+}
+
+/// The node range holding `pfn`.
+pub fn range_of(pfn: Pfn) -> Option<NodeRange> {
+    TOPOLOGY.get()?.map.range_of(pfn)
 }
 
 /// Whether `node` exists.

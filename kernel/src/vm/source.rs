@@ -14,7 +14,7 @@ use mm::backend::source::FrameSource;
 use mm::base::addr::Pfn;
 use mm::frame::buddy::{AllocError, FreeError, MigrateType};
 use mm::frame::meta::FrameTable;
-use mm::frame::node::NodeId;
+use mm::frame::node::{NodeId, NodeRange};
 use spin::Once;
 
 /// The kernel's frames, as the memory manager sees them.
@@ -132,8 +132,8 @@ impl FrameSource for KernelFrames {
         *self.table.call_once(frames::table)
     }
 
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        numa::node_of(pfn)
+    fn node_range(&self, pfn: Pfn) -> Option<NodeRange> {
+        numa::range_of(pfn)
     }
 
     fn node_exists(&self, node: NodeId) -> bool {

@@ -14,7 +14,7 @@ use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::base::cpuset::CpuSet;
 use crate::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
 use crate::frame::meta::FrameTable;
-use crate::frame::node::{NodeId, NodeMap};
+use crate::frame::node::{NodeId, NodeMap, NodeRange};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::boxed::Box;
 use std::collections::HashMap;
@@ -351,8 +351,8 @@ impl<M: PhysMem> FrameSource for TestFrames<'_, M> {
         self.inner.frame_table()
     }
 
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        self.inner.node_of(pfn)
+    fn node_range(&self, pfn: Pfn) -> Option<NodeRange> {
+        self.inner.node_range(pfn)
     }
 
     fn node_exists(&self, node: NodeId) -> bool {

@@ -6,7 +6,7 @@
 use crate::base::addr::{Pfn, MAX_ORDER};
 use crate::frame::buddy::{AllocError, BuddyAllocator, FreeError, MigrateType};
 use crate::frame::meta::FrameTable;
-use crate::frame::node::{alloc_on_node, node_usage, NodeId, NodeMap, NodeUsage};
+use crate::frame::node::{alloc_on_node, node_usage, NodeId, NodeMap, NodeRange, NodeUsage};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, MutexGuard};
@@ -49,10 +49,14 @@ pub trait FrameSource: Sync {
     }
     /// The metadata of every frame.
     fn frame_table(&self) -> FrameTable<'_>;
-    /// The NUMA node of `pfn`, if known.
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+    /// The NUMA node range holding `pfn`, if known.
+    fn node_range(&self, pfn: Pfn) -> Option<NodeRange> {
         let _ = pfn;
         None
+    }
+    /// The NUMA node of `pfn`, if known.
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.node_range(pfn).map(|r| r.node)
     }
     /// Whether `node` exists.
     fn node_exists(&self, node: NodeId) -> bool {
@@ -160,8 +164,8 @@ impl FrameSource for BuddyFrames<'_> {
         self.table
     }
 
-    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        self.nodes.node_of(pfn)
+    fn node_range(&self, pfn: Pfn) -> Option<NodeRange> {
+        self.nodes.range_of(pfn)
     }
 
     fn node_exists(&self, node: NodeId) -> bool {

@@ -93,11 +93,15 @@ impl NodeMap {
 
     /// The node of `pfn`.
     pub fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.range_of(pfn).map(|r| r.node)
+    }
+
+    /// The range holding `pfn`.
+    pub fn range_of(&self, pfn: Pfn) -> Option<NodeRange> {
         let at = self.ranges.partition_point(|r| r.start <= pfn);
         at.checked_sub(1)
             .map(|i| self.ranges[i])
             .filter(|r| pfn < r.end)
-            .map(|r| r.node)
     }
 
     /// Whether `node` has at least one range.

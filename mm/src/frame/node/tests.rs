@@ -24,6 +24,15 @@ fn node_map_lookup_and_errors() {
     assert_eq!(map.node_of(Pfn(199)), Some(NodeId(1)));
     assert_eq!(map.node_of(Pfn(200)), None);
     assert_eq!(map.node_of(Pfn(399)), Some(NodeId(1)));
+    assert_eq!(
+        map.range_of(Pfn(150)),
+        Some(NodeRange {
+            start: Pfn(100),
+            end: Pfn(200),
+            node: NodeId(1)
+        })
+    );
+    assert_eq!(map.range_of(Pfn(250)), None);
     assert_eq!(map.nodes(), [NodeId(0), NodeId(1)]);
     assert!(map.contains(NodeId(1)) && !map.contains(NodeId(2)));
     assert_eq!(map.ranges_of(NodeId(1)).count(), 2);

@@ -6,7 +6,7 @@ use crate::backend::phys::PhysMem;
 use crate::base::addr::{PageSize, Pfn, PAGE_SIZE};
 use crate::frame::buddy::MigrateType;
 use crate::frame::meta::FrameState;
-use crate::frame::node::NodeId;
+use crate::frame::node::{NodeId, NodeRange};
 use crate::mapping::anchor::{Anchor, AnchorSegment};
 use crate::mapping::claims::ClaimId;
 use crate::mapping::rmap::SpaceId;
@@ -408,11 +408,17 @@ impl<'m, M: PhysMem> Mm<'m, M> {
     /// The node holding most of the VMA's resident pages.
     fn majority_node(&self, found: &Found) -> Option<NodeId> {
         // (node, pages): a machine has a few nodes, and a VMA's blocks come in runs on
-        // one node, so the last node found is tried first.
+        // one node, so the last node found is tried first, and a block inside the node
+        // range of the one before it is counted without asking the frame source.
         let mut pages: Vec<(NodeId, u64)> = Vec::new();
         let mut last = None;
+        let mut range: Option<NodeRange> = None;
         for u in &found.units {
-            let Some(n) = self.frames.node_of(u.head) else {
+            let inside = |r: &NodeRange| r.start <= u.head && u.head < r.end;
+            if !range.as_ref().is_some_and(inside) {
+                range = self.frames.node_range(u.head);
+            }
+            let Some(n) = range.map(|r| r.node) else {
                 continue;
             };
             let i = match last.filter(|&i: &usize| pages[i].0 == n) {
