@@ -292,16 +292,21 @@ impl Search<'_> {
         self.best.is_none_or(|(c, bk, _)| (cost, k) < (c, bk))
     }
 
-    /// Movable, blocked and claimed frames in the window of candidate `k`.
+    /// Movable, blocked and claimed frames in the window of candidate `k`, a layer at a
+    /// time: once the frames counted fill the window the layers left have none (memory
+    /// full of others' pages or of the kernel's costs one or two counts, not three).
     fn window(&self, k: u64) -> (u64, u64, u64) {
-        let s = self.candidates.start(k);
-        let e = s + self.candidates.len;
-        let count = |layer| self.view.count(layer, s, e);
-        (
-            count(Layer::Movable),
-            count(Layer::Blocked),
-            count(Layer::Claimed),
-        )
+        let (s, len) = (self.candidates.start(k), self.candidates.len);
+        let count = |layer| self.view.count(layer, s, s + len);
+        let movable = count(Layer::Movable);
+        if movable == len {
+            return (movable, 0, 0);
+        }
+        let blocked = count(Layer::Blocked);
+        if movable + blocked == len {
+            return (movable, blocked, 0);
+        }
+        (movable, blocked, count(Layer::Claimed))
     }
 
     /// Whether the window of candidate `k` is all free: the layers asked one at a time,
