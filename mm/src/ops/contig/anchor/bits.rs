@@ -59,6 +59,25 @@ impl BitsBuilder {
         }
     }
 
+    /// Set bits `[i, j)` when they lie in one word of a group that mixes set and clear
+    /// bits already, with one word operation, and say so; any other range is left to
+    /// [`fill`](Self::fill). A snapshot of memory where small blocks of two classes
+    /// alternate paints thousands of one-frame runs, nearly all of them this way.
+    #[inline]
+    pub(super) fn set_in_word(&mut self, i: u64, j: u64) -> bool {
+        if i >= j || j > self.len || i / 64 != (j - 1) / 64 {
+            return false;
+        }
+        match self.groups.state.get((i / GROUP) as usize) {
+            Some(&at) if at != CLEAR && at != SET => {
+                let mask = (u64::MAX >> (64 - (j - i))) << (i % 64);
+                self.groups.words[at as usize + (i % GROUP / 64) as usize] |= mask;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Set (`on`) or clear bits `[i, j)` (clipped to the length): whole groups by their
     /// state, the parts of the two end groups a word at a time.
     pub(super) fn fill(&mut self, i: u64, j: u64, on: bool) {

@@ -197,7 +197,10 @@ impl Painter {
         let (i, j) = (start - self.base, end - self.base);
         if start >= self.painted {
             if let Some(l) = layer {
-                self.layers[l as usize].fill(i, j, true);
+                let bits = &mut self.layers[l as usize];
+                if !bits.set_in_word(i, j) {
+                    bits.fill(i, j, true);
+                }
             }
         } else {
             let cleared = end.min(self.painted) - self.base;
