@@ -35,6 +35,16 @@ fn arena<R>(f: impl FnOnce(&Env<'_, Arena>) -> R) -> R {
     with_env(Arena::new(FRAMES), FRAMES, &[], f)
 }
 
+/// An arena whose lower half is node 0 and upper half node 1.
+fn two_nodes<R>(f: impl FnOnce(&Env<'_, Arena>) -> R) -> R {
+    with_env(
+        Arena::new(FRAMES),
+        FRAMES,
+        &[(0, FRAMES / 2, 0), (FRAMES / 2, FRAMES, 1)],
+        f,
+    )
+}
+
 fn small() -> VmaFlags {
     VmaFlags::private(HugePolicy::Never, true)
 }
@@ -372,53 +382,48 @@ fn pages_faulted_later_land_at_their_target() {
 
 #[test]
 fn bad_input_gets_typed_errors_and_changes_nothing() {
-    with_env(
-        Arena::new(FRAMES),
-        FRAMES,
-        &[(0, FRAMES / 2, 0), (FRAMES / 2, FRAMES, 1)],
-        |env| {
-            let a = env.mm.new_space().unwrap();
-            let va = 0x4000_0000u64;
-            env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
-            env.mm.populate(&a, va, 2 * M2).unwrap();
-            let leaves = a.leaves();
-            let opts = ContigOptions::default();
-            let node = |n| ContigOptions {
-                placement: Placement::Node(NodeId(n)),
-                ..opts
-            };
-            assert_eq!(
-                env.mm
-                    .make_vma_contiguous(&a, 0x9000_0000, &opts)
-                    .unwrap_err(),
-                ContigError::NotMapped
-            );
-            assert_eq!(
-                env.mm.make_vma_contiguous(&a, va, &node(7)).unwrap_err(),
-                ContigError::NoSuchNode
-            );
-            assert!(matches!(
-                env.mm.make_vma_contiguous(&a, u64::MAX - 5, &opts),
-                Err(ContigError::Space(_))
-            ));
-            // A VMA larger than any window of its node.
-            let big = env.mm.new_space().unwrap();
-            env.mm.map_anon(&big, va, 20 * M2, small()).unwrap();
-            env.mm.populate(&big, va, K4).unwrap();
-            assert_eq!(
-                env.mm.make_vma_contiguous(&big, va, &node(0)).unwrap_err(),
-                ContigError::NoRoom
-            );
-            assert_eq!(a.leaves(), leaves);
-            assert_eq!(env.mm.claimed_windows(), (0, 0));
-            env.mm.destroy_space(&a).unwrap();
-            assert_eq!(
-                env.mm.make_vma_contiguous(&a, va, &opts).unwrap_err(),
-                ContigError::Space(SpaceError::SpaceDestroyed)
-            );
-            env.audit();
-        },
-    );
+    two_nodes(|env| {
+        let a = env.mm.new_space().unwrap();
+        let va = 0x4000_0000u64;
+        env.mm.map_anon(&a, va, 2 * M2, small()).unwrap();
+        env.mm.populate(&a, va, 2 * M2).unwrap();
+        let leaves = a.leaves();
+        let opts = ContigOptions::default();
+        let node = |n| ContigOptions {
+            placement: Placement::Node(NodeId(n)),
+            ..opts
+        };
+        assert_eq!(
+            env.mm
+                .make_vma_contiguous(&a, 0x9000_0000, &opts)
+                .unwrap_err(),
+            ContigError::NotMapped
+        );
+        assert_eq!(
+            env.mm.make_vma_contiguous(&a, va, &node(7)).unwrap_err(),
+            ContigError::NoSuchNode
+        );
+        assert!(matches!(
+            env.mm.make_vma_contiguous(&a, u64::MAX - 5, &opts),
+            Err(ContigError::Space(_))
+        ));
+        // A VMA larger than any window of its node.
+        let big = env.mm.new_space().unwrap();
+        env.mm.map_anon(&big, va, 20 * M2, small()).unwrap();
+        env.mm.populate(&big, va, K4).unwrap();
+        assert_eq!(
+            env.mm.make_vma_contiguous(&big, va, &node(0)).unwrap_err(),
+            ContigError::NoRoom
+        );
+        assert_eq!(a.leaves(), leaves);
+        assert_eq!(env.mm.claimed_windows(), (0, 0));
+        env.mm.destroy_space(&a).unwrap();
+        assert_eq!(
+            env.mm.make_vma_contiguous(&a, va, &opts).unwrap_err(),
+            ContigError::Space(SpaceError::SpaceDestroyed)
+        );
+        env.audit();
+    });
 }
 
 /// The nodes of the frames of `s`'s pages `[va, va + pages * 4 KiB)`, each page's.
@@ -436,60 +441,55 @@ fn nodes_of<'a>(
 
 #[test]
 fn the_window_lies_on_the_node_of_most_of_the_vma_s_pages_unless_told_otherwise() {
-    with_env(
-        Arena::new(FRAMES),
-        FRAMES,
-        &[(0, FRAMES / 2, 0), (FRAMES / 2, FRAMES, 1)],
-        |env| {
-            let va = 0x4000_0000u64;
-            let pages = 64u64;
-            // (flags, which pages move to node 1 first, where the VMA must end): 40 of
-            // 64 on node 1; 20 of 64 on node 1, the first page among them; 40 of 64 on
-            // node 1 in a VMA bound to node 0.
-            let on0 = VmaFlags {
-                node: Some(NodeId(0)),
-                ..small()
-            };
-            type Case = (VmaFlags, fn(u64) -> bool, u32);
-            let cases: [Case; 3] = [
-                (small(), |i| i % 8 < 5, 1),
-                (small(), |i| i % 16 < 5, 0),
-                (on0, |i| i % 8 < 5, 0),
-            ];
-            for (flags, moved, node) in cases {
-                let s = env.mm.new_space().unwrap();
-                env.mm.map_anon(&s, va, pages * K4, flags).unwrap();
-                interleave(env, &[(&s, va, pages)]);
-                for i in (0..pages).filter(|&i| moved(i)) {
-                    let r = env
-                        .mm
-                        .move_range_to_node(&s, va + i * K4, K4, NodeId(1))
-                        .unwrap();
-                    assert!(r.failed.is_empty(), "{r:?}");
-                }
-                let ones = nodes_of(env, &s, va, pages)
-                    .iter()
-                    .filter(|&&n| n == 1)
-                    .count();
-                assert_eq!(ones as u64, (0..pages).filter(|&i| moved(i)).count() as u64);
-                let r = report(env, &s, va);
-                assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
-                assert_eq!(nodes_of(env, &s, va, pages), vec![node; pages as usize]);
-                check_tags(env, &s, va, pages);
-                // Told otherwise: the other node.
-                let other = ContigOptions {
-                    placement: Placement::Node(NodeId(1 - node)),
-                    ..ContigOptions::default()
-                };
-                let r = env.mm.make_vma_contiguous(&s, va, &other).unwrap();
-                assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
-                assert_eq!(nodes_of(env, &s, va, pages), vec![1 - node; pages as usize]);
-                check_tags(env, &s, va, pages);
-                env.mm.destroy_space(&s).unwrap();
+    two_nodes(|env| {
+        let va = 0x4000_0000u64;
+        let pages = 64u64;
+        // (flags, which pages move to node 1 first, where the VMA must end): 40 of
+        // 64 on node 1; 20 of 64 on node 1, the first page among them; 40 of 64 on
+        // node 1 in a VMA bound to node 0.
+        let on0 = VmaFlags {
+            node: Some(NodeId(0)),
+            ..small()
+        };
+        type Case = (VmaFlags, fn(u64) -> bool, u32);
+        let cases: [Case; 3] = [
+            (small(), |i| i % 8 < 5, 1),
+            (small(), |i| i % 16 < 5, 0),
+            (on0, |i| i % 8 < 5, 0),
+        ];
+        for (flags, moved, node) in cases {
+            let s = env.mm.new_space().unwrap();
+            env.mm.map_anon(&s, va, pages * K4, flags).unwrap();
+            interleave(env, &[(&s, va, pages)]);
+            for i in (0..pages).filter(|&i| moved(i)) {
+                let r = env
+                    .mm
+                    .move_range_to_node(&s, va + i * K4, K4, NodeId(1))
+                    .unwrap();
+                assert!(r.failed.is_empty(), "{r:?}");
             }
-            env.audit();
-        },
-    );
+            let ones = nodes_of(env, &s, va, pages)
+                .iter()
+                .filter(|&&n| n == 1)
+                .count();
+            assert_eq!(ones as u64, (0..pages).filter(|&i| moved(i)).count() as u64);
+            let r = report(env, &s, va);
+            assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
+            assert_eq!(nodes_of(env, &s, va, pages), vec![node; pages as usize]);
+            check_tags(env, &s, va, pages);
+            // Told otherwise: the other node.
+            let other = ContigOptions {
+                placement: Placement::Node(NodeId(1 - node)),
+                ..ContigOptions::default()
+            };
+            let r = env.mm.make_vma_contiguous(&s, va, &other).unwrap();
+            assert_eq!((r.after.chunks, r.failed), (1, 0), "{r:?}");
+            assert_eq!(nodes_of(env, &s, va, pages), vec![1 - node; pages as usize]);
+            check_tags(env, &s, va, pages);
+            env.mm.destroy_space(&s).unwrap();
+        }
+        env.audit();
+    });
 }
 
 /// Ranges the claim tree may hold in the full-tree test: one window each for that many
