@@ -27,7 +27,8 @@
 //!    with the cheapest free window: one with units in place if there is one (each
 //!    checked in O(1) with the rank tables), else the lowest free one, looked for from
 //!    the bottom up. O(u + k), and only up to the lowest free window when units are in
-//!    place in none.
+//!    place in none. The windows that look counts are kept for step 3, which then does
+//!    not count them again (in memory without a free window, every candidate's).
 //! 3. The candidates are then taken by increasing (`lb`, `pfn_start`), stopping as soon
 //!    as the next `lb` cannot beat the best. Each is checked in O(1) against a second
 //!    bound (pigeonhole: at least `covered - free` of the covered pages land on non-free
@@ -40,8 +41,8 @@
 //! `l` = 2 Mi pages, align 512: 4096 candidates × 32768 words (a host test runs a case
 //! like it, 1563 × 3125, in under 50 ms optimised). In practice a free window, a dense
 //! cover (few long runs) or windows uniformly movable or blocked let the bounds settle
-//! nearly every candidate in O(1), close to O(u log u + k). Memory O(u) besides the
-//! view.
+//! nearly every candidate in O(1), close to O(u log u + k). Memory O(u + k) besides
+//! the view.
 
 mod bits;
 mod cover;
@@ -133,6 +134,7 @@ pub fn choose_with(
         base,
         need,
         best: None,
+        scanned: Vec::new(),
     };
     search.seed_with_free_windows(&placed);
     // By increasing (lower bound, start): first the candidates where units are in place,
@@ -284,6 +286,10 @@ struct Search<'v> {
     need: Need,
     /// (cost, candidate, pages in place) of the best so far.
     best: Option<(u64, u64, u64)>,
+    /// The windows of candidates `0..scanned.len()` as [`window`](Self::window) counts
+    /// them, kept by the look for the lowest free window: when memory has none, it
+    /// counts every candidate once, and the candidates' evaluation then reads them here.
+    scanned: Vec<(u64, u64, u64)>,
 }
 
 impl Search<'_> {
@@ -296,6 +302,9 @@ impl Search<'_> {
     /// time: once the frames counted fill the window the layers left have none (memory
     /// full of others' pages or of the kernel's costs one or two counts, not three).
     fn window(&self, k: u64) -> (u64, u64, u64) {
+        if let Some(&w) = usize::try_from(k).ok().and_then(|i| self.scanned.get(i)) {
+            return w;
+        }
         let (s, len) = (self.candidates.start(k), self.candidates.len);
         let count = |layer| self.view.count(layer, s, s + len);
         let movable = count(Layer::Movable);
@@ -323,7 +332,8 @@ impl Search<'_> {
     /// Take the cheapest all-free window, at its exact cost: its lower bound, `base -
     /// saving` where units are in place and `base` elsewhere. A saving is never zero, so
     /// a free window with units in place beats every free window without; only when
-    /// there is none is the lowest free window looked for, from the bottom up.
+    /// there is none is the lowest free window looked for, from the bottom up, keeping
+    /// the windows it counts on the way in `scanned`.
     fn seed_with_free_windows(&mut self, placed: &[Placed]) {
         for p in placed {
             let cost = self.base - p.saving;
@@ -331,11 +341,16 @@ impl Search<'_> {
                 self.best = Some((cost, p.k, p.in_place));
             }
         }
-        if self.best.is_none() {
-            let base = self.base;
-            self.best = (0..self.candidates.count)
-                .find(|&k| self.is_free(k))
-                .map(|k| (base, k, 0));
+        if self.best.is_some() {
+            return;
+        }
+        for k in 0..self.candidates.count {
+            let w = self.window(k);
+            self.scanned.push(w);
+            if w == (0, 0, 0) {
+                self.best = Some((self.base, k, 0));
+                return;
+            }
         }
     }
 
